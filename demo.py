@@ -1,0 +1,38 @@
+"""The README's demo: generate with the embedded tiny SDXL, in-process, and say where the
+images are. Uses BASE_MODEL=tiny unless BASE_MODEL is already set."""
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+OUTPUT_DIR = Path("outputs/demo")
+
+
+def main() -> None:
+    os.environ.setdefault("BASE_MODEL", "tiny")
+    from predict import Predictor  # after BASE_MODEL is set
+
+    started = time.perf_counter()
+    predictor = Predictor()
+    predictor.setup()
+    images = predictor.predict(
+        prompt="a photo of a cat on the beach",
+        negative_prompt="",
+        width=64,
+        height=64,
+        num_outputs=2,
+        num_inference_steps=4,
+        guidance_scale=7.5,
+        seed=42,
+    )
+    OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
+    for index, image in enumerate(images):
+        shutil.copy(image, OUTPUT_DIR / f"output.{index}.png")
+    print(f"Generated {len(images)} images in {time.perf_counter() - started:.1f}s:")
+    for index in range(len(images)):
+        print(f"  {OUTPUT_DIR / f'output.{index}.png'}")
+
+
+if __name__ == "__main__":
+    main()

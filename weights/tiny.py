@@ -1,0 +1,232 @@
+"""Tiny random-initialised SDXL models with the real architectures.
+
+Real SDXL weights cannot be downloaded where tests and the demo run, so the project builds
+small models of the same classes and layouts (two CLIP text encoders of different widths,
+a text_time UNet, an 8x VAE, the SDXL Euler scheduler) and saves them as ordinary diffusers
+folders. They are then loaded by exactly the code that loads real SDXL.
+
+Every builder seeds its own generator, so two builds give byte-identical safetensors.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    EulerDiscreteScheduler,
+    StableDiffusionXLImg2ImgPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+# Bump when a builder changes, so cached folders from an older build are not reused.
+BUILD_VERSION = 1
+VOCAB_SIZE = 1000  # the first ~1000 CLIP BPE tokens keep their real ids
+MAX_TOKENS = 77
+TIME_EMBED_DIM = 8
+TEXT_ENCODER_DIMS = (32, 64)  # deliberately different, so a swapped concatenation fails
+PROJECTION_DIM = 32
+SAMPLE_SIZE = 8  # latent size: pipelines default to 64x64 images
+ROLES = ("base", "refiner")
+
+# SDXL base's scheduler settings (stabilityai/stable-diffusion-xl-base-1.0).
+SDXL_SCHEDULER = dict(
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    prediction_type="epsilon",
+    interpolation_type="linear",
+    timestep_spacing="leading",
+    steps_offset=1,
+    use_karras_sigmas=False,
+)
+
+
+def ensure_tiny_model(role: str, cache_dir: Path) -> Path:
+    """Return the folder of the tiny `role` model, building it on first use."""
+    if role not in ROLES:
+        raise ValueError(f"Unknown tiny model role {role!r}: use one of {ROLES}.")
+    target = Path(cache_dir) / f"tiny-sdxl-{role}-v{BUILD_VERSION}"
+    if (target / "model_index.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Build beside the target and rename, so a crash never leaves a half-written model.
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        build_tiny_pipeline(role).save_pretrained(staging, safe_serialization=True)
+        try:
+            staging.rename(target)
+        except OSError:
+            if not (target / "model_index.json").exists():  # not a concurrent builder's win
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def build_tiny_pipeline(role: str):
+    tokenizer_2 = build_tokenizer(pad_token="!")  # SDXL's second tokenizer pads with "!"
+    text_encoder_2 = build_text_encoder(1, with_projection=True)
+    vae = build_vae()
+    scheduler = EulerDiscreteScheduler(**SDXL_SCHEDULER)
+    if role == "base":
+        return StableDiffusionXLPipeline(
+            vae=vae,
+            text_encoder=build_text_encoder(0, with_projection=False),
+            text_encoder_2=text_encoder_2,
+            tokenizer=build_tokenizer(pad_token="<|endoftext|>"),
+            tokenizer_2=tokenizer_2,
+            unet=build_base_unet(),
+            scheduler=scheduler,
+        )
+    return StableDiffusionXLImg2ImgPipeline(
+        vae=vae,
+        text_encoder=None,
+        text_encoder_2=text_encoder_2,
+        tokenizer=None,
+        tokenizer_2=tokenizer_2,
+        unet=build_refiner_unet(),
+        scheduler=scheduler,
+        requires_aesthetics_score=True,
+        force_zeros_for_empty_prompt=False,
+    )
+
+
+def build_base_unet() -> UNet2DConditionModel:
+    torch.manual_seed(1)
+    return UNet2DConditionModel(
+        sample_size=SAMPLE_SIZE,
+        block_out_channels=(32, 32, 64),
+        layers_per_block=2,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 1, 2),
+        attention_head_dim=(2, 2, 4),
+        norm_num_groups=8,
+        use_linear_projection=True,
+        cross_attention_dim=sum(TEXT_ENCODER_DIMS),
+        addition_embed_type="text_time",
+        addition_embed_type_num_heads=8,
+        addition_time_embed_dim=TIME_EMBED_DIM,
+        projection_class_embeddings_input_dim=6 * TIME_EMBED_DIM + PROJECTION_DIM,
+    )
+
+
+def build_refiner_unet() -> UNet2DConditionModel:
+    torch.manual_seed(2)
+    return UNet2DConditionModel(
+        sample_size=SAMPLE_SIZE,
+        block_out_channels=(32, 32, 64, 64),
+        layers_per_block=2,
+        down_block_types=(
+            "DownBlock2D",
+            "CrossAttnDownBlock2D",
+            "CrossAttnDownBlock2D",
+            "DownBlock2D",
+        ),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 1, 1, 1),
+        attention_head_dim=(2, 2, 4, 4),
+        norm_num_groups=8,
+        use_linear_projection=True,
+        cross_attention_dim=TEXT_ENCODER_DIMS[1],  # the refiner only has the second encoder
+        addition_embed_type="text_time",
+        addition_embed_type_num_heads=8,
+        addition_time_embed_dim=TIME_EMBED_DIM,
+        # 5 time ids: original size, crop top-left, aesthetic score.
+        projection_class_embeddings_input_dim=5 * TIME_EMBED_DIM + PROJECTION_DIM,
+    )
+
+
+def build_vae() -> AutoencoderKL:
+    torch.manual_seed(3)
+    return AutoencoderKL(
+        block_out_channels=(32, 32, 64, 64),  # four levels: 8x downsampling as in SDXL
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=8,
+        sample_size=SAMPLE_SIZE * 8,
+        scaling_factor=0.13025,
+        force_upcast=True,
+    )
+
+
+def build_text_encoder(index: int, with_projection: bool):
+    torch.manual_seed(10 + index)
+    hidden = TEXT_ENCODER_DIMS[index]
+    config = CLIPTextConfig(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=3,  # SDXL reads the penultimate layer
+        num_attention_heads=4,
+        max_position_embeddings=MAX_TOKENS,
+        projection_dim=PROJECTION_DIM,
+        hidden_act="quick_gelu" if index == 0 else "gelu",
+        bos_token_id=VOCAB_SIZE - 2,
+        eos_token_id=VOCAB_SIZE - 1,
+        pad_token_id=0 if index == 1 else VOCAB_SIZE - 1,
+    )
+    model_class = CLIPTextModelWithProjection if with_projection else CLIPTextModel
+    return model_class(config)
+
+
+def build_tokenizer(pad_token: str) -> CLIPTokenizer:
+    vocab, merges = clip_vocabulary(VOCAB_SIZE)
+    with tempfile.TemporaryDirectory() as tmp:
+        vocab_file, merges_file = Path(tmp, "vocab.json"), Path(tmp, "merges.txt")
+        vocab_file.write_text(json.dumps(vocab))
+        merges_file.write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges))
+        tokenizer = CLIPTokenizer.from_pretrained(
+            tmp, pad_token=pad_token, model_max_length=MAX_TOKENS
+        )
+    return tokenizer
+
+
+def clip_vocabulary(size: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """The first `size` entries of CLIP's BPE vocabulary (ids as in real CLIP), plus the
+    start/end tokens at the last two ids."""
+    lines = gzip.open(clip_bpe_file(), "rt", encoding="utf-8").read().split("\n")
+    byte_symbols = list(_bytes_to_unicode().values())
+    n_merges = size - 2 * len(byte_symbols) - 2
+    merges = [tuple(line.split()) for line in lines[1 : 1 + n_merges]]
+    tokens = byte_symbols + [s + "</w>" for s in byte_symbols] + ["".join(m) for m in merges]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    return {token: i for i, token in enumerate(tokens)}, merges
+
+
+def clip_bpe_file() -> Path:
+    """CLIP's BPE merges ship inside the `clip-anytorch` wheel; read the file without importing
+    the package (it imports torchvision)."""
+    spec = importlib.util.find_spec("clip")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("CLIP's vocabulary is missing: `make setup` installs clip-anytorch.")
+    return Path(list(spec.submodule_search_locations)[0]) / "bpe_simple_vocab_16e6.txt.gz"
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible map from bytes to printable unicode characters."""
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    codes = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            codes.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, map(chr, codes), strict=True))
