@@ -1,5 +1,5 @@
 """The README's demo: generate with the embedded tiny SDXL, in-process, and say where the
-images are. Uses BASE_MODEL=tiny unless BASE_MODEL is already set."""
+images are. Uses the tiny models unless BASE_MODEL etc. are already set."""
 
 import os
 import shutil
@@ -10,13 +10,15 @@ OUTPUT_DIR = Path("outputs/demo")
 
 
 def main() -> None:
-    os.environ.setdefault("BASE_MODEL", "tiny")
-    from predict import Predictor  # after BASE_MODEL is set
+    for variable in ("BASE_MODEL", "REFINER_MODEL", "SAFETY_CHECKER_MODEL"):
+        os.environ.setdefault(variable, "tiny")
+    from predict import Predictor, predict_defaults  # after the models are chosen
 
     started = time.perf_counter()
     predictor = Predictor()
     predictor.setup()
-    images = predictor.predict(
+    inputs = dict(
+        predict_defaults(),
         prompt="a photo of a cat on the beach",
         negative_prompt="",
         width=64,
@@ -26,6 +28,7 @@ def main() -> None:
         guidance_scale=7.5,
         seed=42,
     )
+    images = predictor.predict(**inputs)
     OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
     for index, image in enumerate(images):
         shutil.copy(image, OUTPUT_DIR / f"output.{index}.png")

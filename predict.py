@@ -1,24 +1,30 @@
-"""Cog predictor: declares the inputs (names and defaults as Replicate's SDXL model) and
-hands each request to the generation code."""
+"""Cog predictor: declares the inputs (names, defaults and ranges of Replicate's SDXL model)
+and hands each request to the generation engine."""
 
-import random
+import inspect
 from typing import List, Optional
 
-import torch
 from cog import BasePredictor, Input, Path
-from diffusers import StableDiffusionXLPipeline
 
-from weights.base_models import load_pipeline, resolve_model
-from weights.runtime import pick_runtime
+from generation.engine import GenerationEngine
+from generation.request import (
+    MAX_GUIDANCE,
+    MAX_LORA_SCALE,
+    MAX_OUTPUTS,
+    MAX_STEPS,
+    MIN_GUIDANCE,
+    OUTPUT_FORMATS,
+    REFINE_MODES,
+    GenerationRequest,
+)
+from generation.schedulers import DEFAULT_SCHEDULER, SCHEDULERS
 from weights.settings import ModelSettings
 
 
 class Predictor(BasePredictor):
     def setup(self, weights: Optional[str] = None) -> None:
-        settings = ModelSettings.from_env()
-        self.runtime = pick_runtime(settings.device, settings.dtype)
-        base = resolve_model(settings.base_model, "base", settings.cache_dir)
-        self.txt2img = load_pipeline(StableDiffusionXLPipeline, base, self.runtime)
+        # `weights` is COG_WEIGHTS: a trained version's bundle, the default for every request.
+        self.engine = GenerationEngine(ModelSettings.from_env(), default_weights=weights)
 
     def predict(
         self,
@@ -26,35 +32,131 @@ class Predictor(BasePredictor):
             description="Input prompt", default="An astronaut riding a rainbow unicorn"
         ),
         negative_prompt: str = Input(description="Input Negative Prompt", default=""),
+        image: Path = Input(description="Input image for img2img or inpaint mode", default=None),
+        mask: Path = Input(
+            description="Input mask for inpaint mode. Black areas will be preserved, "
+            "white areas will be inpainted.",
+            default=None,
+        ),
         width: int = Input(description="Width of output image", default=1024),
         height: int = Input(description="Height of output image", default=1024),
-        num_outputs: int = Input(description="Number of images to output.", ge=1, le=4, default=1),
+        num_outputs: int = Input(
+            description="Number of images to output.", ge=1, le=MAX_OUTPUTS, default=1
+        ),
+        scheduler: str = Input(
+            description="scheduler", choices=list(SCHEDULERS), default=DEFAULT_SCHEDULER
+        ),
         num_inference_steps: int = Input(
-            description="Number of denoising steps", ge=1, le=500, default=50
+            description="Number of denoising steps", ge=1, le=MAX_STEPS, default=50
         ),
         guidance_scale: float = Input(
-            description="Scale for classifier-free guidance", ge=1, le=50, default=7.5
+            description="Scale for classifier-free guidance",
+            ge=MIN_GUIDANCE,
+            le=MAX_GUIDANCE,
+            default=7.5,
+        ),
+        prompt_strength: float = Input(
+            description="Prompt strength when using img2img / inpaint. 1.0 corresponds to full "
+            "destruction of information in image",
+            ge=0.0,
+            le=1.0,
+            default=0.8,
         ),
         seed: Optional[int] = Input(
             description="Random seed. Leave blank to randomize the seed", default=None
         ),
+        refine: str = Input(
+            description="Which refine style to use",
+            choices=list(REFINE_MODES),
+            default="no_refiner",
+        ),
+        high_noise_frac: float = Input(
+            description="For expert_ensemble_refiner, the fraction of noise to use",
+            ge=0.0,
+            le=1.0,
+            default=0.8,
+        ),
+        refine_steps: Optional[int] = Input(
+            description="For base_image_refiner, the number of steps to refine, defaults to "
+            "num_inference_steps",
+            ge=1,
+            le=MAX_STEPS,
+            default=None,
+        ),
+        apply_watermark: bool = Input(
+            description="Applies a watermark to enable determining if an image is generated in "
+            "downstream applications. If you have other provisions for generating or deploying "
+            "images safely, you can use this to disable watermarking.",
+            default=True,
+        ),
+        lora_scale: float = Input(
+            description="LoRA additive scale. Only applicable on trained models.",
+            ge=0.0,
+            le=MAX_LORA_SCALE,
+            default=0.6,
+        ),
+        replicate_weights: Optional[str] = Input(
+            description="Replicate LoRA weights to use. Leave blank to use the default weights.",
+            default=None,
+        ),
+        extra_lora: Optional[str] = Input(
+            description="A second LoRA stacked on the first (e.g. a style on a subject): a "
+            "bundle or a LoRA .safetensors in diffusers or kohya layout.",
+            default=None,
+        ),
+        extra_lora_scale: float = Input(
+            description="LoRA additive scale of extra_lora.",
+            ge=0.0,
+            le=MAX_LORA_SCALE,
+            default=0.6,
+        ),
+        disable_safety_checker: bool = Input(
+            description="Disable safety checker for generated images. This feature is only "
+            "available through the API.",
+            default=False,
+        ),
+        output_format: str = Input(
+            description="Format of the output images", choices=list(OUTPUT_FORMATS), default="png"
+        ),
+        output_quality: int = Input(
+            description="Quality of webp/jpg outputs, 1 to 100 (ignored for png)",
+            ge=1,
+            le=100,
+            default=80,
+        ),
     ) -> List[Path]:
-        if seed is None:
-            seed = random.SystemRandom().randrange(2**32)
-        print(f"Using seed: {seed}")
-        generator = torch.Generator("cpu").manual_seed(seed)
-        images = self.txt2img(
-            prompt=[prompt] * num_outputs,
-            negative_prompt=[negative_prompt] * num_outputs,
-            width=width,
-            height=height,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            generator=generator,
-        ).images
-        paths = []
-        for index, image in enumerate(images):
-            path = Path(f"/tmp/out-{index}.png")
-            image.save(path)
-            paths.append(path)
-        return paths
+        result = self.engine.generate(
+            GenerationRequest(
+                prompt=prompt,
+                negative_prompt=negative_prompt,
+                image=image,
+                mask=mask,
+                width=width,
+                height=height,
+                num_outputs=num_outputs,
+                scheduler=scheduler,
+                num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale,
+                prompt_strength=prompt_strength,
+                seed=seed,
+                refine=refine,
+                high_noise_frac=high_noise_frac,
+                refine_steps=refine_steps,
+                apply_watermark=apply_watermark,
+                lora_scale=lora_scale,
+                replicate_weights=replicate_weights,
+                extra_lora=extra_lora,
+                extra_lora_scale=extra_lora_scale,
+                disable_safety_checker=disable_safety_checker,
+                output_format=output_format,
+                output_quality=output_quality,
+            )
+        )
+        return [Path(path) for path in result.paths]
+
+
+def predict_defaults() -> dict:
+    """Every input's default, for calling `predict()` in-process (Cog's HTTP server fills
+    them in itself; a direct call would otherwise receive the `Input` declarations)."""
+    parameters = inspect.signature(Predictor.predict).parameters.values()
+    return {p.name: p.default.default for p in parameters if p.name != "self"}

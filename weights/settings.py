@@ -8,7 +8,8 @@ from pathlib import Path
 
 from families import SDXL
 
-TINY = "tiny"  # BASE_MODEL / REFINER_MODEL value that selects the embedded tiny models
+TINY = "tiny"  # BASE_MODEL / REFINER_MODEL / SAFETY_CHECKER_MODEL: the embedded tiny models
+DEFAULT_SAFETY_CHECKER = "CompVis/stable-diffusion-safety-checker"
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,7 @@ class ModelSettings:
     cache_dir: Path
     device: str | None  # None: pick automatically
     dtype: str | None
+    safety_checker_model: str = DEFAULT_SAFETY_CHECKER
 
     @classmethod
     def from_env(cls) -> ModelSettings:
@@ -28,4 +30,5 @@ class ModelSettings:
             cache_dir=Path(cache),
             device=os.environ.get("TORCH_DEVICE") or None,
             dtype=os.environ.get("TORCH_DTYPE") or None,
+            safety_checker_model=os.environ.get("SAFETY_CHECKER_MODEL") or DEFAULT_SAFETY_CHECKER,
         )

@@ -1,0 +1,222 @@
+"""One generation request, end to end: the orchestration behind `predict()`."""
+
+from __future__ import annotations
+
+import random
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from generation.lora import PreparedLora
+from generation.outputs import Watermarker, save_images
+from generation.pipelines import load_base, load_refiner
+from generation.prompts import substitute_tokens
+from generation.request import GenerationRequest, InvalidRequestError, load_image, validate
+from generation.safety import SafetyChecker, resolve_safety_checker
+from generation.switcher import Selection, TokenTarget, WeightsSwitcher
+from generation.trained_weights import PreparedWeights, WeightsCache
+from weights.base_models import resolve_model
+from weights.runtime import Runtime, pick_runtime
+from weights.settings import ModelSettings
+
+BASE_IMAGE_REFINER_STRENGTH = 0.3  # diffusers' img2img default, as the reference used
+SEED_RANGE = 2**32
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    paths: list[Path]
+    seed: int
+    flagged: list[int]  # indices of outputs the safety checker left out
+
+
+class GenerationEngine:
+    def __init__(self, settings: ModelSettings, default_weights: str | None = None):
+        self.runtime: Runtime = pick_runtime(settings.device, settings.dtype)
+        cache_dir = settings.cache_dir
+        self.base = load_base(resolve_model(settings.base_model, "base", cache_dir), self.runtime)
+        refiner_folder = resolve_model(settings.refiner_model, "refiner", cache_dir)
+        self.refiner = load_refiner(refiner_folder, self.runtime, self.base)
+        checker_folder = resolve_safety_checker(settings.safety_checker_model, cache_dir)
+        self.safety_checker = SafetyChecker(checker_folder, self.runtime)
+        self.watermarker = Watermarker()
+        self.output_dir = Path(tempfile.mkdtemp(prefix="sdxl-tuner-outputs-"))
+
+        self.weights_cache = WeightsCache(self.runtime.dtype)
+        txt2img = self.base.txt2img
+        self.switcher = WeightsSwitcher(
+            components={
+                "unet": txt2img.unet,
+                "text_encoder": txt2img.text_encoder,
+                "text_encoder_2": txt2img.text_encoder_2,
+            },
+            token_targets=[
+                TokenTarget(
+                    [txt2img.text_encoder, txt2img.text_encoder_2],
+                    [txt2img.tokenizer, txt2img.tokenizer_2],
+                    self.base.set_tokenizers,
+                ),
+                TokenTarget(
+                    [None, self.refiner.img2img.text_encoder_2],
+                    [None, self.refiner.img2img.tokenizer_2],
+                    self.refiner.set_tokenizers,
+                ),
+            ],
+        )
+        # The trained version's own weights (COG_WEIGHTS): held here, never evicted.
+        self.default_weights: PreparedWeights | None = None
+        if default_weights:
+            self.default_weights = self.weights_cache.get(str(default_weights))
+            self.switcher.activate(Selection(self.default_weights))
+
+    def generate(self, request: GenerationRequest) -> GenerationResult:
+        # 1. Check the inputs before any work.
+        request, notes = validate(request)
+        for note in notes:
+            print(note)
+        size = (request.width, request.height)
+        image = load_image(request.image, "image", size) if request.image else None
+        mask = load_image(request.mask, "mask", size, mode="L") if request.mask else None
+
+        # 2. Seed: drawn from the full 32-bit range unless given, and logged.
+        seed = random.SystemRandom().randrange(SEED_RANGE) if request.seed is None else request.seed
+        print(f"Using seed: {seed}")
+        generator = torch.Generator("cpu").manual_seed(seed)
+
+        # 3. Trained weights: this request's, or the version's default; never a leftover.
+        main = self._main_weights(request)
+        extra = self._extra_lora(request)
+        self.switcher.activate(Selection(main, request.lora_scale, extra, request.extra_lora_scale))
+        token_map = main.token_map if main else {}
+        prompt = substitute_tokens(request.prompt, token_map)
+        negative_prompt = substitute_tokens(request.negative_prompt, token_map)
+
+        # 4. Generate, then refine.
+        images = self._run(request, prompt, negative_prompt, image, mask, generator)
+        if mask is not None:  # black pixels of the mask keep the input exactly
+            images = [Image.composite(out, image, mask) for out in images]
+
+        # 5. Safety check, watermark, files.
+        flagged = []
+        if not request.disable_safety_checker:
+            verdict = self.safety_checker.filter(images)
+            images, flagged = verdict.kept, verdict.flagged
+            if flagged:
+                print(
+                    f"{len(flagged)} of {request.num_outputs} images were flagged as potentially "
+                    f"NSFW by the safety checker and left out (outputs {flagged})."
+                )
+        if request.apply_watermark:
+            images = self.watermarker.apply(images)
+        paths = save_images(images, self.output_dir, request.output_format, request.output_quality)
+        return GenerationResult(paths, seed, flagged)
+
+    # --- weights --------------------------------------------------------------------------------
+
+    def _main_weights(self, request: GenerationRequest) -> PreparedWeights | None:
+        if request.replicate_weights:
+            return self.weights_cache.get(request.replicate_weights)
+        return self.default_weights
+
+    def _extra_lora(self, request: GenerationRequest) -> PreparedLora | None:
+        if not request.extra_lora:
+            return None
+        extra = self.weights_cache.get(request.extra_lora)
+        if extra.lora is None:
+            raise InvalidRequestError(
+                f"extra_lora {request.extra_lora} holds no LoRA (a full fine-tune cannot be "
+                "stacked); pass it as replicate_weights instead."
+            )
+        if extra.token_map:
+            print(
+                "extra_lora's trained tokens are not used (only its LoRA is stacked); "
+                "pass it as replicate_weights to use them."
+            )
+        return extra.lora
+
+    # --- modes ----------------------------------------------------------------------------------
+
+    def _run(self, request, prompt, negative_prompt, image, mask, generator) -> list[Image.Image]:
+        if image is not None and request.prompt_strength == 0:
+            print("prompt_strength is 0: the input image is returned unchanged.")
+            return [image.copy() for _ in range(request.num_outputs)]
+        common = dict(
+            prompt=[prompt] * request.num_outputs,
+            negative_prompt=[negative_prompt] * request.num_outputs,
+            guidance_scale=request.guidance_scale,
+            generator=generator,
+        )
+        steps = request.num_inference_steps
+        base_args = dict(common, num_inference_steps=steps)
+        if image is None:
+            pipeline = self.base.txt2img
+            base_args.update(width=request.width, height=request.height)
+        else:
+            pipeline = self.base.inpaint if mask is not None else self.base.img2img
+            base_args.update(image=image, strength=request.prompt_strength)
+            base_args["num_inference_steps"] = _steps_for_strength(steps, request.prompt_strength)
+            if mask is not None:
+                base_args.update(mask_image=mask, width=request.width, height=request.height)
+        pipeline.scheduler = self.base.schedulers.get(request.scheduler)
+
+        refiner = self.refiner.inpaint if mask is not None else self.refiner.img2img
+        refiner.scheduler = self.refiner.schedulers.get(request.scheduler)
+        refiner_args = dict(common, mask_image=mask) if mask is not None else dict(common)
+        refine = request.refine
+        if refine == "expert_ensemble_refiner" and not self._ensemble_splits(
+            pipeline.scheduler, base_args["num_inference_steps"], request.high_noise_frac
+        ):
+            print(
+                f"high_noise_frac {request.high_noise_frac} leaves the refiner no step at "
+                f"{steps} steps: running the base model alone."
+            )
+            refine = "no_refiner"
+
+        if refine == "expert_ensemble_refiner":
+            latents = pipeline(
+                **base_args, denoising_end=request.high_noise_frac, output_type="latent"
+            ).images
+            refiner_args.update(
+                image=latents,
+                num_inference_steps=base_args["num_inference_steps"],
+                denoising_start=request.high_noise_frac,
+            )
+            return refiner(**refiner_args).images
+        images = pipeline(**base_args).images
+        if refine == "base_image_refiner":
+            refine_steps = request.refine_steps or steps
+            refiner_args.update(
+                image=images,
+                strength=BASE_IMAGE_REFINER_STRENGTH,
+                num_inference_steps=_steps_for_strength(refine_steps, BASE_IMAGE_REFINER_STRENGTH),
+            )
+            if mask is not None:
+                refiner_args.update(width=request.width, height=request.height)
+            images = refiner(**refiner_args).images
+        return images
+
+    @staticmethod
+    def _ensemble_splits(scheduler, steps: int, high_noise_frac: float) -> bool:
+        """Whether handing over at `high_noise_frac` leaves at least one step on each side
+        (diffusers fails on an empty half)."""
+        train_steps = scheduler.config.num_train_timesteps
+        cutoff = round(train_steps - high_noise_frac * train_steps)
+        scheduler.set_timesteps(steps)
+        base_steps = int((scheduler.timesteps >= cutoff).sum())
+        if base_steps == 0:
+            raise InvalidRequestError(
+                f"high_noise_frac {high_noise_frac} leaves the base model no step at {steps} "
+                "steps: raise high_noise_frac or num_inference_steps."
+            )
+        return base_steps < len(scheduler.timesteps)
+
+
+def _steps_for_strength(steps: int, strength: float) -> int:
+    """diffusers runs int(steps * strength) steps of an img2img pass and fails at 0: take at
+    least enough steps for one."""
+    while int(steps * strength) < 1:
+        steps += 1
+    return steps

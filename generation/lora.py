@@ -1,0 +1,205 @@
+"""LoRA weights read once into a canonical form, and swapped into a model in place.
+
+Every supported layout (this project's diffusers/PEFT keys, kohya keys, the original
+Replicate trainer's attention-processor keys) is converted with diffusers' own converters
+into one form: per model component, per target module, the pair (lora_A, lora_B) with the
+module's alpha/rank scale folded into lora_B. The model then holds each LoRA "slot" as PEFT
+layers whose own scale is just the user's `lora_scale`, so switching to another LoRA of the
+same shape is a tensor copy into the existing parameters: no modules are built or removed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import StableDiffusionXLPipeline
+from diffusers.utils import (
+    convert_state_dict_to_diffusers,
+    convert_state_dict_to_peft,
+    convert_unet_state_dict_to_peft,
+)
+from diffusers.utils.peft_utils import _create_lora_config
+from peft import LoraConfig, inject_adapter_in_model
+from peft.tuners.lora import LoraLayer
+from peft.utils.other import get_pattern_key
+
+# The pipeline components a LoRA file may address, by their key prefix.
+COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+
+
+class LoraFormatError(ValueError):
+    """A LoRA file that cannot be applied to this base model."""
+
+
+@dataclass(frozen=True)
+class ModuleLora:
+    down: torch.Tensor  # lora_A weight
+    up: torch.Tensor  # lora_B weight, already multiplied by alpha / rank
+
+    @property
+    def rank(self) -> int:
+        return self.down.shape[0]
+
+
+@dataclass(frozen=True, eq=False)
+class PreparedLora:
+    """One LoRA in canonical form: component -> module name -> tensors."""
+
+    source: str
+    modules: dict[str, dict[str, ModuleLora]]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(
+            m.down.nbytes + m.up.nbytes for part in self.modules.values() for m in part.values()
+        )
+
+
+def read_lora(file: Path, dtype: torch.dtype, source: str | None = None) -> PreparedLora:
+    """Read a LoRA `.safetensors` in any supported layout into canonical form (on the CPU,
+    in `dtype`). Conversion and alpha handling follow diffusers' `load_lora_weights`."""
+    source = source or Path(file).name
+    state_dict, alphas, metadata = StableDiffusionXLPipeline.lora_state_dict(
+        str(file), return_lora_metadata=True
+    )
+    if not any(key.startswith(tuple(f"{c}." for c in COMPONENTS)) for key in state_dict):
+        # The original Replicate trainer wrote UNet attention-processor keys without a prefix.
+        state_dict = {f"unet.{key}": value for key, value in state_dict.items()}
+    modules = {}
+    for component in COMPONENTS:
+        part = _component_part(state_dict, component)
+        if part:
+            part_alphas = _component_part(alphas or {}, component) or None
+            part_metadata = _component_part(metadata or {}, component) or None
+            modules[component] = _canonical(part, part_alphas, part_metadata, component, dtype)
+    if not modules:
+        raise LoraFormatError(f"{source}: no LoRA weights for the UNet or the text encoders.")
+    return PreparedLora(source, modules)
+
+
+def _component_part(mapping: dict, component: str) -> dict:
+    prefix = f"{component}."
+    return {k.removeprefix(prefix): v for k, v in mapping.items() if k.startswith(prefix)}
+
+
+def _canonical(state_dict, alphas, metadata, component, dtype) -> dict[str, ModuleLora]:
+    if component == "unet":
+        if not any("lora_A" in key for key in state_dict):
+            state_dict = convert_unet_state_dict_to_peft(state_dict)
+    else:
+        state_dict = convert_state_dict_to_peft(convert_state_dict_to_diffusers(state_dict))
+    if any("lora_magnitude_vector" in k or k.endswith("lora_B.bias") for k in state_dict):
+        raise LoraFormatError("DoRA and LoRA-bias weights are not supported.")
+    ranks = {k: v.shape[1] for k, v in state_dict.items() if "lora_B" in k and v.ndim > 1}
+    config: LoraConfig = _create_lora_config(
+        state_dict, alphas, metadata, {f"^{k}": r for k, r in ranks.items()}, component == "unet"
+    )
+    modules = {}
+    for key, down in state_dict.items():
+        if ".lora_A." not in key:
+            continue
+        name = key.split(".lora_A.")[0]
+        up = state_dict[key.replace(".lora_A.", ".lora_B.")]
+        rank = config.rank_pattern.get(get_pattern_key(config.rank_pattern, name), config.r)
+        alpha = config.alpha_pattern.get(
+            get_pattern_key(config.alpha_pattern, name), config.lora_alpha
+        )
+        scale = alpha / math.sqrt(rank) if config.use_rslora else alpha / rank
+        modules[name] = ModuleLora(down.to(dtype).contiguous(), (up.float() * scale).to(dtype))
+    return modules
+
+
+class LoraSlot:
+    """One named LoRA adapter (e.g. the trained weights, or the extra LoRA) inside one model
+    component, held as PEFT layers so another LoRA of the same shape swaps in by copying."""
+
+    def __init__(self, component: torch.nn.Module, name: str):
+        self.component = component
+        self.name = name
+        self.layers: dict[str, LoraLayer] = {}  # module name -> PEFT layer holding this slot
+        self._targets: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.loaded: PreparedLora | None = None
+
+    def check(self, lora: dict[str, ModuleLora]) -> None:
+        """Raise a clear error, before anything changes, if `lora` does not fit the model."""
+        for name, module in lora.items():
+            weight = _target_layer(self.component, name).weight
+            if module.down.shape[1] != weight.shape[1] or module.up.shape[0] != weight.shape[0]:
+                raise LoraFormatError(
+                    f"The LoRA for {name!r} has shape {tuple(module.up.shape[:1])} x "
+                    f"{tuple(module.down.shape[1:2])}, but the model's layer is "
+                    f"{tuple(weight.shape[:2])}: it was trained for another model."
+                )
+
+    def load(self, lora: dict[str, ModuleLora], owner: PreparedLora) -> None:
+        """Make this slot hold `lora`: in place when the shapes match, else rebuilt."""
+        shapes = {n: (m.down.shape, m.up.shape) for n, m in lora.items()}
+        current = {n: (a.shape, b.shape) for n, (a, b) in self._targets.items()}
+        if shapes != current:
+            self.remove()
+            self._build(lora)
+        self.loaded = None  # half-copied until the loop below finishes
+        with torch.no_grad():
+            for name, module in lora.items():
+                down, up = self._targets[name]
+                down.copy_(module.down, non_blocking=True)
+                up.copy_(module.up, non_blocking=True)
+        self.loaded = owner
+
+    def set_scale(self, scale: float) -> None:
+        for layer in self.layers.values():
+            layer.set_scale(self.name, scale)
+
+    def remove(self) -> None:
+        """Take this slot's layers out of the model; PEFT wrappers left empty are unwrapped."""
+        for name, layer in self.layers.items():
+            layer.delete_adapter(self.name)
+            if not layer.lora_A:
+                parent_name, _, child = name.rpartition(".")
+                parent = self.component.get_submodule(parent_name)
+                setattr(parent, child, layer.get_base_layer())
+        self.layers, self._targets, self.loaded = {}, {}, None
+
+    def _build(self, lora: dict[str, ModuleLora]) -> None:
+        ranks = {name: module.rank for name, module in lora.items()}
+        common = Counter(ranks.values()).most_common(1)[0][0]
+        pattern = {f"^{n}$": r for n, r in ranks.items() if r != common}
+        # alpha == rank everywhere: the real alpha/rank is folded into lora_B already.
+        config = LoraConfig(
+            r=common,
+            lora_alpha=common,
+            rank_pattern=pattern,
+            alpha_pattern=pattern,
+            target_modules=sorted(ranks),
+            init_lora_weights=False,
+        )
+        inject_adapter_in_model(config, self.component, adapter_name=self.name)
+        for name in ranks:
+            layer = self.component.get_submodule(name)
+            self.layers[name] = layer
+            self._targets[name] = (
+                layer.lora_A[self.name].weight.requires_grad_(False),
+                layer.lora_B[self.name].weight.requires_grad_(False),
+            )
+
+
+def lora_layers(component: torch.nn.Module) -> list[LoraLayer]:
+    return [m for m in component.modules() if isinstance(m, LoraLayer)]
+
+
+def _target_layer(component: torch.nn.Module, name: str) -> torch.nn.Module:
+    try:
+        module = component.get_submodule(name)
+    except AttributeError:
+        raise LoraFormatError(
+            f"The LoRA targets module {name!r}, which this base model does not have: "
+            "it was trained for another model."
+        ) from None
+    base = module.get_base_layer() if isinstance(module, LoraLayer) else module
+    if not isinstance(base, (torch.nn.Linear, torch.nn.Conv2d)):
+        raise LoraFormatError(f"The LoRA targets {name!r}, which is not a linear or conv layer.")
+    return base

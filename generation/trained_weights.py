@@ -1,0 +1,119 @@
+"""Trained weights, from a reference to tensors in memory, and a bounded cache of them.
+
+A reference (what `COG_WEIGHTS`, `replicate_weights` or `extra_lora` name) is resolved to a
+`TrainedWeights` description, then read once into `PreparedWeights`: the LoRA in canonical
+form, a full fine-tune's UNet tensors, the token vectors and token map. Recently used ones stay
+in memory (bounded by bytes), so switching back to them reads nothing from disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from families import SDXL
+from generation.lora import PreparedLora, read_lora
+from weights.archive import archive_format, unpack_archive
+from weights.trained import TrainedWeights, UnrecognisedWeightsError, inspect_weights
+
+DEFAULT_CACHE_BYTES = 8 << 30  # a few LoRAs, or one full fine-tune of SDXL in fp16
+
+
+@dataclass(frozen=True, eq=False)  # compared by identity: the cache hands out one object
+class PreparedWeights:
+    source: str
+    lora: PreparedLora | None
+    unet: dict[str, torch.Tensor] | None  # full fine-tune: UNet parameter name -> tensor
+    token_vectors: dict[int, torch.Tensor] | None  # text-encoder index -> [n_tokens, width]
+    token_map: dict[str, str]  # e.g. {"TOK": "<s0><s1>"}
+
+    @property
+    def nbytes(self) -> int:
+        lora = self.lora.nbytes if self.lora else 0
+        unet = sum(t.nbytes for t in self.unet.values()) if self.unet else 0
+        return lora + unet
+
+
+def fetch_local_trained_weights(reference: str, unpack_dir: Path) -> TrainedWeights:
+    """Describe trained weights given as a local path: a bundle folder, a `.tar` of one, or a
+    LoRA `.safetensors`. (Stand-in for the model store's `fetch_trained_weights`, which also
+    takes URLs and data URIs; swap at merge.)"""
+    path = Path(reference).expanduser()
+    if not path.exists():
+        raise UnrecognisedWeightsError(
+            f"Trained weights {reference!r} not found: give a bundle folder, a .tar bundle or a "
+            "LoRA .safetensors file."
+        )
+    if path.is_file() and archive_format(path) is not None:
+        stat = path.stat()
+        key = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()
+        target = Path(unpack_dir) / hashlib.sha256(key).hexdigest()[:16]
+        if not target.exists():
+            unpack_archive(path, target)
+        return inspect_weights(target, source=reference)
+    return inspect_weights(path, source=reference)
+
+
+def prepare_weights(weights: TrainedWeights, dtype: torch.dtype) -> PreparedWeights:
+    """Read every tensor a bundle needs into memory (CPU), checking the files on the way."""
+    lora = read_lora(weights.lora, dtype, weights.source) if weights.lora else None
+    unet = _read_tensors(weights.unet, weights.source, dtype) if weights.unet else None
+    vectors = None
+    if weights.embeddings_pti:
+        pti = _read_tensors(weights.embeddings_pti, weights.source, torch.float32)
+        missing = [key for key in SDXL.pti_keys if key not in pti]
+        if missing:
+            raise UnrecognisedWeightsError(
+                f"{weights.source}: {weights.embeddings_pti.name} lacks {', '.join(missing)}."
+            )
+        vectors = {index: pti[key] for index, key in enumerate(SDXL.pti_keys)}
+    token_map = dict(weights.token_map or {})
+    if token_map and vectors is None:
+        raise UnrecognisedWeightsError(
+            f"{weights.source} names trigger tokens {sorted(token_map)} but has no "
+            "embeddings.pti holding their vectors."
+        )
+    return PreparedWeights(weights.source, lora, unet, vectors, token_map)
+
+
+def _read_tensors(file: Path, source: str, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    try:
+        tensors = load_file(str(file))
+    except (SafetensorError, OSError) as error:
+        raise UnrecognisedWeightsError(
+            f"{source}: {file.name} is not a readable safetensors file ({error})."
+        ) from None
+    return {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
+
+
+class WeightsCache:
+    """Recently used `PreparedWeights`, least recently used dropped first, bounded in bytes."""
+
+    def __init__(self, dtype: torch.dtype, max_bytes: int = DEFAULT_CACHE_BYTES):
+        self.dtype = dtype
+        self.max_bytes = max_bytes
+        self.unpack_dir = Path(tempfile.mkdtemp(prefix="sdxl-tuner-weights-"))
+        self._entries: OrderedDict[str, PreparedWeights] = OrderedDict()
+
+    def get(self, reference: str) -> PreparedWeights:
+        if reference in self._entries:
+            self._entries.move_to_end(reference)
+            return self._entries[reference]
+        weights = fetch_local_trained_weights(reference, self.unpack_dir)
+        prepared = prepare_weights(weights, self.dtype)
+        self._entries[reference] = prepared
+        while sum(e.nbytes for e in self._entries.values()) > self.max_bytes:
+            if len(self._entries) == 1:  # bigger than the budget: keep it just while in use
+                break
+            self._entries.popitem(last=False)
+        return prepared
+
+    def __contains__(self, reference: str) -> bool:
+        return reference in self._entries
