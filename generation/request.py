@@ -110,7 +110,9 @@ def load_image(path: Path, name: str, size: tuple[int, int], mode: str = "RGB") 
             f"The {name} input ({Path(path).name}) is not an image PIL can read: {error}"
         ) from None
     if image.size != size:
-        image = image.resize(size, Image.Resampling.LANCZOS)
+        # Masks without Lanczos ringing: a black (kept) area must stay exactly black.
+        resample = Image.Resampling.BILINEAR if mode == "L" else Image.Resampling.LANCZOS
+        image = image.resize(size, resample)
     return image
 
 

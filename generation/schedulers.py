@@ -19,7 +19,8 @@ SCHEDULERS = {
     "KarrasDPM": (DPMSolverMultistepScheduler, {"use_karras_sigmas": True}),
     "K_EULER_ANCESTRAL": (EulerAncestralDiscreteScheduler, {}),
     "K_EULER": (EulerDiscreteScheduler, {}),
-    "PNDM": (PNDMScheduler, {}),
+    # PLMS, as Stable Diffusion ships PNDM: the Runge-Kutta warm-up fails below ~4 steps.
+    "PNDM": (PNDMScheduler, {"skip_prk_steps": True}),
 }
 DEFAULT_SCHEDULER = "K_EULER"
 

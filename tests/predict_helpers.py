@@ -1,0 +1,52 @@
+"""Shared helpers for the predictor tests: tiny predictors and quick requests."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from predict import Predictor, predict_defaults
+
+# Small and fast: one denoising step at 64x64 is enough to tell outputs apart.
+FAST = dict(width=64, height=64, num_inference_steps=1, seed=7, prompt="a photo of a cat")
+
+
+@contextmanager
+def one_torch_thread():
+    """Tiny models run fastest on one thread; two threads on shared, busy cores spin-wait
+    (measured here: 0.3 s vs 4-6 s per 64x64 step)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def tiny_predictor(model_cache: Path, weights: str | None = None) -> Predictor:
+    """A Predictor set up on the tiny base, refiner and safety checker."""
+    with pytest.MonkeyPatch.context() as env:
+        for variable in ("BASE_MODEL", "REFINER_MODEL", "SAFETY_CHECKER_MODEL"):
+            env.setenv(variable, "tiny")
+        env.setenv("SDXL_TUNER_CACHE", str(model_cache))
+        env.setenv("HF_HUB_OFFLINE", "1")
+        predictor = Predictor()
+        predictor.setup(weights)
+    return predictor
+
+
+def predict_paths(predictor: Predictor, **inputs) -> list:
+    return predictor.predict(**{**predict_defaults(), **FAST, **inputs})
+
+
+def predict_arrays(predictor: Predictor, **inputs) -> list[np.ndarray]:
+    return [np.asarray(Image.open(path)) for path in predict_paths(predictor, **inputs)]
+
+
+def same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
+    return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
