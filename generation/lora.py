@@ -11,6 +11,7 @@ same shape is a tensor copy into the existing parameters: no modules are built o
 from __future__ import annotations
 
 import math
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,7 +178,9 @@ class LoraSlot:
             target_modules=sorted(ranks),
             init_lora_weights=False,
         )
-        inject_adapter_in_model(config, self.component, adapter_name=self.name)
+        with warnings.catch_warnings():  # a second slot in one model is intended here
+            warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+            inject_adapter_in_model(config, self.component, adapter_name=self.name)
         for name in ranks:
             layer = self.component.get_submodule(name)
             self.layers[name] = layer

@@ -105,15 +105,18 @@ class WeightsCache:
     def get(self, reference: str) -> PreparedWeights:
         if reference in self._entries:
             self._entries.move_to_end(reference)
-            return self._entries[reference]
-        weights = fetch_local_trained_weights(reference, self.unpack_dir)
-        prepared = prepare_weights(weights, self.dtype)
-        self._entries[reference] = prepared
-        while sum(e.nbytes for e in self._entries.values()) > self.max_bytes:
-            if len(self._entries) == 1:  # bigger than the budget: keep it just while in use
-                break
+        else:
+            weights = fetch_local_trained_weights(reference, self.unpack_dir)
+            self._entries[reference] = prepare_weights(weights, self.dtype)
+        prepared = self._entries[reference]
+        # Drop the least recently used; the one just asked for stays even if over budget.
+        while len(self._entries) > 1 and self.nbytes > self.max_bytes:
             self._entries.popitem(last=False)
         return prepared
+
+    @property
+    def nbytes(self) -> int:
+        return sum(entry.nbytes for entry in self._entries.values())
 
     def __contains__(self, reference: str) -> bool:
         return reference in self._entries

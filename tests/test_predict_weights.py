@@ -1,0 +1,187 @@
+"""predict() with trained weights: every bundle layout, the version default, per-request
+overrides, stacking, and switching that leaves no state behind (even when it fails)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from cog import CancelationException
+from peft.tuners.lora import LoraLayer
+from safetensors.torch import load_file
+
+from generation import switcher
+from generation.lora import LoraFormatError
+from generation.request import InvalidRequestError
+from tests.predict_helpers import one_torch_thread, predict_arrays, same, tiny_predictor
+from tests.trained_bundles import (
+    tar_folder,
+    write_full_finetune_bundle,
+    write_kohya_lora,
+    write_legacy_bundle,
+    write_lora_bundle,
+    write_tokens,
+)
+from weights.trained import EMBEDDINGS_PTI_FILE, UnrecognisedWeightsError
+
+TRIGGER = dict(prompt="a photo of TOK on the beach")
+PLAIN = dict(prompt="a photo of a cat")
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory, tiny_models):
+    base, root = tiny_models["base"], tmp_path_factory.mktemp("bundles")
+    bad = write_lora_bundle(base, root / "bad", seed=1)
+    write_tokens(bad, seed=1, widths=(16, 16))  # embeddings for another model
+    return {
+        "A": str(tar_folder(write_lora_bundle(base, root / "A", seed=1))),
+        "B": str(write_lora_bundle(base, root / "B", seed=2)),  # an unpacked folder
+        "F": str(write_full_finetune_bundle(base, root / "F", seed=4)),
+        "G": str(tar_folder(write_full_finetune_bundle(base, root / "G", seed=5))),
+        "kohya_A": str(write_kohya_lora(base, root / "kohya_A.safetensors", seed=1)),
+        "kohya_C": str(write_kohya_lora(base, root / "kohya_C.safetensors", seed=6)),
+        "legacy": str(tar_folder(write_legacy_bundle(base, root / "legacy", seed=3))),
+        "bad": str(bad),
+    }
+
+
+@pytest.fixture(scope="module")
+def threads():
+    with one_torch_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def predictor(model_cache, threads):
+    return tiny_predictor(model_cache)
+
+
+@pytest.fixture(scope="module")
+def fresh(model_cache, bundles, threads):
+    """For each of none/A/B/F/G: the output of a freshly set-up predictor whose version
+    default (COG_WEIGHTS) is that bundle: what every switch must reproduce exactly."""
+    outputs = {}
+    for name in (None, "A", "B", "F", "G"):
+        predictor = tiny_predictor(model_cache, bundles[name] if name else None)
+        outputs[name] = predict_arrays(predictor, **TRIGGER)
+    return outputs
+
+
+def _run(predictor, bundles, name, **inputs):
+    weights = {"replicate_weights": bundles[name]} if name else {}
+    return predict_arrays(predictor, **TRIGGER, **weights, **inputs)
+
+
+def test_switching_in_any_order_matches_fresh_loads_exactly(predictor, bundles, fresh):
+    assert len({fresh[n][0].tobytes() for n in fresh}) == len(fresh)  # all differ
+    for name in ("A", "B", None, "A", "F", "B", "G", None, "F", "F", "A", None):
+        assert same(_run(predictor, bundles, name), fresh[name]), f"after switching to {name}"
+
+
+def test_version_default_persists_and_replicate_weights_overrides_one_request(
+    model_cache, bundles, fresh
+):
+    with one_torch_thread():
+        version = tiny_predictor(model_cache, bundles["A"])
+        assert same(predict_arrays(version, **TRIGGER), fresh["A"])
+        assert same(_run(version, bundles, "B"), fresh["B"])
+        assert same(predict_arrays(version, **TRIGGER), fresh["A"])  # back to the default
+        assert same(_run(version, bundles, "F"), fresh["F"])
+        assert same(predict_arrays(version, **TRIGGER), fresh["A"])
+
+
+def test_lora_changes_the_output_scale_zero_is_the_base_and_scale_may_exceed_one(
+    predictor, bundles
+):
+    base = predict_arrays(predictor, **PLAIN)
+    trained = predict_arrays(predictor, replicate_weights=bundles["A"], **PLAIN)
+    assert not same(base, trained)
+    off = predict_arrays(predictor, replicate_weights=bundles["A"], lora_scale=0.0, **PLAIN)
+    assert same(off, base)
+    strong = predict_arrays(predictor, replicate_weights=bundles["A"], lora_scale=1.5, **PLAIN)
+    assert not same(strong, trained) and not same(strong, base)
+
+
+def test_trained_tokens_reach_base_and_refiner_and_leave_with_the_bundle(predictor, bundles):
+    engine = predictor.engine
+    vectors = load_file(f"{bundles['B']}/{EMBEDDINGS_PTI_FILE}")
+    refined = _run(predictor, bundles, "B", refine="expert_ensemble_refiner", num_inference_steps=2)
+    assert refined[0].shape == (64, 64, 3)
+    refiner, base = engine.refiner.img2img, engine.base.txt2img
+    for pipeline, index, encoder in (
+        (base, 0, base.text_encoder),
+        (base, 1, base.text_encoder_2),
+        (refiner, 1, refiner.text_encoder_2),
+    ):
+        tokenizer = pipeline.tokenizer if index == 0 else pipeline.tokenizer_2
+        ids = tokenizer("<s0><s1>", add_special_tokens=False).input_ids
+        assert len(ids) == 2
+        rows = encoder.get_input_embeddings().weight[ids]
+        torch.testing.assert_close(rows, vectors[f"text_encoders_{index}"], rtol=0, atol=0)
+    # A prompt with the trigger differs from the same prompt without the tokens installed.
+    ensemble = dict(refine="expert_ensemble_refiner", num_inference_steps=2, lora_scale=0)
+    assert not same(
+        _run(predictor, bundles, None, **ensemble), _run(predictor, bundles, "B", **ensemble)
+    )
+    # Without a bundle, every pipeline is back on tokenizers that do not know the tokens.
+    _run(predictor, bundles, None)
+    for pipeline in (base, engine.base.inpaint, refiner, engine.refiner.inpaint):
+        assert "<s0>" not in pipeline.tokenizer_2.get_vocab()
+
+
+def test_kohya_layout_loads_identically_and_legacy_bundles_load(predictor, bundles):
+    diffusers_layout = predict_arrays(predictor, replicate_weights=bundles["A"], **PLAIN)
+    kohya_layout = predict_arrays(predictor, replicate_weights=bundles["kohya_A"], **PLAIN)
+    assert same(kohya_layout, diffusers_layout)
+    legacy = _run(predictor, bundles, "legacy")
+    assert not same(legacy, _run(predictor, bundles, None))
+
+
+def test_stacking_an_extra_lora(predictor, bundles):
+    main = _run(predictor, bundles, "A")
+    stacked = _run(predictor, bundles, "A", extra_lora=bundles["kohya_C"])
+    assert not same(stacked, main)
+    assert not same(stacked, _run(predictor, bundles, None, extra_lora=bundles["kohya_C"]))
+    unweighted = _run(predictor, bundles, "A", extra_lora=bundles["kohya_C"], extra_lora_scale=0)
+    assert same(unweighted, main)
+    with pytest.raises(InvalidRequestError, match="full fine-tune cannot be stacked"):
+        _run(predictor, bundles, "A", extra_lora=bundles["F"])
+
+
+def test_weights_that_do_not_fit_fail_clearly_and_change_nothing(predictor, bundles, fresh):
+    assert same(_run(predictor, bundles, "B"), fresh["B"])
+    with pytest.raises(LoraFormatError, match="width is 32: they were trained for another"):
+        _run(predictor, bundles, "bad")
+    with pytest.raises(UnrecognisedWeightsError, match="not found"):
+        _run(predictor, bundles, None, replicate_weights="/nowhere/weights.tar")
+    assert same(_run(predictor, bundles, None), fresh[None])
+    assert same(_run(predictor, bundles, "B"), fresh["B"])
+
+
+def test_a_switch_cancelled_midway_leaves_a_clean_model(predictor, bundles, fresh, monkeypatch):
+    assert same(_run(predictor, bundles, "F"), fresh["F"])  # UNet overwritten...
+
+    def cancelled(*args, **kwargs):  # ...then Cog cancels while B's tokens go in
+        raise CancelationException()
+
+    with monkeypatch.context() as patch:
+        patch.setattr(switcher.TokenEmbeddingsHandler, "load_vectors", cancelled)
+        with pytest.raises(CancelationException):
+            _run(predictor, bundles, "B")
+    engine = predictor.engine
+    assert not any(isinstance(m, LoraLayer) for m in engine.base.txt2img.unet.modules())
+    assert same(_run(predictor, bundles, None), fresh[None])
+    assert same(_run(predictor, bundles, "B"), fresh["B"])
+    assert same(_run(predictor, bundles, "F"), fresh["F"])
+
+
+def test_lora_cache_is_bounded(predictor, bundles):
+    cache = predictor.engine.weights_cache
+    budget = cache.max_bytes
+    try:
+        cache.max_bytes = 1  # every entry is over budget: only the latest stays
+        _run(predictor, bundles, "A")
+        _run(predictor, bundles, "B")
+        assert bundles["B"] in cache and bundles["A"] not in cache
+        assert same(_run(predictor, bundles, "A"), _run(predictor, bundles, "A"))
+    finally:
+        cache.max_bytes = budget
