@@ -32,8 +32,10 @@ class Predictor(BasePredictor):
             description="Input prompt", default="An astronaut riding a rainbow unicorn"
         ),
         negative_prompt: str = Input(description="Input Negative Prompt", default=""),
-        image: Path = Input(description="Input image for img2img or inpaint mode", default=None),
-        mask: Path = Input(
+        image: Optional[Path] = Input(
+            description="Input image for img2img or inpaint mode", default=None
+        ),
+        mask: Optional[Path] = Input(
             description="Input mask for inpaint mode. Black areas will be preserved, "
             "white areas will be inpainted.",
             default=None,

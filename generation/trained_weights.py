@@ -45,6 +45,11 @@ def fetch_local_trained_weights(reference: str, unpack_dir: Path) -> TrainedWeig
     """Describe trained weights given as a local path: a bundle folder, a `.tar` of one, or a
     LoRA `.safetensors`. (Stand-in for the model store's `fetch_trained_weights`, which also
     takes URLs and data URIs; swap at merge.)"""
+    if reference.startswith(("http://", "https://", "data:")):
+        raise UnrecognisedWeightsError(
+            f"{reference[:80]}: fetching trained weights from URLs needs the model store "
+            "(weights/store.py); give a local path meanwhile."
+        )
     path = Path(reference).expanduser()
     if not path.exists():
         raise UnrecognisedWeightsError(

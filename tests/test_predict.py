@@ -195,3 +195,36 @@ def test_trigger_substitution_is_whole_word_and_case_exact():
     tokens = {"TOK": "<s0><s1>"}
     assert substitute_tokens("a photo of TOK in tokyo", tokens) == "a photo of <s0><s1> in tokyo"
     assert substitute_tokens("TOK, TOKYO and Tok.", tokens) == "<s0><s1>, TOKYO and Tok."
+
+
+def test_inputs_match_replicates_sdxl_model():
+    from cog import _inspector
+
+    inputs = _inspector.create_predictor("predict", "Predictor").inputs
+    expected = {
+        "prompt": "An astronaut riding a rainbow unicorn",
+        "negative_prompt": "",
+        "width": 1024,
+        "height": 1024,
+        "num_outputs": 1,
+        "scheduler": "K_EULER",
+        "num_inference_steps": 50,
+        "guidance_scale": 7.5,
+        "prompt_strength": 0.8,
+        "seed": None,
+        "refine": "no_refiner",
+        "high_noise_frac": 0.8,
+        "refine_steps": None,
+        "apply_watermark": True,
+        "lora_scale": 0.6,
+        "replicate_weights": None,
+        "disable_safety_checker": False,
+        "image": None,
+        "mask": None,
+    }
+    assert {name: inputs[name].default for name in expected} == expected
+    assert (inputs["num_outputs"].ge, inputs["num_outputs"].le) == (1, 4)
+    assert (inputs["num_inference_steps"].ge, inputs["num_inference_steps"].le) == (1, 500)
+    assert inputs["lora_scale"].le > 1
+    assert set(inputs["scheduler"].choices) == set(SCHEDULERS)
+    assert inputs["output_format"].choices == ["png", "webp", "jpg"]

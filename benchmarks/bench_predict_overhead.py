@@ -1,0 +1,86 @@
+"""Per-request overhead of `predict()` over calling the diffusers pipeline directly, on the
+tiny model: input checks, the (no-op) weights switch, prompt substitution, scheduler
+selection, safety checker, watermark and writing the files.
+
+    .venv/bin/python benchmarks/bench_predict_overhead.py [--repeats 15] [--steps 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--size", type=int, default=64)
+    args = parser.parse_args()
+    for variable in ("BASE_MODEL", "REFINER_MODEL", "SAFETY_CHECKER_MODEL"):
+        os.environ.setdefault(variable, "tiny")
+    os.environ.setdefault("SDXL_TUNER_CACHE", str(Path(tempfile.gettempdir()) / "bench-cache"))
+    torch.set_num_threads(1)  # steadier timings on shared cores
+    from predict import Predictor, predict_defaults
+
+    predictor = Predictor()
+    predictor.setup()
+    pipeline = predictor.engine.base.txt2img
+    for pipe in (pipeline, predictor.engine.refiner.img2img):
+        pipe.set_progress_bar_config(disable=True)
+    request = dict(
+        predict_defaults(),
+        prompt="a photo of a cat",
+        width=args.size,
+        height=args.size,
+        num_inference_steps=args.steps,
+        seed=1,
+    )
+
+    def direct():
+        pipeline(
+            prompt=[request["prompt"]],
+            negative_prompt=[request["negative_prompt"]],
+            width=args.size,
+            height=args.size,
+            num_inference_steps=args.steps,
+            guidance_scale=request["guidance_scale"],
+            generator=torch.Generator("cpu").manual_seed(1),
+        )
+
+    cases = {
+        "direct pipeline call": direct,
+        "predict(), safety checker and watermark off": lambda: predictor.predict(
+            **dict(request, disable_safety_checker=True, apply_watermark=False)
+        ),
+        "predict(), defaults (safety checker on)": lambda: predictor.predict(**request),
+    }
+    for run in cases.values():  # warm-up
+        run()
+    times = {name: [] for name in cases}
+    for _ in range(args.repeats):  # interleaved, so load changes hit every case alike
+        for name, run in cases.items():
+            started = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - started)
+
+    baseline = statistics.median(times["direct pipeline call"])
+    print(f"\n{args.size}x{args.size}, {args.steps} steps, median of {args.repeats}, 1 thread\n")
+    print(f"| {'call':<45} | seconds | overhead |")
+    print(f"|{'-' * 47}|---------|----------|")
+    for name, samples in times.items():
+        median = statistics.median(samples)
+        print(f"| {name:<45} | {median:7.3f} | {100 * (median / baseline - 1):+7.1f}% |")
+
+
+if __name__ == "__main__":
+    main()
