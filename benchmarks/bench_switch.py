@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from generation.switcher import Selection, WeightsSwitcher  # noqa: E402
 from generation.trained_weights import prepare_weights  # noqa: E402
+from weights.runtime import Runtime  # noqa: E402
 from weights.tiny import ensure_tiny_model  # noqa: E402
 from weights.trained import inspect_weights  # noqa: E402
 
@@ -133,7 +134,8 @@ def main() -> None:
     rows = []
     # Ours.
     switcher = WeightsSwitcher({"unet": unet}, token_targets=[])
-    read = {f: lambda f=f: prepare_weights(inspect_weights(f), DTYPE) for f in files}
+    runtime = Runtime(torch.device("cpu"), DTYPE)
+    read = {f: lambda f=f: prepare_weights(inspect_weights(f), runtime) for f in files}
     prepared = {f: read[f]() for f in files}
     first = timed(lambda: switcher.activate(Selection(prepared[files[0]])))
     rows.append(("ours: first load (builds the LoRA layers)", first))

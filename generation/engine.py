@@ -45,7 +45,7 @@ class GenerationEngine:
         self.watermarker = Watermarker()
         self.output_dir = Path(tempfile.mkdtemp(prefix="sdxl-tuner-outputs-"))
 
-        self.weights_cache = WeightsCache(self.runtime.dtype)
+        self.weights_cache = WeightsCache(self.runtime)
         txt2img = self.base.txt2img
         self.switcher = WeightsSwitcher(
             components={
@@ -166,12 +166,13 @@ class GenerationEngine:
         refiner.scheduler = self.refiner.schedulers.get(request.scheduler)
         refiner_args = dict(common, mask_image=mask) if mask is not None else dict(common)
         refine = request.refine
-        if refine == "expert_ensemble_refiner" and not self._ensemble_splits(
-            pipeline.scheduler, base_args["num_inference_steps"], request.high_noise_frac
+        strength = request.prompt_strength if image is not None else 1.0
+        if refine == "expert_ensemble_refiner" and not _ensemble_splits(
+            pipeline.scheduler, base_args["num_inference_steps"], strength, request.high_noise_frac
         ):
             print(
-                f"high_noise_frac {request.high_noise_frac} leaves the refiner no step at "
-                f"{steps} steps: running the base model alone."
+                f"high_noise_frac {request.high_noise_frac} leaves the base or the refiner no "
+                f"step at {steps} steps: running the base model alone."
             )
             refine = "no_refiner"
 
@@ -198,20 +199,17 @@ class GenerationEngine:
             images = refiner(**refiner_args).images
         return images
 
-    @staticmethod
-    def _ensemble_splits(scheduler, steps: int, high_noise_frac: float) -> bool:
-        """Whether handing over at `high_noise_frac` leaves at least one step on each side
-        (diffusers fails on an empty half)."""
-        train_steps = scheduler.config.num_train_timesteps
-        cutoff = round(train_steps - high_noise_frac * train_steps)
-        scheduler.set_timesteps(steps)
-        base_steps = int((scheduler.timesteps >= cutoff).sum())
-        if base_steps == 0:
-            raise InvalidRequestError(
-                f"high_noise_frac {high_noise_frac} leaves the base model no step at {steps} "
-                "steps: raise high_noise_frac or num_inference_steps."
-            )
-        return base_steps < len(scheduler.timesteps)
+
+def _ensemble_splits(scheduler, steps: int, strength: float, high_noise_frac: float) -> bool:
+    """Whether handing over at `high_noise_frac` leaves at least one step on each side
+    (diffusers fails on an empty half). Mirrors diffusers' img2img step selection."""
+    scheduler.set_timesteps(steps)
+    skipped = steps - min(int(steps * strength), steps)
+    timesteps = scheduler.timesteps[skipped * scheduler.order :]
+    train_steps = scheduler.config.num_train_timesteps
+    cutoff = round(train_steps - high_noise_frac * train_steps)
+    base_steps = int((timesteps >= cutoff).sum())
+    return 0 < base_steps < len(timesteps)
 
 
 def _steps_for_strength(steps: int, strength: float) -> int:

@@ -5,7 +5,9 @@ Replicate trainer's attention-processor keys) is converted with diffusers' own c
 into one form: per model component, per target module, the pair (lora_A, lora_B) with the
 module's alpha/rank scale folded into lora_B. The model then holds each LoRA "slot" as PEFT
 layers whose own scale is just the user's `lora_scale`, so switching to another LoRA of the
-same shape is a tensor copy into the existing parameters: no modules are built or removed.
+same shape only points the existing LoRA parameters at the new tensors: no module is built or
+removed and nothing is copied. (This rebinding would invalidate a torch.compile'd or
+CUDA-graphed model; the predictor runs eagerly.)
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from diffusers.utils.peft_utils import _create_lora_config
 from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
 from peft.utils.other import get_pattern_key
+
+from weights.runtime import Runtime
 
 # The pipeline components a LoRA file may address, by their key prefix.
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
@@ -60,9 +64,10 @@ class PreparedLora:
         )
 
 
-def read_lora(file: Path, dtype: torch.dtype, source: str | None = None) -> PreparedLora:
-    """Read a LoRA `.safetensors` in any supported layout into canonical form (on the CPU,
-    in `dtype`). Conversion and alpha handling follow diffusers' `load_lora_weights`."""
+def read_lora(file: Path, runtime: Runtime, source: str | None = None) -> PreparedLora:
+    """Read a LoRA `.safetensors` in any supported layout into canonical form, on the
+    runtime's device and in its dtype (so a slot can use the tensors as they are).
+    Conversion and alpha handling follow diffusers' `load_lora_weights`."""
     source = source or Path(file).name
     state_dict, alphas, metadata = StableDiffusionXLPipeline.lora_state_dict(
         str(file), return_lora_metadata=True
@@ -76,7 +81,7 @@ def read_lora(file: Path, dtype: torch.dtype, source: str | None = None) -> Prep
         if part:
             part_alphas = _component_part(alphas or {}, component) or None
             part_metadata = _component_part(metadata or {}, component) or None
-            modules[component] = _canonical(part, part_alphas, part_metadata, component, dtype)
+            modules[component] = _canonical(part, part_alphas, part_metadata, component, runtime)
     if not modules:
         raise LoraFormatError(f"{source}: no LoRA weights for the UNet or the text encoders.")
     return PreparedLora(source, modules)
@@ -87,7 +92,7 @@ def _component_part(mapping: dict, component: str) -> dict:
     return {k.removeprefix(prefix): v for k, v in mapping.items() if k.startswith(prefix)}
 
 
-def _canonical(state_dict, alphas, metadata, component, dtype) -> dict[str, ModuleLora]:
+def _canonical(state_dict, alphas, metadata, component, runtime) -> dict[str, ModuleLora]:
     if component == "unet":
         if not any("lora_A" in key for key in state_dict):
             state_dict = convert_unet_state_dict_to_peft(state_dict)
@@ -110,7 +115,8 @@ def _canonical(state_dict, alphas, metadata, component, dtype) -> dict[str, Modu
             get_pattern_key(config.alpha_pattern, name), config.lora_alpha
         )
         scale = alpha / math.sqrt(rank) if config.use_rslora else alpha / rank
-        modules[name] = ModuleLora(down.to(dtype).contiguous(), (up.float() * scale).to(dtype))
+        up = (up.float() * scale).to(runtime.device, runtime.dtype)
+        modules[name] = ModuleLora(down.to(runtime.device, runtime.dtype).contiguous(), up)
     return modules
 
 
@@ -127,6 +133,8 @@ class LoraSlot:
 
     def check(self, lora: dict[str, ModuleLora]) -> None:
         """Raise a clear error, before anything changes, if `lora` does not fit the model."""
+        if self._shapes(lora) == self._current_shapes():
+            return  # the slot already holds these exact shapes, so they fit
         for name, module in lora.items():
             weight = _target_layer(self.component, name).weight
             if module.down.shape[1] != weight.shape[1] or module.up.shape[0] != weight.shape[0]:
@@ -136,20 +144,26 @@ class LoraSlot:
                     f"{tuple(weight.shape[:2])}: it was trained for another model."
                 )
 
-    def load(self, lora: dict[str, ModuleLora], owner: PreparedLora) -> None:
-        """Make this slot hold `lora`: in place when the shapes match, else rebuilt."""
-        shapes = {n: (m.down.shape, m.up.shape) for n, m in lora.items()}
-        current = {n: (a.shape, b.shape) for n, (a, b) in self._targets.items()}
-        if shapes != current:
+    def load(self, lora: dict[str, ModuleLora], owner: PreparedLora) -> bool:
+        """Make this slot hold `lora`: its tensors become the LoRA parameters when the shapes
+        match; otherwise the slot's layers are rebuilt first. Returns whether they were."""
+        rebuilt = self._shapes(lora) != self._current_shapes()
+        if rebuilt:
             self.remove()
             self._build(lora)
-        self.loaded = None  # half-copied until the loop below finishes
-        with torch.no_grad():
-            for name, module in lora.items():
-                down, up = self._targets[name]
-                down.copy_(module.down, non_blocking=True)
-                up.copy_(module.up, non_blocking=True)
+        self.loaded = None  # half-bound until the loop below finishes
+        for name, module in lora.items():
+            down, up = self._targets[name]
+            down.data, up.data = module.down, module.up
         self.loaded = owner
+        return rebuilt
+
+    @staticmethod
+    def _shapes(lora: dict[str, ModuleLora]) -> dict:
+        return {name: (m.down.shape, m.up.shape) for name, m in lora.items()}
+
+    def _current_shapes(self) -> dict:
+        return {name: (a.shape, b.shape) for name, (a, b) in self._targets.items()}
 
     def set_scale(self, scale: float) -> None:
         for layer in self.layers.values():

@@ -6,8 +6,9 @@ scales). The switcher changes only what differs from the current state:
 1. full fine-tune UNet tensors: copied in; the base values are kept on the CPU and copied
    back exactly when another bundle (or none) is requested;
 2. LoRA: each component (UNet, both text encoders) has a "main" and an "extra" slot; a LoRA of
-   the shape a slot already holds is copied into it in place; an unused slot is switched off
-   (its layers compute exactly the base output) rather than removed;
+   the shape a slot already holds goes into it in place (its parameters are pointed at the
+   cached tensors); an unused slot is switched off (its layers compute exactly the base
+   output) rather than removed;
 3. trained tokens: installed into the base *and* the refiner text encoders; each token count
    gets its own copy of the tokenizers, and a request without tokens gets the pristine ones.
 
@@ -64,6 +65,7 @@ class WeightsSwitcher:
         self.token_targets = token_targets
         self.active = Selection()
         self._slots = self._new_slots()
+        self._active_slots: dict[str, list[str] | None] = {}  # per component
         self._unet_backup: dict[str, torch.Tensor] = {}  # base values of overwritten tensors
         self._unet_modified: set[str] = set()
         self._unet_loaded: dict | None = None
@@ -101,6 +103,7 @@ class WeightsSwitcher:
         for component in self.components.values():
             _unwrap_lora_layers(component)
         self._slots = self._new_slots()
+        self._active_slots = {}
         self._revert_unet()
         self._unet_loaded = None
         for target in self.token_targets:
@@ -156,18 +159,26 @@ class WeightsSwitcher:
             "main": (selection.main.lora if selection.main else None, selection.main_scale),
             "extra": (selection.extra, selection.extra_scale),
         }
-        for component_name, component in self.components.items():
-            active = []
+        for component_name in self.components:
+            active, rebuilt = [], False
             for slot_name, (lora, scale) in wanted.items():
                 part = lora.modules.get(component_name) if lora else None
                 if part is None:
                     continue
                 slot = self._slots[component_name, slot_name]
                 if slot.loaded is not lora:
-                    slot.load(part, lora)
+                    rebuilt |= slot.load(part, lora)
                 slot.set_scale(scale)
                 active.append(slot_name)
-            _set_active_adapters(component, active)
+            if rebuilt or self._active_slots.get(component_name) != active:
+                self._active_slots[component_name] = None  # unknown until set
+                layers = {
+                    id(layer): layer
+                    for slot in SLOT_NAMES
+                    for layer in self._slots[component_name, slot].layers.values()
+                }
+                _set_active_adapters(layers.values(), active)
+                self._active_slots[component_name] = active
 
     def _new_slots(self) -> dict[tuple[str, str], LoraSlot]:
         return {
@@ -206,14 +217,13 @@ class WeightsSwitcher:
                     )
 
 
-def _set_active_adapters(component: torch.nn.Module, active: list[str]) -> None:
+def _set_active_adapters(layers, active: list[str]) -> None:
     """Switch each PEFT layer to the active slots it holds; with none it computes exactly the
     base layer's output."""
-    for module in component.modules():
-        if isinstance(module, LoraLayer):
-            names = [name for name in active if name in module.lora_A]
-            if module.active_adapters != names:
-                module._active_adapter = names  # PEFT's set_adapter also toggles grads
+    for layer in layers:
+        names = [name for name in active if name in layer.lora_A]
+        if layer.active_adapters != names:
+            layer._active_adapter = names  # PEFT's set_adapter also toggles grads
 
 
 def _unwrap_lora_layers(component: torch.nn.Module) -> None:

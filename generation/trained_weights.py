@@ -21,9 +21,12 @@ from safetensors.torch import load_file
 from families import SDXL
 from generation.lora import PreparedLora, read_lora
 from weights.archive import archive_format, unpack_archive
+from weights.runtime import Runtime
 from weights.trained import TrainedWeights, UnrecognisedWeightsError, inspect_weights
 
-DEFAULT_CACHE_BYTES = 8 << 30  # a few LoRAs, or one full fine-tune of SDXL in fp16
+# About twenty rank-32 SDXL LoRAs (on the GPU when there is one). A full fine-tune of SDXL
+# (5 GB in fp16) is larger: it is kept only while it is the one in use.
+DEFAULT_CACHE_BYTES = 2 << 30
 
 
 @dataclass(frozen=True, eq=False)  # compared by identity: the cache hands out one object
@@ -66,10 +69,12 @@ def fetch_local_trained_weights(reference: str, unpack_dir: Path) -> TrainedWeig
     return inspect_weights(path, source=reference)
 
 
-def prepare_weights(weights: TrainedWeights, dtype: torch.dtype) -> PreparedWeights:
-    """Read every tensor a bundle needs into memory (CPU), checking the files on the way."""
-    lora = read_lora(weights.lora, dtype, weights.source) if weights.lora else None
-    unet = _read_tensors(weights.unet, weights.source, dtype) if weights.unet else None
+def prepare_weights(weights: TrainedWeights, runtime: Runtime) -> PreparedWeights:
+    """Read every tensor a bundle needs into memory, checking the files on the way: LoRA
+    tensors on the runtime's device (a switch uses them as they are), a full fine-tune's UNet
+    on the CPU (it is copied in)."""
+    lora = read_lora(weights.lora, runtime, weights.source) if weights.lora else None
+    unet = _read_tensors(weights.unet, weights.source, runtime.dtype) if weights.unet else None
     vectors = None
     if weights.embeddings_pti:
         pti = _read_tensors(weights.embeddings_pti, weights.source, torch.float32)
@@ -101,8 +106,8 @@ def _read_tensors(file: Path, source: str, dtype: torch.dtype) -> dict[str, torc
 class WeightsCache:
     """Recently used `PreparedWeights`, least recently used dropped first, bounded in bytes."""
 
-    def __init__(self, dtype: torch.dtype, max_bytes: int = DEFAULT_CACHE_BYTES):
-        self.dtype = dtype
+    def __init__(self, runtime: Runtime, max_bytes: int = DEFAULT_CACHE_BYTES):
+        self.runtime = runtime
         self.max_bytes = max_bytes
         self.unpack_dir = Path(tempfile.mkdtemp(prefix="sdxl-tuner-weights-"))
         self._entries: OrderedDict[str, PreparedWeights] = OrderedDict()
@@ -112,7 +117,7 @@ class WeightsCache:
             self._entries.move_to_end(reference)
         else:
             weights = fetch_local_trained_weights(reference, self.unpack_dir)
-            self._entries[reference] = prepare_weights(weights, self.dtype)
+            self._entries[reference] = prepare_weights(weights, self.runtime)
         prepared = self._entries[reference]
         # Drop the least recently used; the one just asked for stays even if over budget.
         while len(self._entries) > 1 and self.nbytes > self.max_bytes:

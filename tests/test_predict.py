@@ -97,6 +97,13 @@ def test_refiner_modes_run_and_change_the_image(predictor, photo, refine):
     assert img2img.shape == (64, 64, 3)
 
 
+def test_an_ensemble_split_with_an_empty_half_runs_the_base_alone(predictor, capsys):
+    alone = predict_arrays(predictor, num_inference_steps=1)
+    split = predict_arrays(predictor, num_inference_steps=1, refine="expert_ensemble_refiner")
+    assert same(split, alone)
+    assert "leaves the base or the refiner no step" in capsys.readouterr().out
+
+
 def test_sizes_are_rounded_to_multiples_of_8_and_said_so(predictor, capsys):
     (image,) = predict_arrays(predictor, width=70, height=64)
     assert image.shape == (64, 64, 3)
