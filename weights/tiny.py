@@ -15,6 +15,7 @@ import importlib.util
 import json
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -56,17 +57,26 @@ def ensure_tiny_model(role: str, cache_dir: Path) -> Path:
     if role not in ROLES:
         raise ValueError(f"Unknown tiny model role {role!r}: use one of {ROLES}.")
     target = Path(cache_dir) / f"tiny-sdxl-{role}-v{BUILD_VERSION}"
-    if (target / "model_index.json").exists():
+
+    def save(folder: Path) -> None:
+        build_tiny_pipeline(role).save_pretrained(folder, safe_serialization=True)
+
+    return build_folder_once(target, "model_index.json", save)
+
+
+def build_folder_once(target: Path, marker: str, save: Callable[[Path], None]) -> Path:
+    """Return `target`, first filling it with `save(folder)` unless it already holds `marker`.
+    Built beside the target and renamed, so a crash never leaves a half-written model."""
+    if (target / marker).exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    # Build beside the target and rename, so a crash never leaves a half-written model.
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        build_tiny_pipeline(role).save_pretrained(staging, safe_serialization=True)
+        save(staging)
         try:
             staging.rename(target)
         except OSError:
-            if not (target / "model_index.json").exists():  # not a concurrent builder's win
+            if not (target / marker).exists():  # not a concurrent builder's win
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -8,13 +8,13 @@ lowers them; that keeps generation tests independent of the checker's random wei
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
 from transformers import CLIPConfig, CLIPImageProcessorPil
+
+from weights.tiny import build_folder_once
 
 BUILD_VERSION = 1
 IMAGE_SIZE = 32
@@ -23,21 +23,12 @@ IMAGE_SIZE = 32
 def ensure_tiny_safety_checker(cache_dir: Path) -> Path:
     """Return the folder of the tiny safety checker, building it on first use."""
     target = Path(cache_dir) / f"tiny-safety-checker-v{BUILD_VERSION}"
-    if (target / "config.json").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        build_tiny_safety_checker().save_pretrained(staging, safe_serialization=True)
-        build_image_processor().save_pretrained(staging)
-        try:
-            staging.rename(target)
-        except OSError:
-            if not (target / "config.json").exists():  # not a concurrent builder's win
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+
+    def save(folder: Path) -> None:
+        build_tiny_safety_checker().save_pretrained(folder, safe_serialization=True)
+        build_image_processor().save_pretrained(folder)
+
+    return build_folder_once(target, "config.json", save)
 
 
 def build_tiny_safety_checker() -> StableDiffusionSafetyChecker:
