@@ -39,6 +39,21 @@ class ModelSettings:
         )
 
 
+@dataclass(frozen=True)
+class HubSettings:
+    """huggingface_hub's own variables, read when used (the library reads them at import)."""
+
+    cache_dir: Path
+    offline: bool
+
+    @classmethod
+    def from_env(cls) -> HubSettings:
+        home = os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface"
+        cache = os.environ.get("HF_HUB_CACHE") or Path(home) / "hub"
+        offline = os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+        return cls(cache_dir=Path(cache).expanduser(), offline=offline)
+
+
 def _gib(name: str, default: float) -> int:
     value = os.environ.get(name) or default
     try:
