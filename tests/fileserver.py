@@ -28,11 +28,13 @@ HTML_PAGE = b"<!DOCTYPE html>\n<html><head><title>Sign in</title></head><body>Lo
 class Route:
     data: bytes | Path  # a Path is streamed from disk (large benchmark files)
     ranges: bool = True  # advertise and honour `Range: bytes=a-b`
+    ignore_range: bool = False  # advertise `Range` support but always send the whole file
     drop_after: int | None = None  # close the connection after this many body bytes ...
     drops: int = 1  # ... for this many responses, then serve normally
     status: int = 200
     content_type: str = "application/octet-stream"
     delay: float = 0.0  # seconds to wait before answering (for timeouts)
+    unavailable: int = 0  # answer this many first requests with 503 Service Unavailable
 
     def size(self) -> int:
         return self.data.stat().st_size if isinstance(self.data, Path) else len(self.data)
@@ -124,12 +126,15 @@ def _handler_for(server: FileServer):
                 return self._plain(404, b"not found")
             if route.delay:
                 time.sleep(route.delay)
+            if number <= route.unavailable:
+                return self._plain(503, b"busy, try again")
             if route.status != 200:
                 return self._plain(route.status, route.read(0, route.size()), route.content_type)
 
             size = route.size()
             start, end, status = 0, size, 200
-            wanted = _parse_range(self.headers.get("Range"), size) if route.ranges else None
+            honour = route.ranges and not route.ignore_range
+            wanted = _parse_range(self.headers.get("Range"), size) if honour else None
             if wanted is not None:
                 start, end, status = wanted[0], wanted[1], 206
             self.send_response(status)

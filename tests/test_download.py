@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from tests.fileserver import HTML_PAGE
 from weights.download import DownloadError, DownloadPolicy, check_safetensors, download
 from weights.trained import UnsafeFormatError
 
@@ -74,10 +75,24 @@ def test_large_file_from_server_without_range_is_one_stream(file_server, tmp_pat
     assert file_server.requests("/big") == 1
 
 
+def test_range_requests_that_are_ignored_fall_back_to_one_stream(file_server, tmp_path):
+    url = file_server.add("/big", DATA, ignore_range=True)  # a misconfigured CDN
+    result = download(url, tmp_path / "out.bin", RANGED)
+    assert not result.ranged and (tmp_path / "out.bin").read_bytes() == DATA
+
+
+def test_busy_server_is_asked_again(file_server, tmp_path):
+    url = file_server.add("/w", DATA, unavailable=2)
+    download(url, tmp_path / "out.bin", POLICY)
+    assert (tmp_path / "out.bin").read_bytes() == DATA
+    assert file_server.requests("/w") == 3
+
+
 def test_http_errors_and_html_pages_are_explained(file_server, tmp_path):
     cases = {
         file_server.url("/missing.tar"): "HTTP 404.*check it for typos",
         file_server.add_html("/login"): "HTML page instead of the file",
+        file_server.add("/page", HTML_PAGE): "HTML page instead of the file",  # mislabelled
         file_server.add_html("/forbidden", status=403): "HTTP 403.*access is denied",
     }
     for url, message in cases.items():

@@ -14,6 +14,7 @@ import binascii
 import json
 import logging
 import os
+import shutil
 import struct
 import tempfile
 import threading
@@ -34,6 +35,11 @@ logger = logging.getLogger(__name__)
 
 HTML_STARTS = (b"<!doctype html", b"<html", b"<head", b"<body", b"<?xml")
 MAX_SAFETENSORS_HEADER = 100 << 20
+RETRY_STATUSES = (429, 500, 502, 503, 504)
+HTML_MESSAGE = (
+    "{source} answered with an HTML page instead of the file (a login, error or download "
+    "page). Use a direct download link to the file itself."
+)
 
 
 class DownloadError(RuntimeError):
@@ -93,10 +99,7 @@ def reject_html(path: Path, url: str) -> None:
     with open(path, "rb") as file:
         start = file.read(512).lstrip(b"\xef\xbb\xbf \t\r\n").lower()
     if start.startswith(HTML_STARTS):
-        raise DownloadError(
-            f"{describe_source(url)} answered with an HTML page instead of the file (a login, "
-            "error or download page). Use a direct download link to the file itself."
-        )
+        raise DownloadError(HTML_MESSAGE.format(source=describe_source(url)))
 
 
 def check_safetensors(path: Path) -> None:
@@ -144,12 +147,7 @@ class _HttpFetch:
     def run(self) -> Download:
         response = self._get({})
         size = _content_length(response)
-        if size is not None and size > self.policy.max_bytes:
-            response.close()
-            raise DownloadError(
-                f"{self.name} is {size / 2**20:.0f} MiB, over the "
-                f"{self.policy.max_bytes / 2**20:.0f} MiB limit."
-            )
+        self._check_answer(response, size)
         ranges = response.headers.get("Accept-Ranges", "").lower() == "bytes"
         self.progress = tqdm(
             total=size,
@@ -168,12 +166,37 @@ class _HttpFetch:
             )
             if parallel:
                 response.close()
-                self._parallel(size)
+                try:
+                    self._parallel(size)
+                except _RangesRefused:
+                    logger.warning("%s: ranges refused; downloading as one stream", self.name)
+                    parallel = False
+                    self.progress.reset()
+                    self._stream(self._get({}), size, ranges=False)
             else:
                 self._stream(response, size, ranges)
         finally:
             self.progress.close()
         return Download(self.temp, self.temp.stat().st_size, ranged=parallel)
+
+    def _check_answer(self, response: requests.Response, size: int | None) -> None:
+        """Refuse before reading the body: HTML pages, files over the limit or the disk."""
+        problem = None
+        if response.headers.get("Content-Type", "").startswith("text/html"):
+            problem = HTML_MESSAGE.format(source=self.name)
+        elif size is not None and size > self.policy.max_bytes:
+            problem = (
+                f"{self.name} is {size / 2**20:.0f} MiB, over the "
+                f"{self.policy.max_bytes / 2**20:.0f} MiB limit."
+            )
+        elif size is not None and size > shutil.disk_usage(self.temp.parent).free:
+            problem = (
+                f"{self.name} is {size / 2**30:.1f} GiB, more than the free space "
+                f"on {self.temp.parent}."
+            )
+        if problem:
+            response.close()
+            raise DownloadError(problem)
 
     def _session(self) -> requests.Session:
         if not hasattr(self.local, "session"):
@@ -181,10 +204,30 @@ class _HttpFetch:
         return self.local.session
 
     def _get(self, headers: dict[str, str]) -> requests.Response:
-        try:
-            response = self._session().get(
-                self.url, headers=headers, stream=True, timeout=self.timeout
+        """One request; overloaded servers (429, 5xx) are asked again after a pause."""
+        for attempt in range(self.policy.retries + 1):
+            response = self._request(headers)
+            if response.status_code not in RETRY_STATUSES or attempt == self.policy.retries:
+                break
+            response.close()
+            logger.warning("%s: HTTP %d; retrying", self.name, response.status_code)
+            time.sleep(self.policy.retry_wait * 2**attempt)
+        if response.status_code >= 400:
+            response.close()
+            hint = {
+                401: "the URL needs credentials",
+                403: "access is denied (an expired or private link?)",
+                404: "no file at that URL: check it for typos",
+                410: "the file was removed",
+            }.get(response.status_code, "the server refused the request")
+            raise DownloadError(
+                f"{self.name} answered HTTP {response.status_code} {response.reason}: {hint}."
             )
+        return response
+
+    def _request(self, headers: dict[str, str]) -> requests.Response:
+        try:
+            return self._session().get(self.url, headers=headers, stream=True, timeout=self.timeout)
         except requests.exceptions.ConnectTimeout:
             raise DownloadError(
                 f"Connecting to {_host(self.url)} timed out after "
@@ -200,18 +243,6 @@ class _HttpFetch:
                 f"Could not reach {_host(self.url)} (fetching {self.name}): "
                 f"{_reason(error)}. Check the URL and the network."
             ) from None
-        if response.status_code >= 400:
-            response.close()
-            hint = {
-                401: "the URL needs credentials",
-                403: "access is denied (an expired or private link?)",
-                404: "no file at that URL: check it for typos",
-                410: "the file was removed",
-            }.get(response.status_code, "the server refused the request")
-            raise DownloadError(
-                f"{self.name} answered HTTP {response.status_code} {response.reason}: {hint}."
-            )
-        return response
 
     def _stream(self, response: requests.Response, size: int | None, ranges: bool) -> None:
         """One stream; after a drop, resume from the last byte (or restart without `Range`)."""
@@ -273,9 +304,7 @@ class _HttpFetch:
             response = self._get({"Range": f"bytes={position}-{end - 1}"})
             try:
                 if response.status_code != 206 or _range_start(response) != position:
-                    raise DownloadError(
-                        f"{_host(self.url)} advertised byte ranges but did not honour one."
-                    )
+                    raise _RangesRefused()
                 for chunk in response.iter_content(self.policy.chunk_bytes):
                     chunk = chunk[: end - position]
                     os.pwrite(fd, chunk, position)
@@ -305,6 +334,10 @@ class _HttpFetch:
                 f"{self.name} is larger than the "
                 f"{self.policy.max_bytes / 2**20:.0f} MiB limit; stopped."
             )
+
+
+class _RangesRefused(Exception):
+    """The server advertised byte ranges but answered a ranged request with something else."""
 
 
 _DROPS = (

@@ -116,7 +116,7 @@ class ModelStore:
         entry = self.root / key
         with self._lock(key):
             if (entry / ENTRY_FILE).is_file():
-                os.utime(entry / ENTRY_FILE)  # last use, for LRU eviction
+                _mark_used(entry)
                 logger.info("model store: cache hit for %s", describe_source(reference))
                 return Entry(key, self._content(entry), hit=True)
             logger.info("model store: cache miss for %s; fetching", describe_source(reference))
@@ -159,6 +159,7 @@ class ModelStore:
                 "stored_at": time.time(),
             }
             (staging / ENTRY_FILE).write_text(json.dumps(record))
+            _mark_used(staging)
             staging.rename(self.root / key)
         except UnsafeArchiveError as error:
             raise StoreError(f"{describe_source(reference)}: {error}") from None
@@ -178,7 +179,7 @@ class ModelStore:
     def entries(self) -> list[Path]:
         """Complete entries, least recently used first."""
         found = [p for p in self.root.iterdir() if (p / ENTRY_FILE).is_file()]
-        return sorted(found, key=lambda p: (p / ENTRY_FILE).stat().st_mtime)
+        return sorted(found, key=lambda p: (p / ENTRY_FILE).stat().st_mtime_ns)
 
     def evict(self, keep: str | None = None) -> list[str]:
         """Delete least-recently-used entries until `min_free_bytes` are free. Entries being
@@ -227,6 +228,13 @@ def fetch_trained_weights(reference: str, store: ModelStore | None = None) -> Tr
     bare LoRA, or a zip / tar.gz of these), with the store configured from the environment."""
     store = store or ModelStore.from_settings(ModelSettings.from_env())
     return store.trained_weights(reference)
+
+
+def _mark_used(entry: Path) -> None:
+    """The entry file's mtime records the last use. Set it from the precise clock: the
+    file system's own timestamps are coarse, and ties would make eviction order random."""
+    now = time.time_ns()
+    os.utime(entry / ENTRY_FILE, ns=(now, now))
 
 
 def is_remote(reference: str) -> bool:
