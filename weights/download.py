@@ -55,7 +55,7 @@ class DownloadPolicy:
     retry_wait: float = 0.5  # first pause between attempts; doubles each time
     parallel_min_bytes: int = 64 << 20  # files at least this large use parallel ranges ...
     parallel_parts: int = 8  # ... split into this many parts
-    chunk_bytes: int = 256 << 10
+    chunk_bytes: int = 1 << 20
     progress: bool = True
 
 
