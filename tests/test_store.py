@@ -177,6 +177,7 @@ def test_cache_hit_and_restart_make_no_new_request(file_server, tmp_path, caplog
     caplog.set_level(logging.INFO, logger="weights.store")
     first = ModelStore(tmp_path / "cache", min_free_bytes=0, policy=POLICY).trained_weights(url)
     again = ModelStore(tmp_path / "cache", min_free_bytes=0, policy=POLICY)  # a restart
+    assert again.fetch(url).hit
     assert again.trained_weights(url) == first
     assert file_server.requests("/t.tar") == 1
     messages = [r.getMessage() for r in caplog.records]

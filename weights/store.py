@@ -178,8 +178,13 @@ class ModelStore:
 
     def entries(self) -> list[Path]:
         """Complete entries, least recently used first."""
-        found = [p for p in self.root.iterdir() if (p / ENTRY_FILE).is_file()]
-        return sorted(found, key=lambda p: (p / ENTRY_FILE).stat().st_mtime_ns)
+        found = []
+        for entry in self.root.iterdir():
+            try:
+                found.append(((entry / ENTRY_FILE).stat().st_mtime_ns, entry))
+            except (FileNotFoundError, NotADirectoryError):  # not an entry, or just evicted
+                continue
+        return [entry for _, entry in sorted(found)]
 
     def evict(self, keep: str | None = None) -> list[str]:
         """Delete least-recently-used entries until `min_free_bytes` are free. Entries being

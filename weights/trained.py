@@ -51,6 +51,8 @@ class UnsafeFormatError(ValueError):
 
 def refuse_pickle(name: str) -> None:
     """Raise for a path or URL whose suffix names a format that is read by unpickling."""
+    if name.startswith("data:"):
+        return  # judged by content once decoded
     suffix = Path(urllib.parse.urlparse(name).path).suffix.lower()
     if suffix in PICKLE_SUFFIXES:
         raise UnsafeFormatError(
