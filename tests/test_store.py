@@ -5,8 +5,11 @@ import base64
 import io
 import json
 import logging
+import subprocess
+import sys
 import tarfile
 import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -202,6 +205,32 @@ def test_concurrent_requests_for_one_url_download_it_once(file_server, tmp_path)
         thread.join()
     assert errors == []
     assert results[0] == results[1]
+    assert file_server.requests("/t.tar") == 1
+
+
+FETCH_IN_PROCESS = """
+import sys, time
+from pathlib import Path
+from weights.download import DownloadPolicy
+from weights.store import ModelStore
+cache, url, start_at = sys.argv[1], sys.argv[2], float(sys.argv[3])
+store = ModelStore(Path(cache), min_free_bytes=0, policy=DownloadPolicy(progress=False))
+time.sleep(max(0.0, start_at - time.time()))  # both processes ask at the same moment
+print(store.fetch(url).content)  # no inspection: keeps torch out of the workers
+"""
+
+
+def test_concurrent_processes_share_one_download(file_server, tmp_path):
+    url = file_server.add("/t.tar", tar_bytes(bundle_members()), delay=0.5)
+    start_at = str(time.time() + 2)
+    command = [sys.executable, "-c", FETCH_IN_PROCESS, str(tmp_path / "cache"), url, start_at]
+    root = Path(__file__).resolve().parents[1]
+    workers = [
+        subprocess.Popen(command, cwd=root, stdout=subprocess.PIPE, text=True) for _ in range(2)
+    ]
+    outputs = [worker.communicate(timeout=60)[0].strip() for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0]
+    assert outputs[0] == outputs[1] and (Path(outputs[0]) / LORA_FILE).is_file()
     assert file_server.requests("/t.tar") == 1
 
 
