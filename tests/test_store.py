@@ -175,6 +175,33 @@ def test_bad_content_never_becomes_a_cache_entry(file_server, store):
     assert not any(name.startswith(".") for name in cached)
 
 
+def hostile_tar(kind: str) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        ok = tarfile.TarInfo(LORA_FILE)
+        ok.size = 4
+        archive.addfile(ok, io.BytesIO(b"safe"))
+        info = tarfile.TarInfo(
+            {"traversal": "../../evil.sh", "absolute": "/tmp/evil.sh"}.get(kind, "x")
+        )
+        if kind == "symlink":
+            info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        elif kind == "hardlink":
+            info.type, info.linkname = tarfile.LNKTYPE, LORA_FILE
+        data = b"#!/bin/sh" if kind in ("traversal", "absolute") else b""
+        info.size = len(data)
+        archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("kind", ["traversal", "absolute", "symlink", "hardlink"])
+def test_hostile_archive_urls_are_refused_before_extraction(file_server, store, kind):
+    url = file_server.add(f"/{kind}.tar.gz", hostile_tar(kind))
+    with pytest.raises(StoreError, match="absolute path|outside the archive|link or special"):
+        store.trained_weights(url)
+    assert [p.name for p in store.root.iterdir()] == ["locks"]  # no entry, no staging left
+
+
 def test_cache_hit_and_restart_make_no_new_request(file_server, tmp_path, caplog):
     url = file_server.add("/t.tar", tar_bytes(bundle_members()))
     caplog.set_level(logging.INFO, logger="weights.store")
