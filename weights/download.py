@@ -28,7 +28,6 @@ from pathlib import Path
 import requests
 from tqdm import tqdm
 
-from weights.archive import archive_format
 from weights.trained import refuse_pickle
 
 logger = logging.getLogger(__name__)
@@ -87,7 +86,10 @@ def download(
             result = _HttpFetch(url, temp, policy).run()
         reject_html(temp, url)
         if check is not None:
-            check(temp)
+            try:
+                check(temp)
+            except DownloadError as error:
+                raise DownloadError(f"{describe_source(url)} is not usable: {error}.") from None
         os.replace(temp, destination)
     except BaseException:
         temp.unlink(missing_ok=True)
@@ -107,27 +109,16 @@ def check_safetensors(path: Path) -> None:
     size = path.stat().st_size
     with open(path, "rb") as file:
         prefix = file.read(8)
-        if len(prefix) < 8:
-            raise DownloadError(f"{path.name} is too short to be a safetensors file.")
-        (header_size,) = struct.unpack("<Q", prefix)
-        if header_size > min(MAX_SAFETENSORS_HEADER, size - 8):
-            raise DownloadError(f"{path.name} is not a safetensors file (bad header length).")
+        header_size = struct.unpack("<Q", prefix)[0] if len(prefix) == 8 else -1
+        if not 0 < header_size <= min(MAX_SAFETENSORS_HEADER, size - 8):
+            raise DownloadError("it is not a safetensors file (bad header length)")
         try:
             header = json.loads(file.read(header_size))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise DownloadError(
-                f"{path.name} is not a safetensors file (unreadable header)."
-            ) from None
-    if not isinstance(header, dict):
-        raise DownloadError(f"{path.name} is not a safetensors file (header is not a table).")
-    ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"]
+            ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"]
+        except (UnicodeDecodeError, ValueError, AttributeError, KeyError, TypeError, IndexError):
+            raise DownloadError("it is not a safetensors file (unreadable header)") from None
     if 8 + header_size + max(ends, default=0) != size:
-        raise DownloadError(f"{path.name} is truncated or padded: its header does not match.")
-
-
-def check_archive(path: Path) -> None:
-    if archive_format(path) is None:
-        raise DownloadError(f"{path.name} is not a zip or tar archive (or it is truncated).")
+        raise DownloadError("it is a truncated safetensors file (its header says otherwise)")
 
 
 class _HttpFetch:

@@ -259,8 +259,7 @@ def _check_weights_file(path: Path) -> None:
         check_safetensors(path)
     except DownloadError:
         raise DownloadError(
-            "The download is neither a zip/tar archive nor a .safetensors file "
-            "(or it is truncated)."
+            "it is neither a zip/tar archive nor a .safetensors file (or it is truncated)"
         ) from None
 
 
