@@ -3,10 +3,11 @@ stream and as parallel ranges, and reuse it from the cache (as a restarted predi
 
     .venv/bin/python benchmarks/bench_store.py [--mb 100] [--repeats 3]
 
-Each figure is the median of the repeats. "download only" is the transfer to one file; "new
-bundle" is the whole store path: download, content check, safe unpacking, `inspect_weights`.
-The server is Python's http.server on 127.0.0.1, so the figures show the store's own
-overhead, not a network's speed.
+Each figure is the median of the repeats. "download only" is the transfer to one file, from
+the loopback server at full speed and from one that throttles each connection (as CDNs and
+object stores do, where parallel ranges pay off); "new bundle" is the whole store path:
+download, content check, safe unpacking, `inspect_weights`. The server is Python's
+http.server on 127.0.0.1, so the loopback figures show the store's own overhead.
 """
 
 from __future__ import annotations
@@ -54,48 +55,60 @@ def make_bundle(folder: Path, megabytes: int) -> Path:
     return bundle
 
 
-def timed(action) -> float:
-    started = time.perf_counter()
-    action()
-    return time.perf_counter() - started
+def median_seconds(action, repeats: int) -> float:
+    times = []
+    for run in range(repeats):
+        started = time.perf_counter()
+        action(run)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rate", type=int, default=25, help="MB/s per throttled connection")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp, FileServer() as server:
         tmp = Path(tmp)
         bundle = make_bundle(tmp, args.mb)
         size_mb = bundle.stat().st_size / 10**6
-        url = server.add("/trained_model.tar", bundle)
+        servers = {
+            "loopback": server.add("/trained_model.tar", bundle),
+            f"{args.rate} MB/s per connection": server.add(
+                "/throttled/trained_model.tar", bundle, rate=args.rate * 10**6
+            ),
+        }
         policies = {
-            "new bundle, one stream": DownloadPolicy(progress=False, parallel_min_bytes=1 << 62),
-            "new bundle, 8 parallel ranges": DownloadPolicy(progress=False, parallel_min_bytes=1),
+            "one stream": DownloadPolicy(progress=False, parallel_min_bytes=1 << 62),
+            "8 parallel ranges": DownloadPolicy(progress=False, parallel_min_bytes=1),
         }
         rows = []
-        for label, policy in policies.items():  # the transfer alone
-            times = [
-                timed(lambda policy=policy: download(url, tmp / "raw.tar", policy))
-                for _ in range(args.repeats)
-            ]
-            rows.append((label.replace("new bundle", "download only"), statistics.median(times)))
-        for label, policy in policies.items():  # the whole store path
-            times = []
-            for run in range(args.repeats):
-                cache = tmp / f"cache-{label[-6:]}-{run}"
-                store = ModelStore(cache, min_free_bytes=0, policy=policy)
-                times.append(timed(lambda store=store: store.trained_weights(url)))
-            rows.append((label, statistics.median(times)))
-        # A new store object on a warm cache: what a restarted predictor pays.
-        warm = tmp / f"cache-{label[-6:]}-0"
-        reuse = [
-            timed(lambda: ModelStore(warm, min_free_bytes=0).trained_weights(url))
-            for _ in range(args.repeats)
-        ]
-        rows.append(("cached bundle, new store object", statistics.median(reuse)))
+        # 1. The transfer alone, from a fast and from a throttling server.
+        for where, url in servers.items():
+            for how, policy in policies.items():
+                seconds = median_seconds(
+                    lambda run, url=url, policy=policy: download(url, tmp / "raw.tar", policy),
+                    args.repeats,
+                )
+                rows.append((f"download only, {where}, {how}", seconds))
+        # 2. The whole store path for a new bundle: download, check, unpack, inspect.
+        url = servers["loopback"]
+        for how, policy in policies.items():
+
+            def fetch_new(run, how=how, policy=policy):
+                store = ModelStore(tmp / f"cache-{how}-{run}", min_free_bytes=0, policy=policy)
+                store.trained_weights(url)
+
+            rows.append((f"new bundle, loopback, {how}", median_seconds(fetch_new, args.repeats)))
+        # 3. A new store object on a warm cache: what a restarted predictor pays.
+        warm = tmp / f"cache-{how}-0"
+        seconds = median_seconds(
+            lambda run: ModelStore(warm, min_free_bytes=0).trained_weights(url), args.repeats
+        )
+        rows.append(("cached bundle, new store object", seconds))
 
     print(f"\nModel store: {size_mb:.0f} MB bundle from 127.0.0.1, median of {args.repeats}\n")
     print("| case | time | throughput |")

@@ -35,6 +35,7 @@ class Route:
     content_type: str = "application/octet-stream"
     delay: float = 0.0  # seconds to wait before answering (for timeouts)
     unavailable: int = 0  # answer this many first requests with 503 Service Unavailable
+    rate: float | None = None  # bytes per second per connection (a throttling CDN)
 
     def size(self) -> int:
         return self.data.stat().st_size if isinstance(self.data, Path) else len(self.data)
@@ -149,11 +150,15 @@ def _handler_for(server: FileServer):
                 return
             cut = route.drop_after is not None and number <= route.drops
             stop = min(end, start + route.drop_after) if cut else end
-            position = start
+            position, started = start, time.perf_counter()
+            step = int(min(1 << 20, route.rate / 20)) if route.rate else 1 << 20
             while position < stop:
-                chunk = route.read(position, min(stop, position + (1 << 20)))
+                chunk = route.read(position, min(stop, position + step))
                 self.wfile.write(chunk)
                 position += len(chunk)
+                if route.rate:  # hold the connection to `rate` bytes per second
+                    ahead = (position - start) / route.rate - (time.perf_counter() - started)
+                    time.sleep(max(0.0, ahead))
             if cut:
                 self.close_connection = True
                 try:
