@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffusers import StableDiffusionXLPipeline
+from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 from huggingface_hub.utils import filter_repo_objects
 from safetensors import safe_open
 
@@ -75,6 +75,24 @@ def test_single_file_checkpoint_loads_offline_with_a_local_config(
     assert fetched.read_bytes() == single_file.read_bytes()
     assert resolve_model(url, "base", tiny_env, store=store) == fetched  # cached
     assert file_server.requests("/models/tiny.safetensors") == 1
+
+
+def test_refiner_single_file_loads_with_its_own_layout(tiny_env, tiny_models, tmp_path):
+    exported = export_single_file(tiny_models["refiner"], tmp_path / "refiner.safetensors")
+    with safe_open(str(exported), framework="pt") as tensors:
+        assert "conditioner.embedders.0.model.text_projection" in set(tensors.keys())
+    refiner = load_pipeline(
+        StableDiffusionXLImg2ImgPipeline,
+        resolve_model(str(exported), "refiner", tiny_env),
+        CPU,
+        single_file_config=str(tiny_models["refiner"]),
+    )
+    original = StableDiffusionXLImg2ImgPipeline.from_pretrained(tiny_models["refiner"])
+    assert refiner.text_encoder is None and refiner.config.requires_aesthetics_score
+    for name in ("unet", "vae", "text_encoder_2"):
+        loaded, expected = getattr(refiner, name).state_dict(), getattr(original, name).state_dict()
+        assert loaded.keys() == expected.keys(), name
+        assert all(torch.equal(loaded[k], expected[k]) for k in expected), name
 
 
 def test_url_of_a_diffusers_folder_tarball(tiny_env, tiny_models, file_server, store):

@@ -1,7 +1,8 @@
-"""SDXL checkpoints as one `.safetensors` file in the original SGM (Stability) key layout:
-the form custom SDXL models are shared in, and what ComfyUI and AUTOMATIC1111 load.
+"""SDXL checkpoints (base or refiner) as one `.safetensors` file in the original SGM
+(Stability) key layout: the form custom SDXL models are shared in, and what ComfyUI and
+AUTOMATIC1111 load.
 
-`export_single_file` writes a diffusers SDXL base folder in that layout. It is the inverse
+`export_single_file` writes a diffusers SDXL folder in that layout. It is the inverse
 of diffusers' own single-file converters (`convert_ldm_unet_checkpoint`,
 `convert_ldm_vae_checkpoint`, `create_diffusers_clip_model_from_ldm`), built on their
 `DIFFUSERS_TO_LDM_MAPPING` table, so `from_single_file` reads the result back exactly.
@@ -21,6 +22,7 @@ from transformers import CLIPTextModel, CLIPTextModelWithProjection
 VAE_PREFIX = "first_stage_model."
 CLIP_L_PREFIX = "conditioner.embedders.0.transformer."  # SDXL base's first text encoder
 CLIP_G_PREFIX = "conditioner.embedders.1.model."  # its second, in OpenCLIP's layout
+REFINER_CLIP_G_PREFIX = "conditioner.embedders.0.model."  # the refiner has only OpenCLIP
 
 UNET_RESNET_NAMES = {
     "norm1": "in_layers.0",
@@ -47,18 +49,22 @@ OPEN_CLIP_LAYER_NAMES = {
 
 
 def export_single_file(folder: Path, output: Path) -> Path:
-    """Write the SDXL base pipeline in `folder` as one SGM-layout safetensors file."""
+    """Write the SDXL base or refiner pipeline in `folder` as one SGM-layout safetensors
+    file (a refiner is a folder without `text_encoder`)."""
     folder, output = Path(folder), Path(output)
     unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet")
     vae = AutoencoderKL.from_pretrained(folder, subfolder="vae")
-    clip_l = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder")
     clip_g = CLIPTextModelWithProjection.from_pretrained(folder, subfolder="text_encoder_2")
 
     tensors = {}
     tensors.update(_prefixed(LDM_UNET_KEY, unet_to_ldm(unet)))
     tensors.update(_prefixed(VAE_PREFIX, vae_to_ldm(vae)))
-    tensors.update(_prefixed(CLIP_L_PREFIX, clip_to_ldm(clip_l)))
-    tensors.update(_prefixed(CLIP_G_PREFIX, open_clip_to_ldm(clip_g)))
+    if (folder / "text_encoder").is_dir():
+        clip_l = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder")
+        tensors.update(_prefixed(CLIP_L_PREFIX, clip_to_ldm(clip_l)))
+        tensors.update(_prefixed(CLIP_G_PREFIX, open_clip_to_ldm(clip_g)))
+    else:
+        tensors.update(_prefixed(REFINER_CLIP_G_PREFIX, open_clip_to_ldm(clip_g)))
     output.parent.mkdir(parents=True, exist_ok=True)
     temp = output.with_name(f".{output.name}.part")
     save_file({k: v.contiguous() for k, v in tensors.items()}, temp)
