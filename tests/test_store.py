@@ -19,6 +19,7 @@ from safetensors.torch import save
 
 from weights.archive import ArchiveLimits
 from weights.download import DownloadError, DownloadPolicy
+from weights.settings import ModelSettings
 from weights.store import ModelStore, StoreError, fetch_trained_weights
 from weights.trained import (
     EMBEDDINGS_PTI_FILE,
@@ -292,3 +293,17 @@ def test_least_recently_used_entries_are_evicted_to_keep_free_disk(file_server, 
     store.trained_weights(urls["b"])
     assert file_server.requests("/b.safetensors") == 2  # evicted, so fetched again
     assert file_server.requests("/a.safetensors") == 1
+
+
+def test_store_limits_come_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("SDXL_TUNER_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("SDXL_TUNER_CACHE_MIN_FREE_GB", "0.5")
+    monkeypatch.setenv("SDXL_TUNER_MAX_DOWNLOAD_GB", "2")
+    store = ModelStore.from_settings(ModelSettings.from_env())
+    assert store.root == tmp_path / "cache" / "store"
+    assert store.min_free_bytes == 512 << 20
+    assert store.policy.max_bytes == store.archive_limits.max_total_bytes == 2 << 30
+
+    monkeypatch.setenv("SDXL_TUNER_MAX_DOWNLOAD_GB", "lots")
+    with pytest.raises(ValueError, match="SDXL_TUNER_MAX_DOWNLOAD_GB"):
+        ModelSettings.from_env()
