@@ -111,6 +111,15 @@ def test_bare_lora_url_and_zip_of_one(file_server, store, layout):
     assert inside.format is layout and inside.lora.name == "style.safetensors"
 
 
+def test_lora_whose_bytes_look_like_a_zip_is_still_a_lora(file_server, store):
+    zip_end_record = b"PK\x05\x06" + bytes(20)  # zipfile.is_zipfile finds it at the end
+    tail = torch.frombuffer(bytearray(zip_end_record), dtype=torch.uint8)
+    data = save({LORA_KEYS[WeightsFormat.LORA_KOHYA]: torch.ones(4, 4), "zz.alpha": tail})
+    assert zipfile.is_zipfile(io.BytesIO(data))
+    weights = store.trained_weights(file_server.add("/odd.safetensors", data))
+    assert weights.format is WeightsFormat.LORA_KOHYA and weights.lora.read_bytes() == data
+
+
 def test_tar_gz_with_a_wrapping_folder_and_data_uri(file_server, store):
     members = {f"my-model/{name}": data for name, data in bundle_members().items()}
     weights = store.trained_weights(file_server.add("/w.tgz", tar_bytes(members, "w:gz")))

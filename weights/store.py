@@ -142,15 +142,14 @@ class ModelStore:
                 download(reference, raw, self.policy, check=_check_weights_file)
             else:  # a local archive: unpacked, never moved
                 raw = Path(reference).expanduser()
-                if archive_format(raw) is None:
+                if not _is_archive(raw):
                     raise StoreError(f"{reference} is not a zip or tar archive.")
-            name = _file_name(reference)
-            if archive_format(raw) is not None:
+            if _is_archive(raw):
                 unpack_archive(raw, staging / CONTENT_DIR, self.archive_limits)
                 content = CONTENT_DIR
             else:
                 (staging / CONTENT_DIR).mkdir()
-                content = f"{CONTENT_DIR}/{name}"
+                content = f"{CONTENT_DIR}/{_file_name(reference)}"
                 os.replace(raw, staging / content)
             (staging / "download").unlink(missing_ok=True)  # the unpacked tree is kept instead
             record = {
@@ -248,19 +247,29 @@ def is_remote(reference: str) -> bool:
 
 def _is_local_archive(reference: str) -> bool:
     path = Path(reference).expanduser()
-    return path.is_file() and archive_format(path) is not None
+    return path.is_file() and _is_archive(path)
+
+
+def _is_archive(path: Path) -> bool:
+    """A zip or tar, and not a safetensors file whose tensor bytes happen to contain a zip
+    end-of-directory signature (zipfile looks for one near the end of any file)."""
+    return archive_format(path) is not None and not _is_safetensors(path)
+
+
+def _is_safetensors(path: Path) -> bool:
+    try:
+        check_safetensors(path)
+    except DownloadError:
+        return False
+    return True
 
 
 def _check_weights_file(path: Path) -> None:
     """What a weights URL may hold: an archive, or one safetensors file."""
-    if archive_format(path) is not None:
-        return
-    try:
-        check_safetensors(path)
-    except DownloadError:
+    if not (_is_safetensors(path) or _is_archive(path)):
         raise DownloadError(
             "it is neither a zip/tar archive nor a .safetensors file (or it is truncated)"
-        ) from None
+        )
 
 
 def _cache_identity(reference: str) -> str:
