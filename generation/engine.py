@@ -21,6 +21,7 @@ from generation.trained_weights import PreparedWeights, WeightsCache
 from weights.base_models import resolve_model
 from weights.runtime import Runtime, pick_runtime
 from weights.settings import ModelSettings
+from weights.store import ModelStore
 
 BASE_IMAGE_REFINER_STRENGTH = 0.3  # diffusers' img2img default, as the reference used
 SEED_RANGE = 2**32
@@ -45,7 +46,7 @@ class GenerationEngine:
         self.watermarker = Watermarker()
         self.output_dir = Path(tempfile.mkdtemp(prefix="sdxl-tuner-outputs-"))
 
-        self.weights_cache = WeightsCache(self.runtime)
+        self.weights_cache = WeightsCache(self.runtime, ModelStore.from_settings(settings))
         txt2img = self.base.txt2img
         self.switcher = WeightsSwitcher(
             components={

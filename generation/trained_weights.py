@@ -1,15 +1,14 @@
 """Trained weights, from a reference to tensors in memory, and a bounded cache of them.
 
-A reference (what `COG_WEIGHTS`, `replicate_weights` or `extra_lora` name) is resolved to a
-`TrainedWeights` description, then read once into `PreparedWeights`: the LoRA in canonical
-form, a full fine-tune's UNet tensors, the token vectors and token map. Recently used ones stay
-in memory (bounded by bytes), so switching back to them reads nothing from disk.
+A reference (what `COG_WEIGHTS`, `replicate_weights` or `extra_lora` name: a URL, data URI or
+local path) is fetched by the model store and described as `TrainedWeights`, then read once
+into `PreparedWeights`: the LoRA in canonical form, a full fine-tune's UNet tensors, the token
+vectors and token map. Recently used ones stay in memory (bounded by bytes), so switching back
+to them reads nothing from disk.
 """
 
 from __future__ import annotations
 
-import hashlib
-import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +19,9 @@ from safetensors.torch import load_file
 
 from families import SDXL
 from generation.lora import PreparedLora, read_lora
-from weights.archive import archive_format, unpack_archive
 from weights.runtime import Runtime
-from weights.trained import TrainedWeights, UnrecognisedWeightsError, inspect_weights
+from weights.store import ModelStore, fetch_trained_weights
+from weights.trained import TrainedWeights, UnrecognisedWeightsError
 
 # About twenty rank-32 SDXL LoRAs (on the GPU when there is one). A full fine-tune of SDXL
 # (5 GB in fp16) is larger: it is kept only while it is the one in use.
@@ -42,31 +41,6 @@ class PreparedWeights:
         lora = self.lora.nbytes if self.lora else 0
         unet = sum(t.nbytes for t in self.unet.values()) if self.unet else 0
         return lora + unet
-
-
-def fetch_local_trained_weights(reference: str, unpack_dir: Path) -> TrainedWeights:
-    """Describe trained weights given as a local path: a bundle folder, a `.tar` of one, or a
-    LoRA `.safetensors`. (Stand-in for the model store's `fetch_trained_weights`, which also
-    takes URLs and data URIs; swap at merge.)"""
-    if reference.startswith(("http://", "https://", "data:")):
-        raise UnrecognisedWeightsError(
-            f"{reference[:80]}: fetching trained weights from URLs needs the model store "
-            "(weights/store.py); give a local path meanwhile."
-        )
-    path = Path(reference).expanduser()
-    if not path.exists():
-        raise UnrecognisedWeightsError(
-            f"Trained weights {reference!r} not found: give a bundle folder, a .tar bundle or a "
-            "LoRA .safetensors file."
-        )
-    if path.is_file() and archive_format(path) is not None:
-        stat = path.stat()
-        key = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()
-        target = Path(unpack_dir) / hashlib.sha256(key).hexdigest()[:16]
-        if not target.exists():
-            unpack_archive(path, target)
-        return inspect_weights(target, source=reference)
-    return inspect_weights(path, source=reference)
 
 
 def prepare_weights(weights: TrainedWeights, runtime: Runtime) -> PreparedWeights:
@@ -106,17 +80,17 @@ def _read_tensors(file: Path, source: str, dtype: torch.dtype) -> dict[str, torc
 class WeightsCache:
     """Recently used `PreparedWeights`, least recently used dropped first, bounded in bytes."""
 
-    def __init__(self, runtime: Runtime, max_bytes: int = DEFAULT_CACHE_BYTES):
+    def __init__(self, runtime: Runtime, store: ModelStore, max_bytes: int = DEFAULT_CACHE_BYTES):
         self.runtime = runtime
+        self.store = store  # fetches URLs / data URIs / archives to disk (and caches them there)
         self.max_bytes = max_bytes
-        self.unpack_dir = Path(tempfile.mkdtemp(prefix="sdxl-tuner-weights-"))
         self._entries: OrderedDict[str, PreparedWeights] = OrderedDict()
 
     def get(self, reference: str) -> PreparedWeights:
         if reference in self._entries:
             self._entries.move_to_end(reference)
         else:
-            weights = fetch_local_trained_weights(reference, self.unpack_dir)
+            weights = fetch_trained_weights(reference, self.store)
             self._entries[reference] = prepare_weights(weights, self.runtime)
         prepared = self._entries[reference]
         # Drop the least recently used; the one just asked for stays even if over budget.

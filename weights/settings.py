@@ -10,6 +10,7 @@ from families import SDXL
 
 TINY = "tiny"  # BASE_MODEL / REFINER_MODEL / SAFETY_CHECKER_MODEL: the embedded tiny models
 DEFAULT_SAFETY_CHECKER = "CompVis/stable-diffusion-safety-checker"
+GIB = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,10 @@ class ModelSettings:
     device: str | None  # None: pick automatically
     dtype: str | None
     safety_checker_model: str = DEFAULT_SAFETY_CHECKER
+    # Config folder (or hub id) for single-file checkpoints; None: diffusers infers it.
+    single_file_config: str | None = None
+    cache_min_free_bytes: int = 5 * GIB  # the store evicts old downloads to keep this free
+    max_download_bytes: int = 20 * GIB
 
     @classmethod
     def from_env(cls) -> ModelSettings:
@@ -31,4 +36,30 @@ class ModelSettings:
             device=os.environ.get("TORCH_DEVICE") or None,
             dtype=os.environ.get("TORCH_DTYPE") or None,
             safety_checker_model=os.environ.get("SAFETY_CHECKER_MODEL") or DEFAULT_SAFETY_CHECKER,
+            single_file_config=os.environ.get("SINGLE_FILE_CONFIG") or None,
+            cache_min_free_bytes=_gib("SDXL_TUNER_CACHE_MIN_FREE_GB", 5),
+            max_download_bytes=_gib("SDXL_TUNER_MAX_DOWNLOAD_GB", 20),
         )
+
+
+@dataclass(frozen=True)
+class HubSettings:
+    """huggingface_hub's own variables, read when used (the library reads them at import)."""
+
+    cache_dir: Path
+    offline: bool
+
+    @classmethod
+    def from_env(cls) -> HubSettings:
+        home = os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface"
+        cache = os.environ.get("HF_HUB_CACHE") or Path(home) / "hub"
+        offline = os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+        return cls(cache_dir=Path(cache).expanduser(), offline=offline)
+
+
+def _gib(name: str, default: float) -> int:
+    value = os.environ.get(name) or default
+    try:
+        return int(float(value) * GIB)
+    except ValueError:
+        raise ValueError(f"{name}={value!r} is not a number of GiB.") from None
