@@ -4,10 +4,10 @@ Every supported layout (this project's diffusers/PEFT keys, kohya keys, the orig
 Replicate trainer's attention-processor keys) is converted with diffusers' own converters
 into one form: per model component, per target module, the pair (lora_A, lora_B) with the
 module's alpha/rank scale folded into lora_B. The model then holds each LoRA "slot" as PEFT
-layers whose own scale is just the user's `lora_scale`, so switching to another LoRA of the
-same shape only points the existing LoRA parameters at the new tensors: no module is built or
-removed and nothing is copied. (This rebinding would invalidate a torch.compile'd or
-CUDA-graphed model; the predictor runs eagerly.)
+layers whose own scale is just the user's `lora_scale`, so switching to another LoRA on the
+same modules (of any rank) only points the existing LoRA parameters at the new tensors: no
+module is built or removed and nothing is copied. (This rebinding would invalidate a
+torch.compile'd or CUDA-graphed model; the predictor runs eagerly.)
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def _canonical(state_dict, alphas, metadata, component, runtime) -> dict[str, Mo
 
 class LoraSlot:
     """One named LoRA adapter (e.g. the trained weights, or the extra LoRA) inside one model
-    component, held as PEFT layers so another LoRA of the same shape swaps in by copying."""
+    component, held as PEFT layers so another LoRA on the same modules swaps in by rebinding."""
 
     def __init__(self, component: torch.nn.Module, name: str):
         self.component = component
@@ -145,9 +145,11 @@ class LoraSlot:
                 )
 
     def load(self, lora: dict[str, ModuleLora], owner: PreparedLora) -> bool:
-        """Make this slot hold `lora`: its tensors become the LoRA parameters when the shapes
-        match; otherwise the slot's layers are rebuilt first. Returns whether they were."""
-        rebuilt = self._shapes(lora) != self._current_shapes()
+        """Make this slot hold `lora`: its tensors become the LoRA parameters when it targets
+        the same modules (of any rank: a linear or conv layer takes its sizes from its
+        weight); otherwise the slot's layers are rebuilt first. Returns whether they were."""
+        layout = {name: m.down.ndim for name, m in lora.items()}
+        rebuilt = layout != {name: a.ndim for name, (a, _) in self._targets.items()}
         if rebuilt:
             self.remove()
             self._build(lora)

@@ -5,10 +5,10 @@ scales). The switcher changes only what differs from the current state:
 
 1. full fine-tune UNet tensors: copied in; the base values are kept on the CPU and copied
    back exactly when another bundle (or none) is requested;
-2. LoRA: each component (UNet, both text encoders) has a "main" and an "extra" slot; a LoRA of
-   the shape a slot already holds goes into it in place (its parameters are pointed at the
-   cached tensors); an unused slot is switched off (its layers compute exactly the base
-   output) rather than removed;
+2. LoRA: each component (UNet, both text encoders) has a "main" and an "extra" slot; a LoRA
+   on the modules a slot already wraps (any rank) goes into it in place (its parameters are
+   pointed at the cached tensors); an unused slot is switched off (its layers compute exactly
+   the base output) rather than removed;
 3. trained tokens: installed into the base *and* the refiner text encoders; each token count
    gets its own copy of the tokenizers, and a request without tokens gets the pristine ones.
 

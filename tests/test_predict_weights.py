@@ -36,6 +36,7 @@ def bundles(tmp_path_factory, tiny_models):
     return {
         "A": str(tar_folder(write_lora_bundle(base, root / "A", seed=1))),
         "B": str(write_lora_bundle(base, root / "B", seed=2)),  # an unpacked folder
+        "R8": str(write_lora_bundle(base, root / "R8", seed=7, rank=8)),  # another rank
         "F": str(write_full_finetune_bundle(base, root / "F", seed=4)),
         "G": str(tar_folder(write_full_finetune_bundle(base, root / "G", seed=5))),
         "kohya_A": str(write_kohya_lora(base, root / "kohya_A.safetensors", seed=1)),
@@ -58,10 +59,10 @@ def predictor(model_cache, threads):
 
 @pytest.fixture(scope="module")
 def fresh(model_cache, bundles, threads):
-    """For each of none/A/B/F/G: the output of a freshly set-up predictor whose version
+    """For each of none/A/B/R8/F/G: the output of a freshly set-up predictor whose version
     default (COG_WEIGHTS) is that bundle: what every switch must reproduce exactly."""
     outputs = {}
-    for name in (None, "A", "B", "F", "G"):
+    for name in (None, "A", "B", "R8", "F", "G"):
         predictor = tiny_predictor(model_cache, bundles[name] if name else None)
         outputs[name] = predict_arrays(predictor, **TRIGGER)
     return outputs
@@ -74,7 +75,8 @@ def _run(predictor, bundles, name, **inputs):
 
 def test_switching_in_any_order_matches_fresh_loads_exactly(predictor, bundles, fresh):
     assert len({fresh[n][0].tobytes() for n in fresh}) == len(fresh)  # all differ
-    for name in ("A", "B", None, "A", "F", "B", "G", None, "F", "F", "A", None):
+    sequence = ("A", "B", None, "A", "R8", "B", "F", "R8", "G", None, "F", "F", "A", None)
+    for name in sequence:
         assert same(_run(predictor, bundles, name), fresh[name]), f"after switching to {name}"
 
 

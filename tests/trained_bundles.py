@@ -57,15 +57,15 @@ def lora_state_dicts(base_folder: Path, seed: int, rank: int = 4, text_encoders:
     return tensors, metadata
 
 
-def write_lora_bundle(base_folder: Path, folder: Path, seed: int, vectors_seed: int | None = None):
+def write_lora_bundle(base_folder: Path, folder: Path, seed: int, rank: int = 4):
     """This project's bundle layout: lora.safetensors (diffusers keys), embeddings.pti,
     special_params.json. Returns the folder."""
     folder.mkdir(parents=True)
-    tensors, metadata = lora_state_dicts(base_folder, seed)
+    tensors, metadata = lora_state_dicts(base_folder, seed, rank=rank)
     StableDiffusionXLPipeline.save_lora_weights(
         folder, weight_name=LORA_FILE, **tensors, **metadata
     )
-    write_tokens(folder, vectors_seed if vectors_seed is not None else seed)
+    write_tokens(folder, seed)
     return folder
 
 
