@@ -3,6 +3,8 @@ overrides, stacking, and switching that leaves no state behind (even when it fai
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from cog import CancelationException
@@ -188,3 +190,18 @@ def test_lora_cache_is_bounded(predictor, bundles):
         assert same(_run(predictor, bundles, "A"), _run(predictor, bundles, "A"))
     finally:
         cache.max_bytes = budget
+
+
+def test_weights_from_urls_go_through_the_store_and_stay_cached(
+    predictor, bundles, fresh, file_server
+):
+    bundle_url = file_server.add("/trainings/1/trained_model.tar", Path(bundles["A"]))
+    style_url = file_server.add("/loras/style.safetensors", Path(bundles["kohya_C"]))
+    from_url = predict_arrays(predictor, replicate_weights=bundle_url, **TRIGGER)
+    assert same(from_url, fresh["A"])
+    stacked = predict_arrays(
+        predictor, replicate_weights=bundle_url, extra_lora=style_url, **TRIGGER
+    )
+    assert same(stacked, _run(predictor, bundles, "A", extra_lora=bundles["kohya_C"]))
+    assert file_server.requests("/trainings/1/trained_model.tar") == 1  # then from memory
+    assert file_server.requests("/loras/style.safetensors") == 1
