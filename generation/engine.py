@@ -18,7 +18,7 @@ from generation.request import GenerationRequest, InvalidRequestError, load_imag
 from generation.safety import SafetyChecker, resolve_safety_checker
 from generation.switcher import Selection, TokenTarget, WeightsSwitcher
 from generation.trained_weights import PreparedWeights, WeightsCache
-from weights.base_models import resolve_model
+from weights.base_models import hub_variant, resolve_model
 from weights.runtime import Runtime, pick_runtime
 from weights.settings import ModelSettings
 from weights.store import ModelStore
@@ -37,10 +37,11 @@ class GenerationResult:
 class GenerationEngine:
     def __init__(self, settings: ModelSettings, default_weights: str | None = None):
         self.runtime: Runtime = pick_runtime(settings.device, settings.dtype)
-        cache_dir = settings.cache_dir
-        self.base = load_base(resolve_model(settings.base_model, "base", cache_dir), self.runtime)
-        refiner_folder = resolve_model(settings.refiner_model, "refiner", cache_dir)
-        self.refiner = load_refiner(refiner_folder, self.runtime, self.base)
+        cache_dir, variant = settings.cache_dir, hub_variant(self.runtime)
+        base_source = resolve_model(settings.base_model, "base", cache_dir, variant)
+        self.base = load_base(base_source, self.runtime, settings.single_file_config)
+        refiner_source = resolve_model(settings.refiner_model, "refiner", cache_dir, variant)
+        self.refiner = load_refiner(refiner_source, self.runtime, self.base)
         checker_folder = resolve_safety_checker(settings.safety_checker_model, cache_dir)
         self.safety_checker = SafetyChecker(checker_folder, self.runtime)
         self.watermarker = Watermarker()

@@ -34,17 +34,26 @@ class ModelPipelines:
             pipeline.tokenizer, pipeline.tokenizer_2 = tokenizers
 
 
-def load_base(folder: Path, runtime: Runtime) -> ModelPipelines:
-    txt2img = load_pipeline(StableDiffusionXLPipeline, folder, runtime, add_watermarker=False)
+def load_base(
+    source: Path, runtime: Runtime, single_file_config: str | None = None
+) -> ModelPipelines:
+    """`source`: a diffusers folder or a single-file checkpoint (see `load_pipeline`)."""
+    txt2img = load_pipeline(
+        StableDiffusionXLPipeline,
+        source,
+        runtime,
+        single_file_config=single_file_config,
+        add_watermarker=False,
+    )
     return _sharing(txt2img, txt2img=txt2img)
 
 
-def load_refiner(folder: Path, runtime: Runtime, base: ModelPipelines) -> ModelPipelines:
+def load_refiner(source: Path, runtime: Runtime, base: ModelPipelines) -> ModelPipelines:
     # The refiner keeps its own second text encoder (trained tokens are installed into it
     # separately, and the base's text-encoder LoRA was not trained for it) but shares the VAE.
     img2img = load_pipeline(
         StableDiffusionXLImg2ImgPipeline,
-        folder,
+        source,
         runtime,
         vae=base.img2img.vae,
         add_watermarker=False,

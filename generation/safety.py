@@ -12,7 +12,7 @@ from transformers import AutoImageProcessor
 
 from weights.base_models import ModelUnavailableError
 from weights.runtime import Runtime
-from weights.settings import TINY
+from weights.settings import TINY, HubSettings
 from weights.tiny_safety import ensure_tiny_safety_checker
 
 # A safety-checker folder holds configs and safetensors weights at its root.
@@ -38,8 +38,16 @@ def resolve_safety_checker(reference: str, cache_dir: Path) -> Path:
         return path
     from huggingface_hub import snapshot_download
 
+    hub = HubSettings.from_env()
     try:
-        return Path(snapshot_download(reference, allow_patterns=SAFETY_FILE_PATTERNS))
+        return Path(
+            snapshot_download(
+                reference,
+                allow_patterns=SAFETY_FILE_PATTERNS,
+                cache_dir=hub.cache_dir,
+                local_files_only=hub.offline,
+            )
+        )
     except Exception as error:  # hub errors come in many types; all mean "not available"
         raise ModelUnavailableError(
             f"Could not fetch the safety checker {reference!r} ({type(error).__name__}). Set "

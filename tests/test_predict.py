@@ -11,7 +11,7 @@ from PIL import Image
 
 from generation.prompts import substitute_tokens
 from generation.request import InvalidRequestError
-from generation.safety import AllImagesFlaggedError
+from generation.safety import AllImagesFlaggedError, resolve_safety_checker
 from generation.schedulers import SCHEDULERS
 from tests.predict_helpers import (
     one_torch_thread,
@@ -20,6 +20,7 @@ from tests.predict_helpers import (
     same,
     tiny_predictor,
 )
+from weights.base_models import ModelUnavailableError
 
 
 @pytest.fixture(scope="module")
@@ -235,3 +236,10 @@ def test_inputs_match_replicates_sdxl_model():
     assert inputs["lora_scale"].le > 1
     assert set(inputs["scheduler"].choices) == set(SCHEDULERS)
     assert inputs["output_format"].choices == ["png", "webp", "jpg"]
+
+
+def test_unavailable_safety_checker_fails_fast_with_guidance(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelUnavailableError, match="SAFETY_CHECKER_MODEL"):
+        resolve_safety_checker("someone/no-such-checker", tmp_path)
