@@ -10,6 +10,12 @@ from families import SDXL
 
 TINY = "tiny"  # BASE_MODEL / REFINER_MODEL value that selects the embedded tiny models
 
+# The training-data preprocessors Replicate's SDXL trainer uses (CAPTION_MODEL, MASK_MODEL,
+# UPSCALER_MODEL override them; `tiny` selects weights/tiny_preprocessors.py).
+DEFAULT_CAPTION_MODEL = "Salesforce/blip-image-captioning-large"
+DEFAULT_MASK_MODEL = "CIDAS/clipseg-rd64-refined"
+DEFAULT_UPSCALER_MODEL = "caidas/swin2SR-realworld-sr-x4-64-bsrgan-psnr"
+
 
 @dataclass(frozen=True)
 class ModelSettings:
@@ -18,6 +24,9 @@ class ModelSettings:
     cache_dir: Path
     device: str | None  # None: pick automatically
     dtype: str | None
+    caption_model: str = DEFAULT_CAPTION_MODEL  # BLIP captioning
+    mask_model: str = DEFAULT_MASK_MODEL  # CLIPSeg prompt masks
+    upscaler_model: str = DEFAULT_UPSCALER_MODEL  # Swin2SR super-resolution
 
     @classmethod
     def from_env(cls) -> ModelSettings:
@@ -28,4 +37,7 @@ class ModelSettings:
             cache_dir=Path(cache),
             device=os.environ.get("TORCH_DEVICE") or None,
             dtype=os.environ.get("TORCH_DTYPE") or None,
+            caption_model=os.environ.get("CAPTION_MODEL") or DEFAULT_CAPTION_MODEL,
+            mask_model=os.environ.get("MASK_MODEL") or DEFAULT_MASK_MODEL,
+            upscaler_model=os.environ.get("UPSCALER_MODEL") or DEFAULT_UPSCALER_MODEL,
         )

@@ -1,0 +1,332 @@
+"""Training-data preprocessing: an upload of photos in, a folder of crops, masks and
+captions out (the first half of `train()`).
+
+    dataset = preprocess(PreprocessConfig(input_path=Path("photos.zip"), output_dir=out))
+
+The output folder holds `NNN-name.png` crops, `NNN-name.mask.png` greyscale masks, a
+`captions.csv` (`image_path`, `mask_path`, `caption`; paths relative to the folder) and a
+`preview.png` contact sheet. Captions keep the trigger word as plain text; the trainer
+substitutes its tokens with `preprocess.captions.substitute_trigger`.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import re
+import shutil
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from PIL import Image
+from tqdm.auto import tqdm
+
+from preprocess.captions import (
+    Captioner,
+    caption_images,
+    effective_prefix,
+    find_caption_sources,
+    report_mismatches,
+)
+from preprocess.crops import (
+    aspect_buckets,
+    box_center,
+    center_of_mass,
+    closest_bucket,
+    crop_box,
+    square,
+)
+from preprocess.errors import PreprocessError
+from preprocess.images import ImageRejected, load_image, shrink_to_cover
+from preprocess.intake import open_upload
+from preprocess.masks import ClipSegMasker, FaceDetector, face_mask, whole_image_mask
+from preprocess.models import load_preprocessor
+from preprocess.preview import contact_sheet
+from preprocess.upscale import Upscaler, resize_to
+from weights.runtime import pick_runtime
+from weights.settings import ModelSettings
+
+__all__ = ["PreparedDataset", "PreprocessConfig", "PreprocessError", "TrainingImage", "preprocess"]
+
+logger = logging.getLogger(__name__)
+
+CAPTIONS_CSV = "captions.csv"
+PREVIEW = "preview.png"
+# Masks and faces are computed on images whose short side is at least this (or the original).
+WORKING_SIDE = 512
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    input_path: Path  # archive file (zip/tar/tar.gz) or a local folder
+    output_dir: Path  # created; must not exist or be empty
+    resolution: int = 768
+    token_string: str = "TOK"
+    caption_prefix: str = "a photo of TOK, "
+    mask_target_prompts: str | None = None
+    crop_based_on_salience: bool = True
+    use_face_detection_instead: bool = False
+    clipseg_temperature: float = 1.0
+    input_images_filetype: str = "infer"  # infer | zip | tar
+    aspect_buckets: bool = False
+    # Which models to use and where to run them; None reads the environment (settings.py).
+    settings: ModelSettings | None = None
+
+
+@dataclass(frozen=True)
+class TrainingImage:
+    image_path: Path
+    mask_path: Path
+    caption: str
+    source: str = ""  # the file's name in the upload
+
+
+@dataclass(frozen=True)
+class PreparedDataset:
+    folder: Path
+    captions_csv: Path
+    preview: Path
+    images: list[TrainingImage]
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (name, reason)
+
+
+def preprocess(config: PreprocessConfig) -> PreparedDataset:
+    """Unpack, load, caption, mask, crop and upscale the upload; write the dataset folder."""
+    settings = config.settings or ModelSettings.from_env()
+    output_dir = Path(config.output_dir)
+    _check_config(config, output_dir)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}-", dir=output_dir.parent))
+    try:
+        # 1. Unpack the upload and sort its files into images and the rest.
+        upload = open_upload(config.input_path, config.input_images_filetype, scratch / "upload")
+        skipped = list(upload.not_images)
+
+        # 2. Read caption.csv / .txt sidecars; they are data, not skipped files.
+        sources = find_caption_sources(upload.files, upload.images, upload.root)
+        skipped = [(n, r) for n, r in skipped if n not in sources.used_files]
+
+        # 3. Load every image upright, in RGB, no larger than the work needs.
+        targets = _targets(config)
+        names, images = [], []
+        for name in tqdm(upload.images, desc="Loading images", unit="image"):
+            try:
+                image = load_image(upload.root / name, _largest(targets))
+            except ImageRejected as error:
+                skipped.append((name, str(error)))
+                continue
+            names.append(name)
+            images.append(shrink_to_cover(image, _working_size(image, targets)))
+        if skipped:
+            logger.warning("Skipped: %s", "; ".join(f"{n} ({r})" for n, r in skipped))
+        if not images:
+            raise PreprocessError(_nothing_usable(config.input_path, skipped))
+        report_mismatches(sources, names)
+
+        # 4. Captions: caption.csv, .txt, then BLIP after the prefix (which has the trigger).
+        prefix = effective_prefix(config.caption_prefix, config.token_string)
+        captioner = None
+        if any(name not in sources.captions for name in names):
+            captioner = _load_captioner(settings)
+        captions = caption_images(names, images, sources, captioner, prefix, config.token_string)
+        del captioner
+
+        # 5. Masks: CLIPSeg for a prompt, faces when asked, else the whole image.
+        face_boxes = _detect_faces(config, images)
+        masks = _make_masks(config, settings, images, face_boxes)
+
+        # 6. Crop around the mask's centre of mass, the faces, or the centre.
+        sizes = [_target_for(image.size, targets) for image in images]
+        boxes = []
+        for image, mask, boxes_of_faces, size in zip(images, masks, face_boxes, sizes, strict=True):
+            if config.crop_based_on_salience:
+                center = center_of_mass(mask)
+            else:
+                center = box_center(boxes_of_faces or [], image.size)
+            boxes.append(crop_box(image.size, size, center))
+        crops = [image.crop(box) for image, box in zip(images, boxes, strict=True)]
+        mask_crops = [mask.crop(box) for mask, box in zip(masks, boxes, strict=True)]
+        del images, masks
+
+        # 7. Upscale small crops (Swin2SR) and bring everything to its training size.
+        upscaler = None
+        if any(c.width < s[0] or c.height < s[1] for c, s in zip(crops, sizes, strict=True)):
+            upscaler = _load_upscaler(settings)
+        crops = [
+            resize_to(crop, size, upscaler)
+            for crop, size in tqdm(
+                list(zip(crops, sizes, strict=True)), desc="Resizing crops", unit="image"
+            )
+        ]
+        mask_crops = [
+            mask.resize(size, Image.Resampling.BILINEAR)
+            for mask, size in zip(mask_crops, sizes, strict=True)
+        ]
+        del upscaler
+
+        # 8. Write crops, masks, captions.csv and the preview, then move the folder in place.
+        staging = scratch / "dataset"
+        staging.mkdir()
+        rows = _write_dataset(staging, names, crops, mask_crops, captions)
+        contact_sheet(list(zip(crops, mask_crops, captions, strict=True))).save(staging / PREVIEW)
+        if output_dir.exists():
+            output_dir.rmdir()  # checked empty above
+        staging.rename(output_dir)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    _log_summary(len(rows), skipped)
+    images_out = [
+        TrainingImage(output_dir / row[0], output_dir / row[1], row[2], source)
+        for row, source in zip(rows, names, strict=True)
+    ]
+    return PreparedDataset(
+        output_dir, output_dir / CAPTIONS_CSV, output_dir / PREVIEW, images_out, skipped
+    )
+
+
+def _check_config(config: PreprocessConfig, output_dir: Path) -> None:
+    if config.resolution < 8:
+        raise PreprocessError(f"resolution must be at least 8 pixels, got {config.resolution}.")
+    if not config.token_string.strip():
+        raise PreprocessError("token_string must not be empty.")
+    if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
+        raise PreprocessError(f"{output_dir} already exists and is not an empty folder.")
+
+
+def _targets(config: PreprocessConfig) -> list[tuple[int, int]]:
+    if config.aspect_buckets:
+        return aspect_buckets(config.resolution)
+    return [square(config.resolution)]
+
+
+def _target_for(size: tuple[int, int], targets: list[tuple[int, int]]) -> tuple[int, int]:
+    return targets[0] if len(targets) == 1 else closest_bucket(size, targets)
+
+
+def _largest(targets: list[tuple[int, int]]) -> tuple[int, int]:
+    side = max(max(t) for t in targets)
+    return max(side, WORKING_SIDE), max(side, WORKING_SIDE)
+
+
+def _working_size(image: Image.Image, targets) -> tuple[int, int]:
+    """Big enough to crop the target from, and for faces and masks to be found."""
+    width, height = _target_for(image.size, targets)
+    scale = max(1.0, WORKING_SIDE / min(width, height))
+    return round(width * scale), round(height * scale)
+
+
+def _load_captioner(settings: ModelSettings) -> Captioner | None:
+    from transformers import AutoProcessor, BlipForConditionalGeneration
+
+    loaded = load_preprocessor(
+        settings.caption_model,
+        "captioner",
+        BlipForConditionalGeneration,
+        AutoProcessor,
+        pick_runtime(settings.device, settings.dtype),
+        settings.cache_dir,
+        fallback="captions will be the caption prefix alone",
+    )
+    return Captioner(loaded) if loaded else None
+
+
+def _detect_faces(config: PreprocessConfig, images: list[Image.Image]):
+    """Face boxes per image when faces decide masks or crops; Nones otherwise."""
+    if not (config.use_face_detection_instead or not config.crop_based_on_salience):
+        return [None] * len(images)
+    detector = FaceDetector()
+    found = [detector.detect(image) for image in tqdm(images, desc="Finding faces", unit="image")]
+    faceless = sum(1 for boxes in found if not boxes)
+    if faceless:
+        logger.info("No face found in %d of %d images.", faceless, len(images))
+    return found
+
+
+def _make_masks(config, settings, images, face_boxes) -> list[Image.Image]:
+    if config.use_face_detection_instead:
+        faceless = sum(1 for boxes in face_boxes if not boxes)
+        if faceless:
+            logger.warning("%d images have no face: their whole image is the mask.", faceless)
+        return [face_mask(image.size, boxes) for image, boxes in zip(images, face_boxes)]
+    prompt = (config.mask_target_prompts or "").strip()
+    if not prompt:
+        return [whole_image_mask(image.size) for image in images]
+    from transformers import AutoProcessor, CLIPSegForImageSegmentation
+
+    loaded = load_preprocessor(
+        settings.mask_model,
+        "segmenter",
+        CLIPSegForImageSegmentation,
+        AutoProcessor,
+        pick_runtime(settings.device, settings.dtype),
+        settings.cache_dir,
+        fallback="the whole image of every photo is its mask",
+    )
+    if loaded is None:
+        return [whole_image_mask(image.size) for image in images]
+    masker = ClipSegMasker(loaded, config.clipseg_temperature)
+    return [masker.mask(image, prompt) for image in tqdm(images, desc="Masking (CLIPSeg)")]
+
+
+def _load_upscaler(settings: ModelSettings) -> Upscaler | None:
+    from transformers import AutoImageProcessor, Swin2SRForImageSuperResolution
+
+    loaded = load_preprocessor(
+        settings.upscaler_model,
+        "upscaler",
+        Swin2SRForImageSuperResolution,
+        AutoImageProcessor,
+        pick_runtime(settings.device, settings.dtype),
+        settings.cache_dir,
+        fallback="small images are enlarged with Lanczos resampling",
+    )
+    return Upscaler(loaded) if loaded else None
+
+
+def _write_dataset(folder: Path, names, crops, masks, captions) -> list[tuple[str, str, str]]:
+    rows = []
+    for index, (name, crop, mask, caption) in enumerate(
+        tqdm(list(zip(names, crops, masks, captions, strict=True)), desc="Saving", unit="image")
+    ):
+        stem = f"{index:03d}-{_slug(name)}"
+        image_file, mask_file = f"{stem}.png", f"{stem}.mask.png"
+        crop.save(folder / image_file, format="PNG")
+        mask.save(folder / mask_file, format="PNG")
+        rows.append((image_file, mask_file, caption))
+    with open(folder / CAPTIONS_CSV, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image_path", "mask_path", "caption"])
+        writer.writerows(rows)
+    return rows
+
+
+def _slug(name: str) -> str:
+    """A short ASCII form of the source's stem for readable output names."""
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", PurePosixPath(name).stem).strip("-")
+    return slug[:40] or "image"
+
+
+def _nothing_usable(input_path: Path, skipped: list[tuple[str, str]]) -> str:
+    name = Path(input_path).name
+    if not skipped:
+        return f"{name} contains no files (hidden and __MACOSX files do not count)."
+    listing = "; ".join(f"{n}: {r}" for n, r in skipped[:10])
+    more = f" and {len(skipped) - 10} more" if len(skipped) > 10 else ""
+    return (
+        f"{name} has no usable image ({len(skipped)} files skipped: {listing}{more}). "
+        "Upload JPEG, PNG, WebP, BMP, GIF or TIFF photos."
+    )
+
+
+def _log_summary(used: int, skipped: list[tuple[str, str]]) -> None:
+    reasons = Counter(reason.split(" (")[0] for _, reason in skipped)
+    why = ", ".join(f"{count} {reason}" for reason, count in reasons.most_common())
+    logger.info(
+        "Preprocessing done: %d images used, %d skipped%s.",
+        used,
+        len(skipped),
+        f" ({why})" if why else "",
+    )
