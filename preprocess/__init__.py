@@ -250,7 +250,9 @@ def _make_masks(config, settings, images, face_boxes) -> list[Image.Image]:
         faceless = sum(1 for boxes in face_boxes if not boxes)
         if faceless:
             logger.warning("%d images have no face: their whole image is the mask.", faceless)
-        return [face_mask(image.size, boxes) for image, boxes in zip(images, face_boxes)]
+        return [
+            face_mask(image.size, boxes) for image, boxes in zip(images, face_boxes, strict=True)
+        ]
     prompt = (config.mask_target_prompts or "").strip()
     if not prompt:
         return [whole_image_mask(image.size) for image in images]
