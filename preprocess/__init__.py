@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 import re
 import shutil
 import tempfile
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -44,11 +46,19 @@ from preprocess.intake import open_upload
 from preprocess.masks import ClipSegMasker, FaceDetector, face_mask, whole_image_mask
 from preprocess.models import load_preprocessor
 from preprocess.preview import contact_sheet
+from preprocess.stages import StageClock
 from preprocess.upscale import Upscaler, resize_to
 from weights.runtime import pick_runtime
 from weights.settings import ModelSettings
 
-__all__ = ["PreparedDataset", "PreprocessConfig", "PreprocessError", "TrainingImage", "preprocess"]
+__all__ = [
+    "PreparedDataset",
+    "PreprocessConfig",
+    "PreprocessError",
+    "StageClock",
+    "TrainingImage",
+    "preprocess",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +66,9 @@ CAPTIONS_CSV = "captions.csv"
 PREVIEW = "preview.png"
 # Masks and faces are computed on images whose short side is at least this (or the original).
 WORKING_SIDE = 512
+# zlib level 1: photos barely compress further, and level 6 takes ~3x longer to write.
+PNG_COMPRESSION = 1
+IO_THREADS = min(8, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
@@ -92,92 +105,74 @@ class PreparedDataset:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (name, reason)
 
 
-def preprocess(config: PreprocessConfig) -> PreparedDataset:
-    """Unpack, load, caption, mask, crop and upscale the upload; write the dataset folder."""
+def preprocess(config: PreprocessConfig, clock: StageClock | None = None) -> PreparedDataset:
+    """Unpack, load, caption, mask, crop and upscale the upload; write the dataset folder.
+    `clock` (optional) receives the time spent in each stage."""
     settings = config.settings or ModelSettings.from_env()
+    clock = clock or StageClock()
     output_dir = Path(config.output_dir)
     _check_config(config, output_dir)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}-", dir=output_dir.parent))
+    targets = _targets(config)
     try:
-        # 1. Unpack the upload and sort its files into images and the rest.
-        upload = open_upload(config.input_path, config.input_images_filetype, scratch / "upload")
-        skipped = list(upload.not_images)
-
-        # 2. Read caption.csv / .txt sidecars; they are data, not skipped files.
-        sources = find_caption_sources(upload.files, upload.images, upload.root)
-        skipped = [(n, r) for n, r in skipped if n not in sources.used_files]
-
-        # 3. Load every image upright, in RGB, no larger than the work needs.
-        targets = _targets(config)
-        names, images = [], []
-        for name in tqdm(upload.images, desc="Loading images", unit="image"):
-            try:
-                image = load_image(upload.root / name, _largest(targets))
-            except ImageRejected as error:
-                skipped.append((name, str(error)))
-                continue
-            names.append(name)
-            images.append(shrink_to_cover(image, _working_size(image, targets)))
-        if skipped:
-            logger.warning("Skipped: %s", "; ".join(f"{n} ({r})" for n, r in skipped))
-        if not images:
-            raise PreprocessError(_nothing_usable(config.input_path, skipped))
-        report_mismatches(sources, names)
-
-        # 4. Captions: caption.csv, .txt, then BLIP after the prefix (which has the trigger).
-        prefix = effective_prefix(config.caption_prefix, config.token_string)
-        captioner = None
-        if any(name not in sources.captions for name in names):
-            captioner = _load_captioner(settings)
-        captions = caption_images(names, images, sources, captioner, prefix, config.token_string)
-        del captioner
-
-        # 5. Masks: CLIPSeg for a prompt, faces when asked, else the whole image.
-        face_boxes = _detect_faces(config, images)
-        masks = _make_masks(config, settings, images, face_boxes)
-
-        # 6. Crop around the mask's centre of mass, the faces, or the centre.
-        sizes = [_target_for(image.size, targets) for image in images]
-        boxes = []
-        for image, mask, boxes_of_faces, size in zip(images, masks, face_boxes, sizes, strict=True):
-            if config.crop_based_on_salience:
-                center = center_of_mass(mask)
-            else:
-                center = box_center(boxes_of_faces or [], image.size)
-            boxes.append(crop_box(image.size, size, center))
-        crops = [image.crop(box) for image, box in zip(images, boxes, strict=True)]
-        mask_crops = [mask.crop(box) for mask, box in zip(masks, boxes, strict=True)]
-        del images, masks
-
-        # 7. Upscale small crops (Swin2SR) and bring everything to its training size.
-        upscaler = None
-        if any(c.width < s[0] or c.height < s[1] for c, s in zip(crops, sizes, strict=True)):
-            upscaler = _load_upscaler(settings)
-        crops = [
-            resize_to(crop, size, upscaler)
-            for crop, size in tqdm(
-                list(zip(crops, sizes, strict=True)), desc="Resizing crops", unit="image"
+        # 1. Unpack the upload; sort its files into images, caption files and the rest.
+        with clock.stage("unpack"):
+            upload = open_upload(
+                config.input_path, config.input_images_filetype, scratch / "upload"
             )
-        ]
-        mask_crops = [
-            mask.resize(size, Image.Resampling.BILINEAR)
-            for mask, size in zip(mask_crops, sizes, strict=True)
-        ]
-        del upscaler
+            sources = find_caption_sources(upload.files, upload.images, upload.root)
+            skipped = [(n, r) for n, r in upload.not_images if n not in sources.used_files]
 
-        # 8. Write crops, masks, captions.csv and the preview, then move the folder in place.
-        staging = scratch / "dataset"
-        staging.mkdir()
-        rows = _write_dataset(staging, names, crops, mask_crops, captions)
-        contact_sheet(list(zip(crops, mask_crops, captions, strict=True))).save(staging / PREVIEW)
-        if output_dir.exists():
-            output_dir.rmdir()  # checked empty above
-        staging.rename(output_dir)
+        # 2. Load every image upright, in RGB, no larger than the work needs.
+        with clock.stage("load"):
+            names, images, rejected = _load_images(upload, targets)
+            skipped += rejected
+            if skipped:
+                logger.warning("Skipped: %s", "; ".join(f"{n} ({r})" for n, r in skipped))
+            if not images:
+                raise PreprocessError(_nothing_usable(config.input_path, skipped))
+            report_mismatches(sources, names)
+
+        # 3. Captions: caption.csv, .txt, then BLIP after the prefix (which has the trigger).
+        with clock.stage("caption"):
+            prefix = effective_prefix(config.caption_prefix, config.token_string)
+            needs_blip = any(name not in sources.captions for name in names)
+            captioner = _load_captioner(settings) if needs_blip else None
+            captions = caption_images(
+                names, images, sources, captioner, prefix, config.token_string
+            )
+            del captioner
+
+        # 4. Masks: CLIPSeg for a prompt, faces when asked, else the whole image.
+        with clock.stage("mask"):
+            face_boxes = _detect_faces(config, images)
+            masks = _make_masks(config, settings, images, face_boxes)
+
+        # 5. Crop around the mask's centre of mass, the faces, or the centre.
+        with clock.stage("crop"):
+            sizes = [_target_for(image.size, targets) for image in images]
+            crops, mask_crops = _crop(config, images, masks, face_boxes, sizes)
+            del images, masks
+
+        # 6. Upscale small crops (Swin2SR); bring every crop and mask to its training size.
+        with clock.stage("upscale"):
+            crops, mask_crops = _resize(settings, crops, mask_crops, sizes)
+
+        # 7. Write crops, masks, captions.csv and the preview; move the folder into place.
+        with clock.stage("save"):
+            staging = scratch / "dataset"
+            staging.mkdir()
+            rows = _write_dataset(staging, names, crops, mask_crops, captions)
+            tiles = list(zip(crops, mask_crops, captions, strict=True))
+            contact_sheet(tiles).save(staging / PREVIEW, compress_level=PNG_COMPRESSION)
+            if output_dir.exists():
+                output_dir.rmdir()  # checked empty above
+            staging.rename(output_dir)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
-    _log_summary(len(rows), skipped)
+    _log_summary(len(rows), skipped, clock)
     images_out = [
         TrainingImage(output_dir / row[0], output_dir / row[1], row[2], source)
         for row, source in zip(rows, names, strict=True)
@@ -185,6 +180,59 @@ def preprocess(config: PreprocessConfig) -> PreparedDataset:
     return PreparedDataset(
         output_dir, output_dir / CAPTIONS_CSV, output_dir / PREVIEW, images_out, skipped
     )
+
+
+def _load_images(upload, targets):
+    def load(name: str) -> Image.Image | str:
+        try:
+            image = load_image(upload.root / name, _largest(targets))
+        except ImageRejected as error:
+            return str(error)
+        return shrink_to_cover(image, _working_size(image, targets))
+
+    names, images, rejected = [], [], []
+    # Decoding and resampling release the GIL: threads load several photos at once.
+    with ThreadPoolExecutor(IO_THREADS) as pool:
+        loaded = pool.map(load, upload.images)
+        for name, result in zip(
+            upload.images,
+            tqdm(loaded, total=len(upload.images), desc="Loading images", unit="image"),
+            strict=True,
+        ):
+            if isinstance(result, str):
+                rejected.append((name, result))
+            else:
+                names.append(name)
+                images.append(result)
+    return names, images, rejected
+
+
+def _crop(config, images, masks, face_boxes, sizes):
+    crops, mask_crops = [], []
+    for image, mask, faces, size in zip(images, masks, face_boxes, sizes, strict=True):
+        if config.crop_based_on_salience:
+            center = center_of_mass(mask)
+        else:
+            center = box_center(faces or [], image.size)
+        box = crop_box(image.size, size, center)
+        crops.append(image.crop(box))
+        mask_crops.append(mask.crop(box))
+    return crops, mask_crops
+
+
+def _resize(settings, crops, mask_crops, sizes):
+    pairs = list(zip(crops, sizes, strict=True))
+    small = any(crop.width < size[0] or crop.height < size[1] for crop, size in pairs)
+    upscaler = _load_upscaler(settings) if small else None
+    crops = [
+        resize_to(crop, size, upscaler)
+        for crop, size in tqdm(pairs, desc="Upscaling and resizing", unit="image")
+    ]
+    mask_crops = [
+        mask.resize(size, Image.Resampling.BILINEAR)
+        for mask, size in zip(mask_crops, sizes, strict=True)
+    ]
+    return crops, mask_crops
 
 
 def _check_config(config: PreprocessConfig, output_dir: Path) -> None:
@@ -290,14 +338,19 @@ def _load_upscaler(settings: ModelSettings) -> Upscaler | None:
 
 def _write_dataset(folder: Path, names, crops, masks, captions) -> list[tuple[str, str, str]]:
     rows = []
-    for index, (name, crop, mask, caption) in enumerate(
-        tqdm(list(zip(names, crops, masks, captions, strict=True)), desc="Saving", unit="image")
-    ):
+    for index, (name, caption) in enumerate(zip(names, captions, strict=True)):
         stem = f"{index:03d}-{_slug(name)}"
-        image_file, mask_file = f"{stem}.png", f"{stem}.mask.png"
-        crop.save(folder / image_file, format="PNG")
-        mask.save(folder / mask_file, format="PNG")
-        rows.append((image_file, mask_file, caption))
+        rows.append((f"{stem}.png", f"{stem}.mask.png", caption))
+
+    def save(item) -> None:
+        (image_file, mask_file, _), crop, mask = item
+        crop.save(folder / image_file, format="PNG", compress_level=PNG_COMPRESSION)
+        mask.save(folder / mask_file, format="PNG", compress_level=PNG_COMPRESSION)
+
+    with ThreadPoolExecutor(IO_THREADS) as pool:
+        items = list(zip(rows, crops, masks, strict=True))
+        for _ in tqdm(pool.map(save, items), total=len(items), desc="Saving", unit="image"):
+            pass
     with open(folder / CAPTIONS_CSV, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["image_path", "mask_path", "caption"])
@@ -323,12 +376,13 @@ def _nothing_usable(input_path: Path, skipped: list[tuple[str, str]]) -> str:
     )
 
 
-def _log_summary(used: int, skipped: list[tuple[str, str]]) -> None:
+def _log_summary(used: int, skipped: list[tuple[str, str]], clock: StageClock) -> None:
     reasons = Counter(reason.split(" (")[0] for _, reason in skipped)
     why = ", ".join(f"{count} {reason}" for reason, count in reasons.most_common())
     logger.info(
-        "Preprocessing done: %d images used, %d skipped%s.",
+        "Preprocessing done: %d images used, %d skipped%s. Seconds per stage: %s.",
         used,
         len(skipped),
         f" ({why})" if why else "",
+        ", ".join(f"{name} {seconds:.1f}" for name, seconds in clock.seconds.items()),
     )

@@ -37,11 +37,13 @@ def closest_bucket(size: tuple[int, int], buckets: list[tuple[int, int]]) -> tup
 def center_of_mass(mask: Image.Image) -> tuple[float, float]:
     """Mask-weighted centre (x, y) in pixels; the image centre for an empty mask."""
     weights = np.asarray(mask.convert("L"), dtype=np.float64)
-    total = weights.sum()
+    columns, rows = weights.sum(axis=0), weights.sum(axis=1)
+    total = columns.sum()
     if total <= 0:
         return mask.width / 2, mask.height / 2
-    ys, xs = np.indices(weights.shape)
-    return (xs * weights).sum() / total + 0.5, (ys * weights).sum() / total + 0.5
+    x = columns @ np.arange(mask.width) / total
+    y = rows @ np.arange(mask.height) / total
+    return x + 0.5, y + 0.5
 
 
 def crop_box(
