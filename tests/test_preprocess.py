@@ -237,6 +237,8 @@ def test_caption_files_take_precedence_and_mismatches_are_listed(tmp_path, run, 
             "dog2.jpg": encode(photo(seed=2), "JPEG"),
             "dog3.jpg": encode(photo(seed=3), "JPEG"),
             "more/dog4.png": encode(photo(seed=4), "PNG"),
+            "a/x.jpg": encode(photo(seed=5), "JPEG"),
+            "b/x.jpg": encode(photo(seed=6), "JPEG"),
             "dog2.txt": b"TOK sleeping, from the sidecar",
             "more/dog4.txt": b"a sidecar without the trigger",
             "caption.csv": (
@@ -244,6 +246,8 @@ def test_caption_files_take_precedence_and_mismatches_are_listed(tmp_path, run, 
                 b'dog1.jpg,"TOK on the beach, from the csv"\n'
                 b"dog2.jpg,TOK in the csv wins over the sidecar\n"
                 b"missing.jpg,TOK nowhere to be seen\n"
+                b"a/x.jpg,TOK in folder a\n"
+                b"x.jpg,TOK in which folder?\n"
             ),
         },
     )
@@ -254,11 +258,13 @@ def test_caption_files_take_precedence_and_mismatches_are_listed(tmp_path, run, 
     assert captions["dog1.jpg"] == "TOK on the beach, from the csv"
     assert captions["dog2.jpg"] == "TOK in the csv wins over the sidecar"
     assert captions["more/dog4.png"] == "TOK, a sidecar without the trigger"
+    assert captions["a/x.jpg"] == "TOK in folder a"  # a path picks one of two x.jpg
+    assert captions["b/x.jpg"].startswith("a photo of TOK, ")  # a bare x.jpg is ambiguous
     assert captions["dog3.jpg"].startswith("a photo of TOK, ")  # BLIP after the prefix
     assert len(captions["dog3.jpg"]) > len("a photo of TOK, ")
     assert dataset.skipped == []  # caption files are data, not skipped files
     assert "caption.csv names images that are not in the upload" in caplog.text
-    assert "missing.jpg" in caplog.text
+    assert "missing.jpg, x.jpg" in caplog.text
     assert "no caption in caption.csv or a .txt file" in caplog.text
     assert "dog3.jpg" in caplog.text.split("no caption in caption.csv")[1]
 

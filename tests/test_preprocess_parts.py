@@ -13,6 +13,7 @@ from preprocess.images import load_image
 from preprocess.models import load_preprocessor
 from preprocess.upscale import Upscaler, resize_to
 from weights.runtime import pick_runtime
+from weights.tiny_preprocessors import KINDS, ensure_tiny_preprocessor
 
 
 @pytest.mark.parametrize(
@@ -87,3 +88,10 @@ def test_upscaler_runs_only_for_small_crops(model_cache):
         np.asarray(resize_to(large, (64, 64), upscaler)),
         np.asarray(large.resize((64, 64), Image.Resampling.LANCZOS, reducing_gap=3.0)),
     )
+
+
+def test_tiny_preprocessors_are_identical_on_every_build(tmp_path, model_cache):
+    for kind in KINDS:
+        first = ensure_tiny_preprocessor(kind, model_cache) / "model.safetensors"
+        second = ensure_tiny_preprocessor(kind, tmp_path) / "model.safetensors"
+        assert first.read_bytes() == second.read_bytes(), kind
