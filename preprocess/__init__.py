@@ -43,7 +43,13 @@ from preprocess.crops import (
 from preprocess.errors import PreprocessError
 from preprocess.images import ImageRejected, load_image, shrink_to_cover
 from preprocess.intake import open_upload
-from preprocess.masks import ClipSegMasker, FaceDetector, face_mask, whole_image_mask
+from preprocess.masks import (
+    CLIPSEG_BATCH,
+    ClipSegMasker,
+    FaceDetector,
+    face_mask,
+    whole_image_mask,
+)
 from preprocess.models import load_preprocessor
 from preprocess.preview import contact_sheet
 from preprocess.stages import StageClock
@@ -318,7 +324,12 @@ def _make_masks(config, settings, images, face_boxes) -> list[Image.Image]:
     if loaded is None:
         return [whole_image_mask(image.size) for image in images]
     masker = ClipSegMasker(loaded, config.clipseg_temperature)
-    return [masker.mask(image, prompt) for image in tqdm(images, desc="Masking (CLIPSeg)")]
+    masks = []
+    with tqdm(total=len(images), desc="Masking (CLIPSeg)", unit="image") as progress:
+        for start in range(0, len(images), CLIPSEG_BATCH):
+            masks += masker.masks(images[start : start + CLIPSEG_BATCH], prompt)
+            progress.update(len(masks) - progress.n)
+    return masks
 
 
 def _load_upscaler(settings: ModelSettings) -> Upscaler | None:

@@ -26,6 +26,7 @@ CAPTION_CSV_NAMES = ("caption.csv", "captions.csv")
 SIDECAR_SUFFIX = ".txt"
 MAX_CAPTION_TOKENS = 40
 CAPTION_BEAMS = 3  # beam search: deterministic, and better than greedy for BLIP
+CAPTION_BATCH = 8
 
 
 def _trigger_pattern(trigger: str, ignore_case: bool) -> re.Pattern:
@@ -186,8 +187,8 @@ class Captioner:
         self.model, self.processor, self.runtime = loaded.model, loaded.processor, loaded.runtime
 
     @torch.inference_mode()
-    def caption(self, image: Image.Image) -> str:
-        inputs = self.processor(images=image, return_tensors="pt")
+    def caption(self, images: list[Image.Image]) -> list[str]:
+        inputs = self.processor(images=images, return_tensors="pt")
         pixels = inputs["pixel_values"].to(self.runtime.device, self.runtime.dtype)
         tokens = self.model.generate(
             pixel_values=pixels,
@@ -195,7 +196,7 @@ class Captioner:
             num_beams=CAPTION_BEAMS,
             do_sample=False,
         )
-        return self.processor.decode(tokens[0], skip_special_tokens=True).strip()
+        return [t.strip() for t in self.processor.batch_decode(tokens, skip_special_tokens=True)]
 
 
 def caption_images(
@@ -211,10 +212,14 @@ def caption_images(
     to_caption = [i for i, name in enumerate(names) if name not in sources.captions]
     generated: dict[int, str] = {}
     if to_caption and captioner is not None:
-        for index in tqdm(to_caption, desc="Captioning (BLIP)", unit="image"):
-            text = captioner.caption(images[index])
-            # BLIP lower-cases everything: give a captioned trigger its case back.
-            generated[index] = substitute_trigger(text, trigger, trigger, ignore_case=True)
+        with tqdm(total=len(to_caption), desc="Captioning (BLIP)", unit="image") as progress:
+            for start in range(0, len(to_caption), CAPTION_BATCH):
+                batch = to_caption[start : start + CAPTION_BATCH]
+                texts = captioner.caption([images[index] for index in batch])
+                for index, text in zip(batch, texts, strict=True):
+                    # BLIP lower-cases everything: give a captioned trigger its case back.
+                    generated[index] = substitute_trigger(text, trigger, trigger, ignore_case=True)
+                progress.update(len(batch))
     for index, name in enumerate(names):
         if name in sources.captions:
             caption = ensure_trigger(sources.captions[name], trigger)

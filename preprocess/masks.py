@@ -17,6 +17,7 @@ from preprocess.models import LoadedModel
 logger = logging.getLogger(__name__)
 
 CLIPSEG_BIAS = 0.01  # as Replicate's trainer: no pixel gets exactly zero weight
+CLIPSEG_BATCH = 8
 FACE_CASCADE = "haarcascade_frontalface_default.xml"
 DETECTION_SIDE = 512  # faces are detected on a copy whose short side is at most this
 MIN_FACE_FRACTION = 0.1  # faces smaller than this share of the short side are noise
@@ -37,21 +38,26 @@ class ClipSegMasker:
         self.temperature = temperature
 
     @torch.inference_mode()
-    def mask(self, image: Image.Image, prompt: str) -> Image.Image:
+    def masks(self, images: list[Image.Image], prompt: str) -> list[Image.Image]:
         inputs = self.processor(
-            text=[prompt, ""],
-            images=[image, image],
+            text=[prompt, ""] * len(images),
+            images=[image for image in images for _ in range(2)],
             padding="max_length",
             truncation=True,
             return_tensors="pt",
         )
         inputs = {k: v.to(self.runtime.device) for k, v in inputs.items()}
         inputs["pixel_values"] = inputs["pixel_values"].to(self.runtime.dtype)
-        logits = self.model(**inputs).logits.float()  # (2, h, w)
-        probs = torch.softmax(logits / self.temperature, dim=0)[0]
+        logits = self.model(**inputs).logits.float()
+        logits = logits.reshape(len(images), 2, *logits.shape[-2:])  # (prompt, empty) pairs
+        probs = torch.softmax(logits / self.temperature, dim=1)[:, 0]
         probs = (probs + CLIPSEG_BIAS).clamp(0, 1)
-        probs = (255 * probs / probs.max()).round().to(torch.uint8).cpu().numpy()
-        return Image.fromarray(probs, mode="L").resize(image.size, Image.Resampling.BILINEAR)
+        peak = probs.flatten(1).max(dim=1).values[:, None, None]
+        probs = (255 * probs / peak).round().to(torch.uint8).cpu().numpy()
+        return [
+            Image.fromarray(p, mode="L").resize(image.size, Image.Resampling.BILINEAR)
+            for p, image in zip(probs, images, strict=True)
+        ]
 
 
 class FaceDetector:

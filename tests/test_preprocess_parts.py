@@ -5,9 +5,14 @@ import numpy as np
 import pytest
 from PIL import Image
 from preprocess_corpus import encode, photo
-from transformers import AutoImageProcessor, Swin2SRForImageSuperResolution
+from transformers import (
+    AutoImageProcessor,
+    AutoProcessor,
+    BlipForConditionalGeneration,
+    Swin2SRForImageSuperResolution,
+)
 
-from preprocess.captions import substitute_trigger
+from preprocess.captions import Captioner, substitute_trigger
 from preprocess.crops import aspect_buckets, center_of_mass, closest_bucket, crop_box
 from preprocess.images import load_image
 from preprocess.models import load_preprocessor
@@ -95,3 +100,21 @@ def test_tiny_preprocessors_are_identical_on_every_build(tmp_path, model_cache):
         first = ensure_tiny_preprocessor(kind, model_cache) / "model.safetensors"
         second = ensure_tiny_preprocessor(kind, tmp_path) / "model.safetensors"
         assert first.read_bytes() == second.read_bytes(), kind
+
+
+def test_blip_captions_are_deterministic_and_independent_of_the_batch(model_cache):
+    loaded = load_preprocessor(
+        "tiny",
+        "captioner",
+        BlipForConditionalGeneration,
+        AutoProcessor,
+        pick_runtime("cpu"),
+        model_cache,
+        fallback="unused",
+    )
+    captioner = Captioner(loaded)
+    photos = [photo(seed=seed) for seed in range(3)]
+    batched = captioner.caption(photos)
+    assert batched == captioner.caption(photos)
+    assert [captioner.caption([p])[0] for p in photos] == batched
+    assert all(batched) and len(set(batched)) == 3

@@ -75,6 +75,7 @@ def build_captioner() -> tuple[BlipForConditionalGeneration, BlipProcessor]:
             num_attention_heads=4,
             image_size=IMAGE_SIZE,
             patch_size=16,
+            initializer_range=0.02,  # BLIP's default (1e-10) would make captions ignore the image
         ),
         text_config=dict(
             vocab_size=len(vocab),
@@ -88,6 +89,7 @@ def build_captioner() -> tuple[BlipForConditionalGeneration, BlipProcessor]:
             eos_token_id=vocab["[SEP]"],
             sep_token_id=vocab["[SEP]"],
             pad_token_id=vocab["[PAD]"],
+            initializer_range=0.3,  # strong cross-attention, so each photo gets its own caption
         ),
         projection_dim=32,
         image_text_hidden_size=32,
