@@ -244,6 +244,10 @@ def _resize(settings, crops, mask_crops, sizes):
 def _check_config(config: PreprocessConfig, output_dir: Path) -> None:
     if config.resolution < 8:
         raise PreprocessError(f"resolution must be at least 8 pixels, got {config.resolution}.")
+    if config.clipseg_temperature <= 0:
+        raise PreprocessError(
+            f"clipseg_temperature must be positive, got {config.clipseg_temperature}."
+        )
     if not config.token_string.strip():
         raise PreprocessError("token_string must not be empty.")
     if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):

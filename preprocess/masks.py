@@ -32,8 +32,6 @@ class ClipSegMasker:
     """CLIPSeg: how much each pixel matches the prompt, against an empty prompt."""
 
     def __init__(self, loaded: LoadedModel, temperature: float):
-        if temperature <= 0:
-            raise ValueError(f"clipseg_temperature must be positive, got {temperature}.")
         self.model, self.processor, self.runtime = loaded.model, loaded.processor, loaded.runtime
         self.temperature = temperature
 

@@ -77,7 +77,7 @@ def run(tmp_path, tiny_settings):
         config = PreprocessConfig(
             input_path=input_path,
             output_dir=tmp_path / "dataset",
-            resolution=RESOLUTION,
+            resolution=options.pop("resolution", RESOLUTION),
             settings=options.pop("settings", tiny_settings),
             **options,
         )
@@ -372,3 +372,19 @@ def test_local_folder_ignores_symlinks(tmp_path, run):
     (folder / "link.jpg").symlink_to(secret)
     dataset = run(folder)
     assert [i.source for i in dataset.images] == ["a.jpg"]
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"clipseg_temperature": 0.0}, "clipseg_temperature must be positive"),
+        ({"token_string": " "}, "token_string must not be empty"),
+        ({"input_images_filetype": "rar"}, "input_images_filetype must be one of"),
+        ({"resolution": 4}, "resolution must be at least"),
+    ],
+)
+def test_bad_settings_are_refused_before_any_work(tmp_path, run, options, message):
+    upload = write_zip(tmp_path / "u.zip", {"a.jpg": encode(photo(), "JPEG")})
+    with pytest.raises(PreprocessError, match=message):
+        run(upload, **options)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["u.zip"]
