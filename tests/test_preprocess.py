@@ -7,7 +7,6 @@ import os
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from preprocess_corpus import (
     BLUE,
@@ -39,36 +38,11 @@ from skimage.measure import label
 
 from preprocess import PreprocessConfig, PreprocessError, preprocess
 from weights.settings import ModelSettings
-from weights.tiny_preprocessors import ensure_tiny_preprocessor
 
 RESOLUTION = 64
 
-
-@pytest.fixture(scope="session")
-def tiny_settings(model_cache) -> ModelSettings:
-    """Settings selecting the tiny preprocessors (built once per session) on the CPU."""
-    for kind in ("captioner", "segmenter", "upscaler"):
-        ensure_tiny_preprocessor(kind, model_cache)
-    return ModelSettings(
-        base_model="tiny",
-        refiner_model="tiny",
-        cache_dir=model_cache,
-        device="cpu",
-        dtype=None,
-        caption_model="tiny",
-        mask_model="tiny",
-        upscaler_model="tiny",
-    )
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """The tiny models are too small to gain from threads, and on a busy 2-core machine
-    spinning worker threads make them ~30x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytest_plugins = ["preprocess_fixtures"]  # tiny_settings, one_torch_thread
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

@@ -20,6 +20,9 @@ from preprocess.upscale import Upscaler, resize_to
 from weights.runtime import pick_runtime
 from weights.tiny_preprocessors import KINDS, ensure_tiny_preprocessor
 
+pytest_plugins = ["preprocess_fixtures"]  # tiny_settings, one_torch_thread
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 @pytest.mark.parametrize(
     "text, expected",
