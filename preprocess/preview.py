@@ -11,7 +11,8 @@ TILE = 256
 CAPTION_LINES = 4
 LINE_HEIGHT = 14
 MAX_COLUMNS = 5
-DIM = (20, 20, 20)  # what a mask value of 0 fades towards
+DIM = (0, 0, 0)  # what a mask value of 0 fades towards
+MASKED_VISIBLE = 60  # of 255: how much of a masked-out pixel still shows
 
 
 def contact_sheet(tiles: list[tuple[Image.Image, Image.Image, str]]) -> Image.Image:
@@ -35,8 +36,8 @@ def _masked_thumbnail(crop: Image.Image, mask: Image.Image) -> Image.Image:
     thumb = crop.copy()
     thumb.thumbnail((TILE, TILE), Image.Resampling.LANCZOS)
     alpha = mask.resize(thumb.size, Image.Resampling.BILINEAR)
-    # Keep a third of the image visible where the mask is zero, so the context still shows.
-    alpha = alpha.point(lambda v: 85 + v * 170 // 255)
+    # Keep a little of the image visible where the mask is zero, so the context still shows.
+    alpha = alpha.point(lambda v: MASKED_VISIBLE + v * (255 - MASKED_VISIBLE) // 255)
     tile = Image.new("RGB", (TILE, TILE), "white")
     shown = Image.composite(thumb, Image.new("RGB", thumb.size, DIM), alpha)
     tile.paste(shown, ((TILE - thumb.width) // 2, (TILE - thumb.height) // 2))
