@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import textwrap
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 TILE = 256
 CAPTION_LINES = 4
@@ -33,8 +33,7 @@ def contact_sheet(tiles: list[tuple[Image.Image, Image.Image, str]]) -> Image.Im
 
 
 def _masked_thumbnail(crop: Image.Image, mask: Image.Image) -> Image.Image:
-    thumb = crop.copy()
-    thumb.thumbnail((TILE, TILE), Image.Resampling.LANCZOS)
+    thumb = ImageOps.contain(crop, (TILE, TILE), Image.Resampling.LANCZOS)
     alpha = mask.resize(thumb.size, Image.Resampling.BILINEAR)
     # Keep a little of the image visible where the mask is zero, so the context still shows.
     alpha = alpha.point(lambda v: MASKED_VISIBLE + v * (255 - MASKED_VISIBLE) // 255)

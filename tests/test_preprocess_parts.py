@@ -16,6 +16,7 @@ from preprocess.captions import Captioner, substitute_trigger
 from preprocess.crops import aspect_buckets, center_of_mass, closest_bucket, crop_box
 from preprocess.images import load_image
 from preprocess.models import load_preprocessor
+from preprocess.preview import contact_sheet
 from preprocess.upscale import Upscaler, resize_to
 from weights.runtime import pick_runtime
 from weights.tiny_preprocessors import KINDS, ensure_tiny_preprocessor
@@ -121,3 +122,13 @@ def test_blip_captions_are_deterministic_and_independent_of_the_batch(model_cach
     assert batched == captioner.caption(photos)
     assert [captioner.caption([p])[0] for p in photos] == batched
     assert all(batched) and len(set(batched)) == 3
+
+
+def test_preview_dims_what_the_mask_leaves_out():
+    crop = Image.new("RGB", (64, 64), (200, 200, 200))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (32, 0, 64, 64))  # train on the right half only
+    sheet = np.asarray(contact_sheet([(crop, mask, "a photo of TOK")]), float)
+    left, right = sheet[100:150, 20:100].mean(), sheet[100:150, 160:240].mean()
+    assert right == pytest.approx(200, abs=2) and left < 0.4 * right
+    assert sheet[260:300].min() < 100  # the caption is written under the tile
