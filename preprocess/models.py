@@ -36,15 +36,14 @@ def load_preprocessor(
     fallback: str,
 ) -> LoadedModel | None:
     """Load `reference` as `model_class`, or return None after a warning naming `fallback`."""
-    if reference == TINY:
-        source: str | Path = ensure_tiny_preprocessor(kind, cache_dir)
-    else:
-        path = Path(reference).expanduser()
-        source = path if path.exists() else reference
+    source, revision = resolve_reference(reference, kind, cache_dir)
+    pinned = {"revision": revision} if revision else {}
     try:
         # safetensors only: never unpickle downloaded weights.
-        model = model_class.from_pretrained(source, dtype=runtime.dtype, use_safetensors=True)
-        processor = processor_class.from_pretrained(source)
+        model = model_class.from_pretrained(
+            source, dtype=runtime.dtype, use_safetensors=True, **pinned
+        )
+        processor = processor_class.from_pretrained(source, **pinned)
     except (OSError, ValueError) as error:
         logger.warning(
             "No %s weights (%s could not be loaded: %s); %s.",
@@ -55,3 +54,14 @@ def load_preprocessor(
         )
         return None
     return LoadedModel(model.to(runtime.device).eval(), processor, runtime)
+
+
+def resolve_reference(reference: str, kind: str, cache_dir: Path) -> tuple[str | Path, str | None]:
+    """(folder or hub id, revision) for `tiny`, a local folder, `repo` or `repo@revision`."""
+    if reference == TINY:
+        return ensure_tiny_preprocessor(kind, cache_dir), None
+    path = Path(reference).expanduser()
+    if path.exists():
+        return path, None
+    repo, _, revision = reference.partition("@")
+    return repo, revision or None

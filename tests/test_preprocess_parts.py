@@ -15,7 +15,7 @@ from transformers import (
 from preprocess.captions import Captioner, substitute_trigger
 from preprocess.crops import aspect_buckets, center_of_mass, closest_bucket, crop_box
 from preprocess.images import load_image
-from preprocess.models import load_preprocessor
+from preprocess.models import load_preprocessor, resolve_reference
 from preprocess.preview import contact_sheet
 from preprocess.upscale import Upscaler, resize_to
 from weights.runtime import pick_runtime
@@ -132,3 +132,11 @@ def test_preview_dims_what_the_mask_leaves_out():
     left, right = sheet[100:150, 20:100].mean(), sheet[100:150, 160:240].mean()
     assert right == pytest.approx(200, abs=2) and left < 0.4 * right
     assert sheet[260:300].min() < 100  # the caption is written under the tile
+
+
+def test_model_references_may_pin_a_revision(tmp_path):
+    assert resolve_reference("org/model@0123abc", "segmenter", tmp_path) == ("org/model", "0123abc")
+    assert resolve_reference("org/model", "segmenter", tmp_path) == ("org/model", None)
+    folder = tmp_path / "weights@v2"
+    folder.mkdir()
+    assert resolve_reference(str(folder), "segmenter", tmp_path) == (folder, None)

@@ -11,10 +11,16 @@ from families import SDXL
 TINY = "tiny"  # BASE_MODEL / REFINER_MODEL value that selects the embedded tiny models
 
 # The training-data preprocessors Replicate's SDXL trainer uses (CAPTION_MODEL, MASK_MODEL,
-# UPSCALER_MODEL override them; `tiny` selects weights/tiny_preprocessors.py).
-DEFAULT_CAPTION_MODEL = "Salesforce/blip-image-captioning-large"
-DEFAULT_MASK_MODEL = "CIDAS/clipseg-rd64-refined"
-DEFAULT_UPSCALER_MODEL = "caidas/swin2SR-realworld-sr-x4-64-bsrgan-psnr"
+# UPSCALER_MODEL override them; `tiny` selects weights/tiny_preprocessors.py). `repo@revision`
+# pins a commit: for CLIPSeg and Swin2SR the safetensors weights exist only in the hub's
+# conversion pull requests, whose commits these are (we never unpickle .bin files).
+DEFAULT_CAPTION_MODEL = (
+    "Salesforce/blip-image-captioning-large@2227ac38c9f16105cb0412e7cab4759978a8fd90"
+)
+DEFAULT_MASK_MODEL = "CIDAS/clipseg-rd64-refined@325a839908143a34b409ae6f2910fa015ea390e6"
+DEFAULT_UPSCALER_MODEL = (
+    "caidas/swin2SR-realworld-sr-x4-64-bsrgan-psnr@fbc21c5ea78579a0d415f74e06eefb5c77028475"
+)
 
 
 @dataclass(frozen=True)
