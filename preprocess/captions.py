@@ -164,8 +164,8 @@ def _under(name: str, folder: PurePosixPath) -> bool:
 
 def report_mismatches(sources: CaptionSources, images: list[str]) -> None:
     """Warn about caption.csv rows that name no image and images that have no caption file."""
-    if not sources.origin:
-        return
+    if not sources.used_files:
+        return  # no caption files at all: every image is captioned automatically
     if sources.unmatched_rows:
         logger.warning(
             "caption.csv names images that are not in the upload (or have empty captions): %s",

@@ -362,3 +362,15 @@ def test_bad_settings_are_refused_before_any_work(tmp_path, run, options, messag
     with pytest.raises(PreprocessError, match=message):
         run(upload, **options)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["u.zip"]
+
+
+def test_a_caption_csv_matching_nothing_is_reported(tmp_path, run, caplog):
+    csv_text = b"image_file,caption\nIMG_1.jpeg,TOK at home\n"
+    upload = write_zip(
+        tmp_path / "u.zip", {"IMG_1.jpg": encode(photo(), "JPEG"), "caption.csv": csv_text}
+    )
+    with caplog.at_level(logging.WARNING):
+        dataset = run(upload)
+    assert dataset.images[0].caption.startswith("a photo of TOK, ")
+    assert "not in the upload (or have empty captions): IMG_1.jpeg" in caplog.text
+    assert "captioned automatically: IMG_1.jpg" in caplog.text
