@@ -29,17 +29,17 @@ class ImageRejected(Exception):
     """This file cannot be used as a training image; the message says why."""
 
 
-def sniff_image_format(path: Path) -> str | None:
-    """The image format of `path` judged by its content, or None for a non-image."""
+def looks_like_image(path: Path) -> bool:
+    """Whether `path`'s content is an image PIL can identify (only the header is read)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                return image.format
+            with Image.open(path):
+                return True
     except Image.DecompressionBombError:
-        return "BOMB"  # an image, refused later with its size
+        return True  # an image: refused when loaded, with its size as the reason
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-        return None
+        return False
 
 
 def unsupported_photo_kind(path: Path) -> str | None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from preprocess.errors import PreprocessError
-from preprocess.images import sniff_image_format, unsupported_photo_kind
+from preprocess.images import looks_like_image, unsupported_photo_kind
 from weights.archive import UnsafeArchiveError, archive_format, unpack_archive
 
 logger = logging.getLogger(__name__)
@@ -62,8 +62,7 @@ def open_upload(input_path: Path, filetype: str, scratch: Path) -> Upload:
     files = [name for name in names if not is_clutter(name)]
     images, not_images = [], []
     for name in files:
-        kind = sniff_image_format(root / name)
-        if kind is not None:
+        if looks_like_image(root / name):
             images.append(name)
         elif (photo := unsupported_photo_kind(root / name)) is not None:
             not_images.append((name, f"{photo} photo: convert it to JPEG or PNG"))
