@@ -13,11 +13,11 @@ from PIL import Image
 from generation.lora import PreparedLora
 from generation.outputs import Watermarker, save_images
 from generation.pipelines import load_base, load_refiner
-from generation.prompts import substitute_tokens
 from generation.request import GenerationRequest, InvalidRequestError, load_image, validate
 from generation.safety import SafetyChecker, resolve_safety_checker
 from generation.switcher import Selection, TokenTarget, WeightsSwitcher
 from generation.trained_weights import PreparedWeights, WeightsCache
+from preprocess.captions import substitute_trigger
 from weights.base_models import hub_variant, resolve_model
 from weights.runtime import Runtime, pick_runtime
 from weights.settings import ModelSettings
@@ -212,6 +212,14 @@ def _ensemble_splits(scheduler, steps: int, strength: float, high_noise_frac: fl
     cutoff = round(train_steps - high_noise_frac * train_steps)
     base_steps = int((timesteps >= cutoff).sum())
     return 0 < base_steps < len(timesteps)
+
+
+def substitute_tokens(prompt: str, token_map: dict[str, str]) -> str:
+    """Each trigger word (e.g. `TOK`) becomes its trained tokens (`<s0><s1>`) where it stands as
+    a whole word with its exact case: `tokyo` and `Tok` stay as they are."""
+    for trigger, tokens in token_map.items():
+        prompt = substitute_trigger(prompt, trigger, tokens)
+    return prompt
 
 
 def _steps_for_strength(steps: int, strength: float) -> int:

@@ -9,7 +9,7 @@ import pytest
 from imwatermark import WatermarkDecoder
 from PIL import Image
 
-from generation.prompts import substitute_tokens
+from generation.engine import substitute_tokens
 from generation.request import InvalidRequestError
 from generation.safety import AllImagesFlaggedError, resolve_safety_checker
 from generation.schedulers import SCHEDULERS
