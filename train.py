@@ -278,9 +278,7 @@ def train(
             runtime,
             timing_steps=DRY_RUN_TIMED_STEPS,
         )
-        report = write_dry_run_report(
-            timing, config, prepared, work / "dry_run.tar", preprocess_seconds
-        )
+        report = write_dry_run_report(timing, prepared, work / "dry_run.tar", preprocess_seconds)
         return Path(report)
 
     # 5. Train, then 6. write the bundle.

@@ -57,7 +57,7 @@ def main(argv=None) -> None:
     model_folder = resolve_model(base, "base", model_settings.cache_dir)
     result = run_training(config, args.dataset, model_folder, args.work_dir, runtime, resume)
     if result.is_main_process:
-        bundle = write_bundle(result, config, args.work_dir / BUNDLE_FILE, base, inputs=settings)
+        bundle = write_bundle(result, args.work_dir / BUNDLE_FILE, base, inputs=settings)
         print(f"Wrote {bundle}")
 
 

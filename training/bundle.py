@@ -32,14 +32,13 @@ LIBRARIES = ("torch", "diffusers", "transformers", "peft", "accelerate")
 
 def write_bundle(
     result: TrainingResult,
-    config: TrainingConfig,
     output: Path,
     base_model: str,
     preview: Path | None = None,
     inputs: dict | None = None,
 ) -> Path:
     """Assemble the bundle from a finished run's work folder and write it to `output` (.tar)."""
-    output = Path(output)
+    output, config = Path(output), result.config
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=output.parent, prefix=".bundle-") as tmp:
         staging = Path(tmp)
@@ -186,12 +185,12 @@ DRY_RUN_PLAN_FILE = "plan.json"
 
 
 def write_dry_run_report(
-    timing: TrainingResult, config: TrainingConfig, prepared, output: Path, preprocess_seconds
+    timing: TrainingResult, prepared, output: Path, preprocess_seconds: float
 ) -> Path:
     """The plan of a run that was not started: images used and skipped with their captions,
     steps, epochs, and the training time estimated from a few timed steps on this device.
     `prepared`: the preprocessing result (images, skipped, preview)."""
-    plan = timing.plan
+    plan, config = timing.plan, timing.config
     estimate = timing.seconds_per_step * plan.max_train_steps
     report = {
         "mode": config.mode,

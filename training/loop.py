@@ -61,6 +61,7 @@ class TrainingDivergedError(RuntimeError):
 
 @dataclass
 class TrainingResult:
+    config: TrainingConfig
     work_dir: Path
     plan: TrainingPlan
     token_map: dict[str, str]
@@ -356,7 +357,7 @@ def run_training(
     bar.close()
 
     result = TrainingResult(
-        work_dir, plan, token_map, summary, phases, step_seconds, loss_value, is_main
+        config, work_dir, plan, token_map, summary, phases, step_seconds, loss_value, is_main
     )
     if timing_steps:
         return result
