@@ -5,7 +5,7 @@ import random
 import pytest
 import torch
 
-from training.captions import caption_for_step, substitute_trigger
+from training.captions import apply_token_map, caption_for_step
 from training.config import InvalidTrainingConfig, TrainingConfig
 from training.schedule import BatchSchedule, TrainingPlan, build_lr_scheduler, build_optimizer
 
@@ -138,8 +138,8 @@ def test_schedules_warm_up_and_stay_in_range(name):
 
 def test_trigger_substitution_is_whole_word():
     token_map = {"TOK": "<s0><s1>"}
-    assert substitute_trigger("a photo of TOK, TOKEN", token_map) == "a photo of <s0><s1>, TOKEN"
-    assert substitute_trigger("TOK's hat", token_map) == "<s0><s1>'s hat"
+    assert apply_token_map("a photo of TOK, TOKEN", token_map) == "a photo of <s0><s1>, TOKEN"
+    assert apply_token_map("TOK's hat", token_map) == "<s0><s1>'s hat"
 
 
 def test_caption_augmentations_keep_the_trigger_part_in_place():

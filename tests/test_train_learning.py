@@ -3,6 +3,7 @@ the tiny SDXL and a synthetic subject; and what it writes loads in stock diffuse
 
 import json
 import tarfile
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -10,9 +11,9 @@ import torch
 from diffusers import DDPMScheduler, StableDiffusionXLPipeline
 from safetensors.torch import load_file
 
-from dataset_and_utils import TokenEmbeddingsHandler, load_pixels
+from dataset_and_utils import TokenEmbeddingsHandler, load_pixels, read_captions
 from tests.train_helpers import make_dataset, single_thread, small_config
-from training.bundle import write_bundle
+from training.bundle import write_bundle, write_dry_run_report
 from training.loop import STATE_DIR, TrainingDivergedError, run_training
 from weights.runtime import pick_runtime
 from weights.trained import (
@@ -320,3 +321,21 @@ def test_bundle_holds_every_promised_file(lora_run, tmp_path):
     assert "diffusers" in record["libraries"]
     assert "<s0><s1>" in card and "load_lora_weights" in card
     assert not list(tmp_path.glob("*.partial"))
+
+
+def test_dry_run_times_a_few_steps_and_reports_the_plan(dataset, tiny_models, tmp_path):
+    config = small_config(max_train_steps=500, train_batch_size=2, num_repeats=2)
+    timing = run_training(config, dataset, tiny_models["base"], tmp_path / "run", CPU,
+                          timing_steps=3)  # fmt: skip
+    assert len(timing.step_seconds) == 3 and timing.seconds_per_step > 0
+    assert not (tmp_path / "run").exists()  # nothing trained, nothing written
+    prepared = SimpleNamespace(
+        images=read_captions(dataset), skipped=[("notes.docx", "not an image")], preview=None
+    )
+    report = write_dry_run_report(timing, prepared, tmp_path / "dry_run.tar", 1.0)
+    with tarfile.open(report) as tar:
+        plan = json.load(tar.extractfile("plan.json"))
+    assert plan["steps"] == 500 and plan["epochs"] == 125  # 4 images x 2 repeats / batch 2
+    assert plan["skipped"] == [{"file": "notes.docx", "reason": "not an image"}]
+    assert plan["images"][0]["caption"] == "a photo of TOK, a red square"
+    assert plan["estimated_training_seconds"] == pytest.approx(500 * timing.seconds_per_step, 0.01)

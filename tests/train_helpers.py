@@ -13,23 +13,24 @@ SIZE = 64
 CAPTION = "a photo of TOK, a red square"
 
 
-def make_dataset(folder: Path, count: int = 4, masks: bool = True) -> Path:
+def make_dataset(folder: Path, count: int = 4, masks: bool = True, size: int = SIZE) -> Path:
     """A folder as preprocessing writes it: captions.csv, square crops, greyscale masks. The
     subject (a red square on blue) is far from anything the random tiny model draws."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     rows = []
+    unit = size // 16  # the layout scales with the image
     for index in range(count):
-        image = np.empty((SIZE, SIZE, 3), np.uint8)
+        image = np.empty((size, size, 3), np.uint8)
         image[:] = (30, 60, 200)
-        offset = 12 + 4 * (index % 3)
-        image[offset : offset + 32, offset : offset + 32] = (230, 40, 30)
+        offset = (3 + index % 3) * unit
+        image[offset : offset + 8 * unit, offset : offset + 8 * unit] = (230, 40, 30)
         image = np.clip(image + rng.integers(-10, 10, image.shape), 0, 255).astype(np.uint8)
         Image.fromarray(image).save(folder / f"{index}.src.png")
         mask_name = ""
         if masks:
-            mask = np.zeros((SIZE, SIZE), np.uint8)
-            mask[offset - 4 : offset + 36, offset - 4 : offset + 36] = 255
+            mask = np.zeros((size, size), np.uint8)
+            mask[offset - unit : offset + 9 * unit, offset - unit : offset + 9 * unit] = 255
             mask_name = f"{index}.mask.png"
             Image.fromarray(mask).save(folder / mask_name)
         rows.append((f"{index}.src.png", mask_name, CAPTION))

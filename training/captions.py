@@ -9,11 +9,16 @@ import re
 from training.config import TrainingConfig
 
 
-def substitute_trigger(text: str, token_map: dict[str, str]) -> str:
-    """Replace each trigger as a whole word ("TOK" but not "TOKEN") by its token string.
-    TODO(merge): replace by preprocess.captions.substitute_trigger."""
+def substitute_trigger(text: str, trigger: str, replacement: str) -> str:
+    """Replace whole-word `trigger` ("TOK" but not "TOKEN") by `replacement`.
+    TODO(merge): import preprocess.captions.substitute_trigger (same signature) instead."""
+    return re.sub(rf"(?<!\w){re.escape(trigger)}(?!\w)", lambda _: replacement, text)
+
+
+def apply_token_map(text: str, token_map: dict[str, str]) -> str:
+    """Each trigger of `token_map` (e.g. {"TOK": "<s0><s1>"}) replaced by its tokens."""
     for trigger, tokens in token_map.items():
-        text = re.sub(rf"(?<!\w){re.escape(trigger)}(?!\w)", tokens, text)
+        text = substitute_trigger(text, trigger, tokens)
     return text
 
 

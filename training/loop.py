@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from dataset_and_utils import CachedLatentsDataset, TokenEmbeddingsHandler, read_captions
 from families import SDXL
-from training.captions import caption_for_step, substitute_trigger
+from training.captions import apply_token_map, caption_for_step
 from training.config import NUM_TOKENS, TrainingConfig
 from training.export import save_trained_weights
 from training.models import (
@@ -144,7 +144,7 @@ def run_training(
         for encoder in models.text_encoders:
             encoder.get_input_embeddings().to(torch.float32).requires_grad_(True)
         token_map = {config.token_string: "".join(handler.tokens)}
-    captions = [substitute_trigger(c, token_map) for c in dataset.captions]
+    captions = [apply_token_map(c, token_map) for c in dataset.captions]
 
     # 5. Adapters and trainable parameters, in named optimizer groups.
     groups = []

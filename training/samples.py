@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
 
-from training.captions import substitute_trigger
+from training.captions import apply_token_map
 from training.config import TrainingConfig
 
 
@@ -34,7 +34,7 @@ def render_samples(models, config: TrainingConfig, token_map, folder: Path, step
     for index, prompt in enumerate(config.sample_prompts):
         with accelerator.autocast():
             image = pipeline(
-                prompt=substitute_trigger(prompt, token_map),
+                prompt=apply_token_map(prompt, token_map),
                 negative_prompt=config.sample_negative_prompt or None,
                 height=config.resolution,
                 width=config.resolution,
