@@ -286,7 +286,6 @@ def train(
     result.phase_seconds = {"preprocess": preprocess_seconds, **result.phase_seconds}
     bundle = write_bundle(
         result,
-        config,
         work / BUNDLE_FILE,
         base,
         preview=prepared.preview,
