@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PORT ?= 5000
 
-.PHONY: setup demo test lint serve
+.PHONY: setup demo test lint schema serve serve-train
 
 setup: $(STAMP)
 
@@ -25,8 +25,15 @@ test: setup
 lint: setup
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
 
-# Cog's real HTTP server in predict mode on 127.0.0.1:$(PORT). Its worker runs `python`,
-# so the venv must come first on PATH.
+# .cog/openapi_schema.json, as `cog build` would write it (the serve targets refresh it too).
+schema: setup
+	$(PY) -m serving.schema
+
+# Cog's real HTTP server on 127.0.0.1:$(PORT). WEIGHTS=<url or path> serves a trained version
+# (COG_WEIGHTS); UPLOAD_URL=<url> PUTs output files there.
+SERVER_ARGS = --port $(PORT) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(UPLOAD_URL),--upload-url $(UPLOAD_URL))
 serve: setup
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" COG_PREDICT_TYPE_STUB=predict.py:Predictor PORT=$(PORT) \
-		$(PY) -m cog.server.http --host 127.0.0.1
+	$(PY) -m serving.server --mode predict $(SERVER_ARGS)
+
+serve-train: setup
+	$(PY) -m serving.server --mode train $(SERVER_ARGS)

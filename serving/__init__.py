@@ -1,0 +1,1 @@
+"""Serving: the OpenAPI schema Cog's server validates against, local servers and the CLI."""

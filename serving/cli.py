@@ -1,0 +1,147 @@
+"""Run predict() and train() in-process with the `cog` CLI's input syntax.
+
+    python -m serving.cli predict -i prompt="a photo of TOK" -i image=@in.png
+    python -m serving.cli train -i input_images=@data.zip -i max_train_steps=50
+    python -m serving.cli predict --json @inputs.json
+
+Inputs are validated against the same declarations the HTTP server uses (Cog's inspector
+reads them from predict.py / train.py). Outputs are written as `output.0.png`, ... (or
+`-o NAME`) for predictions and `weights` for trainings, as `cog predict` / `cog train` do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from cog import _adt as adt
+from cog import _inspector
+from cog.types import URLPath
+
+from serving.schema import PREDICTOR_REF, TRAINER_REF, inspect_entry
+
+
+class InputError(ValueError):
+    """A command-line input that does not fit the declarations."""
+
+
+def parse_inputs(pairs: list[str], json_arg: str | None, info: adt.PredictorInfo) -> dict:
+    """Turn `-i name=value` pairs (and `--json`) into validated keyword arguments."""
+    values: dict[str, Any] = {}
+    if json_arg is not None:
+        text = Path(json_arg[1:]).read_text() if json_arg.startswith("@") else json_arg
+        values.update(json.loads(text))
+    for pair in pairs:
+        name, sep, raw = pair.partition("=")
+        if not sep:
+            raise InputError(f"-i {pair!r}: expected name=value.")
+        field = info.inputs.get(name)
+        if field is None:
+            raise InputError(f"Unknown input {name!r}; valid inputs: {', '.join(info.inputs)}.")
+        value = _convert(raw, field)
+        if field.type.repetition in (adt.Repetition.REPEATED, adt.Repetition.OPTIONAL_REPEATED):
+            values.setdefault(name, []).append(value)  # a repeated -i makes a list
+        else:
+            values[name] = value
+    unknown = set(values) - set(info.inputs)
+    if unknown:
+        raise InputError(f"Unknown input(s) {sorted(unknown)}; valid inputs: {list(info.inputs)}.")
+    try:
+        kwargs = _inspector.check_input(info.inputs, values)
+    except ValueError as error:
+        raise InputError(str(error)) from None
+    return {k: v.convert() if isinstance(v, URLPath) else v for k, v in kwargs.items()}
+
+
+def _convert(raw: str, field: adt.InputField) -> Any:
+    primitive = field.type.primitive
+    if primitive in (adt.PrimitiveType.PATH, adt.PrimitiveType.FILE):
+        if raw.startswith("@"):
+            path = Path(raw[1:])
+            if not path.is_file():
+                raise InputError(f"{field.name}: file {path} does not exist.")
+            return str(path.resolve())
+        return raw  # a URL or data URI; Cog downloads it
+    if raw.startswith("@"):  # a text file for a string input
+        return Path(raw[1:]).read_text()
+    try:
+        if primitive is adt.PrimitiveType.INTEGER:
+            return int(raw)
+        if primitive is adt.PrimitiveType.FLOAT:
+            return float(raw)
+        if primitive is adt.PrimitiveType.BOOL:
+            if raw.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(raw)
+            return raw.lower() in ("true", "1")
+    except ValueError:
+        kind = primitive.name.lower()
+        raise InputError(f"{field.name}: {raw!r} is not a valid {kind}.") from None
+    return raw
+
+
+def output_names(count: int, suffixes: list[str], template: str | None) -> list[str]:
+    """`output.0.png`, ... as `cog predict` names them; `-o NAME` for a single output."""
+    if template and count == 1:
+        return [template]
+    stem = Path(template).stem if template else "output"
+    return [f"{stem}.{i}{suffix}" for i, suffix in enumerate(suffixes)]
+
+
+def run_predict(kwargs: dict, weights: str | None, output: str | None) -> list[str]:
+    predictor = _load(PREDICTOR_REF)()
+    predictor.setup(weights)
+    result = predictor.predict(**kwargs)
+    files = result if isinstance(result, list) else [result]
+    names = output_names(len(files), [Path(f).suffix for f in files], output)
+    for source, name in zip(files, names, strict=True):
+        shutil.copyfile(source, name)
+    return names
+
+
+def run_train(kwargs: dict, output: str | None) -> list[str]:
+    result = _load(TRAINER_REF)(**kwargs)
+    name = output or "weights"
+    shutil.copyfile(getattr(result, "weights", result), name)
+    return [name]
+
+
+def _load(reference: str):
+    file_name, name = reference.split(":")
+    return getattr(importlib.import_module(Path(file_name).stem), name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run predict/train like the cog CLI.")
+    parser.add_argument("command", choices=("predict", "train"))
+    parser.add_argument("-i", "--input", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument("--json", help="inputs as JSON, or @file.json")
+    parser.add_argument("-o", "--output", help="output file name")
+    parser.add_argument("--weights", help="predict with these trained weights (COG_WEIGHTS)")
+    args = parser.parse_args(argv)
+
+    reference = PREDICTOR_REF if args.command == "predict" else TRAINER_REF
+    try:
+        kwargs = parse_inputs(args.input, args.json, inspect_entry(reference))
+    except (InputError, OSError, json.JSONDecodeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    try:
+        if args.command == "predict":
+            written = run_predict(kwargs, args.weights, args.output)
+        else:
+            written = run_train(kwargs, args.output)
+    except Exception as error:  # one clear line for the user; the traceback is noise here
+        print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
+    for name in written:
+        print(f"Written output to {name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

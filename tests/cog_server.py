@@ -1,0 +1,52 @@
+"""A real Cog HTTP server (coglet) for end-to-end tests, run exactly as `make serve` runs it."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from serving.server import ServerOptions, start_server, wait_until_ready
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_server(log_path: Path, mode: str = "predict", **options):
+    """Start coglet on a free port, wait for READY, yield its base URL, then stop it."""
+    port = free_port()
+    with open(log_path, "wb") as log:
+        process = start_server(ServerOptions(mode=mode, port=port, **options), log_file=log)
+        base_url = f"http://127.0.0.1:{port}"
+        try:
+            wait_until_ready(base_url, process)
+            yield base_url
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except Exception:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def request(method: str, url: str, body: dict | None = None, headers: dict | None = None):
+    """(status, parsed JSON body) of one HTTP request; errors are returned, not raised."""
+    data = json.dumps(body).encode() if body is not None else None
+    all_headers = {"Content-Type": "application/json", **(headers or {})}
+    req = urllib.request.Request(url, data=data, method=method, headers=all_headers)
+    try:
+        with urllib.request.urlopen(req, timeout=600) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"null")

@@ -1,0 +1,188 @@
+"""Cog's real HTTP server and the local CLI, on the tiny models."""
+
+import base64
+import io
+import json
+import time
+
+import pytest
+from PIL import Image
+
+from serving import cli
+from serving.schema import SCHEMA_PATH, build_schema, inspect_entry
+from tests.cog_server import request, running_server
+from tests.receiver import Receiver
+
+SMALL = {"width": 64, "height": 64, "num_inference_steps": 2}
+LONG = {"width": 64, "height": 64, "num_inference_steps": 500}  # tens of seconds on CPU
+
+
+@pytest.fixture(scope="module")
+def server_env(model_cache, tiny_models):
+    env = pytest.MonkeyPatch()
+    env.setenv("BASE_MODEL", "tiny")
+    env.setenv("REFINER_MODEL", "tiny")
+    env.setenv("SDXL_TUNER_CACHE", str(model_cache))
+    env.setenv("HF_HUB_OFFLINE", "1")
+    yield
+    env.undo()
+
+
+@pytest.fixture(scope="module")
+def predict_server(tmp_path_factory, server_env):
+    with running_server(tmp_path_factory.mktemp("server") / "predict.log") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def receiver():
+    with Receiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="module")
+def uploading_server(tmp_path_factory, server_env, receiver):
+    log = tmp_path_factory.mktemp("server") / "upload.log"
+    with running_server(log, upload_url=f"{receiver.url}/uploads/") as url:
+        yield url
+
+
+def wait_for(condition, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def test_committed_schema_matches_the_code():
+    committed = json.loads(SCHEMA_PATH.read_text())
+    trainer = (
+        None if "TrainingInput" not in committed["components"]["schemas"] else "train.py:train"
+    )
+    assert committed == build_schema(trainer_ref=trainer)
+
+
+def test_server_serves_its_schema_and_rejects_invalid_inputs(predict_server):
+    status, schema = request("GET", f"{predict_server}/openapi.json")
+    assert status == 200
+    assert schema["components"]["schemas"]["Input"]["properties"]["num_outputs"]["maximum"] == 4
+
+    for bad_input, field in [
+        ({"num_outputs": 9}, "num_outputs"),
+        ({"num_inference_steps": "many"}, "num_inference_steps"),
+        ({"guidance_scale": 0.5}, "guidance_scale"),
+    ]:
+        status, body = request("POST", f"{predict_server}/predictions", {"input": bad_input})
+        assert status == 422, bad_input
+        assert body["detail"][0]["loc"][-1] == field
+
+
+def test_sync_prediction_returns_images_as_data_uris(predict_server):
+    body = {
+        "input": {
+            "prompt": "a cat",
+            "width": 64,
+            "height": 64,
+            "num_outputs": 2,
+            "num_inference_steps": 2,
+            "seed": 3,
+        }
+    }
+    status, response = request("POST", f"{predict_server}/predictions", body)
+    assert status == 200 and response["status"] == "succeeded", response.get("error")
+    assert "Using seed: 3" in response["logs"]
+    images = [_decode(uri) for uri in response["output"]]
+    assert [image.size for image in images] == [(64, 64), (64, 64)]
+
+
+def test_upload_url_receives_each_output_under_a_unique_name(uploading_server, receiver):
+    body = {"input": {"prompt": "a cat", "num_outputs": 3, "seed": 1, **SMALL}}
+    status, response = request("POST", f"{uploading_server}/predictions", body)
+    assert status == 200 and response["status"] == "succeeded", response.get("error")
+    uploaded = {url.removeprefix(receiver.url) for url in response["output"]}
+    assert len(uploaded) == 3 and uploaded <= set(receiver.received.uploads)
+    for path in uploaded:
+        assert Image.open(io.BytesIO(receiver.received.uploads[path])).size == (64, 64)
+
+
+def test_async_prediction_sends_webhooks_and_put_is_idempotent(uploading_server, receiver):
+    receiver.received.webhooks.clear()
+    body = {
+        "input": {"prompt": "a cat", "seed": 2, **SMALL},
+        "webhook": f"{receiver.url}/hook",
+        "webhook_events_filter": ["start", "logs", "completed"],
+    }
+    url = f"{uploading_server}/predictions/async-1"
+    status, first = request("PUT", url, body, headers={"Prefer": "respond-async"})
+    assert status == 202 and first["id"] == "async-1"
+    status, again = request("PUT", url, body, headers={"Prefer": "respond-async"})
+    assert status == 202 and again["id"] == "async-1"  # the same prediction, not a second one
+
+    wait_for(lambda: any(e["status"] == "succeeded" for e in receiver.received.webhooks))
+    events = receiver.received.webhooks
+    assert {e["id"] for e in events} == {"async-1"}
+    assert sum(e["status"] == "succeeded" for e in events) == 1
+    assert any("Using seed: 2" in (e.get("logs") or "") for e in events)
+
+
+def test_cancel_mid_run_and_busy_server_answers_409(uploading_server, receiver):
+    receiver.received.webhooks.clear()
+    body = {"input": {"prompt": "a long one", **LONG}, "webhook": f"{receiver.url}/hook"}
+    status, started = request(
+        "POST", f"{uploading_server}/predictions", body, headers={"Prefer": "respond-async"}
+    )
+    assert status == 202
+    wait_for(lambda: any(e["status"] == "processing" for e in receiver.received.webhooks))
+
+    status, busy = request("POST", f"{uploading_server}/predictions", {"input": SMALL})
+    assert status == 409
+
+    status, _ = request("POST", f"{uploading_server}/predictions/{started['id']}/cancel")
+    assert status == 200
+    wait_for(lambda: any(e["status"] == "canceled" for e in receiver.received.webhooks))
+
+    status, after = request("POST", f"{uploading_server}/predictions", {"input": SMALL})
+    assert status == 200 and after["status"] == "succeeded", after.get("error")
+
+
+def test_cli_predict_round_trip_and_bad_input(tiny_env, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    prompt_file = tmp_path / "prompt.txt"
+    prompt_file.write_text("a photo of a cat")
+    code = cli.main(
+        [
+            "predict",
+            "-i",
+            f"prompt=@{prompt_file}",
+            "-i",
+            "width=64",
+            "-i",
+            "height=64",
+            "-i",
+            "num_inference_steps=2",
+            "-i",
+            "seed=5",
+        ]
+    )
+    assert code == 0
+    assert Image.open(tmp_path / "output.0.png").size == (64, 64)
+
+    assert cli.main(["predict", "-i", "num_outputs=9"]) != 0
+    assert "num_outputs" in capsys.readouterr().err
+    assert cli.main(["predict", "-i", "no_such_input=1"]) != 0
+    assert "Unknown input 'no_such_input'" in capsys.readouterr().err
+
+
+def test_cli_inputs_follow_the_declared_types():
+    info = inspect_entry("predict.py:Predictor")
+    kwargs = cli.parse_inputs(["num_outputs=2", "guidance_scale=3.5"], '{"prompt": "x"}', info)
+    assert kwargs["num_outputs"] == 2 and kwargs["guidance_scale"] == 3.5
+    assert kwargs["prompt"] == "x" and kwargs["seed"] is None
+    with pytest.raises(cli.InputError, match="not a valid integer"):
+        cli.parse_inputs(["num_outputs=two"], None, info)
+
+
+def _decode(uri: str) -> Image.Image:
+    header, data = uri.split(",", 1)
+    assert header.startswith("data:image/")
+    return Image.open(io.BytesIO(base64.b64decode(data)))

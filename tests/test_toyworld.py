@@ -1,0 +1,43 @@
+"""The toy world's scenes, subject and pixel metrics agree with what was drawn."""
+
+import zipfile
+
+import numpy as np
+
+from toyworld import metrics
+from toyworld.scenes import render, scenes
+from toyworld.subject import subject_images, write_subject_zip
+
+
+def test_scenes_are_deterministic_and_captioned_by_the_grammar():
+    first, again, other = scenes(20, seed=1), scenes(20, seed=1), scenes(20, seed=2)
+    assert first == again and first != other
+    assert np.array_equal(np.asarray(render(first[0])), np.asarray(render(again[0])))
+    assert first[0].caption.startswith(("a ", "an "))
+    assert all(s.caption.endswith(f"{s.background_colour} background") for s in first)
+
+
+def test_metrics_read_back_what_the_renderer_drew():
+    drawn = scenes(60, seed=3)
+    images = [render(s) for s in drawn]
+    background_hits = [
+        metrics.background_colour(i) == s.background_colour
+        for i, s in zip(images, drawn, strict=True)
+    ]
+    object_hits = [metrics.object_colour(i) == s.colour for i, s in zip(images, drawn, strict=True)]
+    assert np.mean(background_hits) >= 0.95
+    assert np.mean(object_hits) >= 0.9
+    assert not any(metrics.subject_present(i) for i in images)
+    assert metrics.drift(images[0], images[0]) == 0.0 < metrics.drift(images[0], images[1])
+
+
+def test_subject_is_detected_in_its_photos_and_packed_like_a_users_zip(tmp_path):
+    photos = subject_images(8, seed=0)
+    assert all(metrics.subject_present(image) for image, _ in photos)
+    assert all("TOK" in caption for _, caption in photos)
+
+    first = write_subject_zip(tmp_path / "a.zip").read_bytes()
+    assert write_subject_zip(tmp_path / "b.zip").read_bytes() == first
+    with zipfile.ZipFile(tmp_path / "a.zip") as archive:
+        assert len([n for n in archive.namelist() if n.endswith(".png")]) == 8
+        assert "caption.csv" in archive.namelist()
