@@ -167,14 +167,19 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "bench-cache")
+    parser.add_argument("--threads", type=int, nargs="+", default=[2], help="torch threads")
     parser.add_argument("--one", choices=list(CASES), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
+        import torch
+
+        torch.set_num_threads(args.threads[0])
         print(json.dumps(run_case(args.one, args.steps, args.cache)))
         return
     rows = []
-    for case in args.models:
+    for case, threads in [(c, t) for c in args.models for t in args.threads]:
         command = [sys.executable, __file__, "--one", case, "--steps", str(args.steps)]
+        command += ["--threads", str(threads)]
         output = subprocess.run(
             [*command, "--cache", str(args.cache)], capture_output=True, text=True, check=True
         ).stdout
