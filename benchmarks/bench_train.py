@@ -114,6 +114,40 @@ def model_folder(name: str, cache: Path) -> Path:
     return folder
 
 
+def unet_floor_seconds(folder: Path, config) -> tuple[float, int]:
+    """The median time of a bare forward + backward of the LoRA UNet at the same batch and
+    size: what a step cannot go below. The ratio to it is the trainer's own overhead, a
+    figure that holds even on a machine whose load changes the absolute times."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from families import SDXL
+    from training.models import add_lora
+
+    unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet")
+    parameters = sum(p.numel() for p in unet.parameters())
+    unet.requires_grad_(False)
+    add_lora(unet, config.lora_rank, config.effective_lora_alpha, SDXL.lora_target_modules)
+    batch, side = config.train_batch_size, config.resolution // 8
+    latents = torch.randn(batch, 4, side, side)
+    text = torch.randn(batch, 77, unet.config.cross_attention_dim)
+    pooled_dim = unet.config.projection_class_embeddings_input_dim
+    pooled = torch.randn(batch, pooled_dim - 6 * unet.config.addition_time_embed_dim)
+    time_ids = torch.tensor([[config.resolution] * 2 + [0, 0] + [config.resolution] * 2] * batch)
+    times = []
+    for _ in range(5):
+        started = time.perf_counter()
+        prediction = unet(
+            latents,
+            torch.tensor([500] * batch),
+            text,
+            added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids.float()},
+        ).sample
+        prediction.pow(2).mean().backward()
+        times.append(time.perf_counter() - started)
+    return sorted(times[1:])[len(times[1:]) // 2], parameters
+
+
 def run_case(case: str, steps: int, cache: Path) -> dict:
     import torch
 
@@ -142,12 +176,7 @@ def run_case(case: str, steps: int, cache: Path) -> dict:
             verbose=False,
         )
         result = run_training(config, dataset, folder, Path(tmp) / "work", pick_runtime("cpu"))
-    unet_parameters = sum(
-        p.numel()
-        for p in __import__("diffusers")
-        .UNet2DConditionModel.from_pretrained(folder, subfolder="unet")
-        .parameters()
-    )
+    floor, unet_parameters = unet_floor_seconds(folder, config)
     training = result.phase_seconds["training"]
     return {
         "case": f"{case} ({resolution}²)",
@@ -156,6 +185,8 @@ def run_case(case: str, steps: int, cache: Path) -> dict:
         "steps_per_s": round(steps / training, 2),
         "images_per_s": round(steps * config.train_batch_size / training, 2),
         "median_step_s": round(result.seconds_per_step, 3),
+        "unet_fwd_bwd_s": round(floor, 3),
+        "loop_overhead": f"{result.seconds_per_step / floor - 1:+.0%}",
         "peak_rss_GB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
         "build_s": round(build_seconds, 1),
         **{f"{k.replace(' ', '_')}_s": round(v, 2) for k, v in result.phase_seconds.items()},

@@ -214,8 +214,50 @@ def run_training(
     if is_main and not timing_steps:
         print(_format_summary(summary))
 
-    # 8. The loop.
+    # The loss of one micro-batch (steps 8a-8c of the loop below).
     text_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def micro_batch_loss(indices, generator, rng, text_trains: bool) -> torch.Tensor:
+        # 8a. The batch: cached latents (flipped or not), masks, captions.
+        flips = [config.flip_augmentation and rng.random() < 0.5 for _ in indices]
+        latents = dataset.latents(indices, flips, generator).to(device)
+        masks = dataset.mask_batch(indices, flips)
+        texts = [caption_for_step(captions[i], config, rng) for i in indices]
+        # 8b. Text conditioning: through the encoders while anything on the text side
+        #     trains, else encoded once per distinct caption and reused.
+        if text_trains:
+            prompt_embeds, pooled = encode_prompts(text_encoders, models.tokenizers, texts, device)
+        else:
+            prompt_embeds, pooled = _cached_prompts(text_cache, models, texts, device)
+        # 8c. Noise, timesteps, prediction, loss.
+        noise = torch.randn(latents.shape, generator=generator)
+        if config.noise_offset:
+            noise += config.noise_offset * torch.randn(
+                (*latents.shape[:2], 1, 1), generator=generator
+            )
+        noise = noise.to(device)
+        schedule = models.noise_scheduler
+        timesteps = torch.randint(
+            0, schedule.config.num_train_timesteps, (len(indices),), generator=generator
+        ).to(device)
+        noisy = schedule.add_noise(latents, noise, timesteps)
+        prediction = unet(
+            noisy,
+            timesteps,
+            prompt_embeds,
+            added_cond_kwargs={
+                "text_embeds": pooled,
+                "time_ids": time_ids([dataset.pixel_sizes[i] for i in indices], device),
+            },
+        ).sample
+        target = (
+            noise
+            if schedule.config.prediction_type == "epsilon"
+            else schedule.get_velocity(latents, noise, timesteps)
+        )
+        return diffusion_loss(prediction, target, masks, timesteps, schedule, config)
+
+    # 8. The loop.
     metrics_file = (work_dir / METRICS_FILE) if is_main and not timing_steps else None
     if metrics_file:
         metrics_file.parent.mkdir(parents=True, exist_ok=True)
@@ -247,47 +289,8 @@ def run_training(
             generator = torch.Generator().manual_seed(seeded(config.seed, micro_index, rank))
             rng = random.Random(seeded(config.seed, micro_index, rank, 1))
             with accelerator.accumulate(*prepared[:-1]):
-                # 8a. The batch: cached latents (flipped or not), masks, captions.
-                flips = [config.flip_augmentation and rng.random() < 0.5 for _ in indices]
-                latents = dataset.latents(indices, flips, generator).to(device)
-                masks = dataset.mask_batch(indices, flips)
-                texts = [caption_for_step(captions[i], config, rng) for i in indices]
-                # 8b. Text conditioning: through the encoders while anything on the text side
-                #     trains, else encoded once per distinct caption and reused.
-                if text_trains:
-                    prompt_embeds, pooled = encode_prompts(
-                        text_encoders, models.tokenizers, texts, device
-                    )
-                else:
-                    prompt_embeds, pooled = _cached_prompts(text_cache, models, texts, device)
-                # 8c. Noise, timesteps, prediction, loss.
-                noise = torch.randn(latents.shape, generator=generator)
-                if config.noise_offset:
-                    noise += config.noise_offset * torch.randn(
-                        (*latents.shape[:2], 1, 1), generator=generator
-                    )
-                noise = noise.to(device)
-                schedule = models.noise_scheduler
-                timesteps = torch.randint(
-                    0, schedule.config.num_train_timesteps, (len(indices),), generator=generator
-                ).to(device)
-                noisy = schedule.add_noise(latents, noise, timesteps)
-                with accelerator.autocast():
-                    prediction = unet(
-                        noisy,
-                        timesteps,
-                        prompt_embeds,
-                        added_cond_kwargs={
-                            "text_embeds": pooled,
-                            "time_ids": time_ids([dataset.pixel_sizes[i] for i in indices], device),
-                        },
-                    ).sample
-                target = (
-                    noise
-                    if schedule.config.prediction_type == "epsilon"
-                    else schedule.get_velocity(latents, noise, timesteps)
-                )
-                loss = diffusion_loss(prediction, target, masks, timesteps, schedule, config)
+                with accelerator.autocast():  # bf16 compute on GPU; fp32 master weights
+                    loss = micro_batch_loss(indices, generator, rng, text_trains)
                 # 8d. A NaN/inf loss stops the run (on every process) before it writes garbage.
                 mean_loss = accelerator.reduce(loss.detach(), "mean").item()
                 if not math.isfinite(mean_loss):
@@ -453,6 +456,10 @@ def _save_checkpoint(
         state / "optimizer.pt",
     )
     staging.rename(folder)
+    # Resuming needs only the newest state (a full fine-tune's is 3x the UNet): drop older ones.
+    for older in (work_dir / CHECKPOINTS_DIR).glob("checkpoint-*"):
+        if older != folder:
+            shutil.rmtree(older / STATE_DIR, ignore_errors=True)
 
 
 def latest_checkpoint(work_dir: Path) -> Path | None:
