@@ -152,3 +152,28 @@ def test_caption_augmentations_keep_the_trigger_part_in_place():
     dropout = TrainingConfig(seed=0, caption_dropout=0.5)
     dropped = [caption_for_step(caption, dropout, random.Random(i)) for i in range(40)]
     assert 5 < dropped.count("") < 35 and caption in dropped
+
+
+def test_masked_loss_is_averaged_over_the_mask_and_min_snr_weights_it():
+    from diffusers import DDPMScheduler
+    from diffusers.training_utils import compute_snr
+
+    from training.loop import diffusion_loss
+
+    schedule = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    target = torch.zeros(2, 4, 8, 8)
+    prediction = torch.zeros(2, 4, 8, 8)
+    prediction[:, :, :4, :4] = 2.0  # error 4 inside a quarter of the image
+    masks = torch.zeros(2, 1, 8, 8)
+    masks[:, :, :4, :4] = 1.0
+    timesteps = torch.tensor([10, 900])
+    plain = TrainingConfig(seed=0)
+    # Over the mask's area: the subject's full error, not a quarter of it.
+    assert diffusion_loss(prediction, target, masks, timesteps, schedule, plain) == 4.0
+    assert diffusion_loss(prediction, target, None, timesteps, schedule, plain) == 1.0
+    weighted = diffusion_loss(
+        prediction, target, masks, timesteps, schedule, TrainingConfig(seed=0, min_snr_gamma=5)
+    )
+    snr = compute_snr(schedule, timesteps)
+    assert weighted.item() == pytest.approx((4.0 * snr.clamp(max=5) / snr).mean().item())
+    assert weighted < 4.0  # the low-noise step (high SNR) is down-weighted
