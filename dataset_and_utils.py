@@ -115,7 +115,8 @@ class TokenEmbeddingsHandler:
     def _install_tokens(self, encoder, tokenizer) -> list[int]:
         tokenizer.add_tokens(self.tokens, special_tokens=True)
         if encoder.get_input_embeddings().weight.shape[0] < len(tokenizer):
-            encoder.resize_token_embeddings(len(tokenizer))
+            # The new rows are overwritten right after: skip transformers' mean/covariance init.
+            encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
         return tokenizer.convert_tokens_to_ids(self.tokens)
 
     @staticmethod

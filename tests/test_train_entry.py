@@ -5,12 +5,11 @@ import json
 import tarfile
 
 import pytest
-import torch
 from cog import Path as CogPath
 
 from serving.cli import parse_inputs
 from serving.schema import TRAINER_REF, inspect_entry
-from tests.train_helpers import single_thread
+from tests.train_helpers import one_thread  # noqa: F401 (autouse fixture)
 from training.config import InvalidTrainingConfig
 from weights.trained import (
     EMBEDDINGS_PTI_FILE,
@@ -22,13 +21,6 @@ from weights.trained import (
 )
 
 EXAMPLE = "@examples/cat_photos.zip"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = single_thread()
-    yield
-    torch.set_num_threads(previous)
 
 
 def train_with(**inputs):

@@ -12,7 +12,7 @@ from diffusers import DDPMScheduler, StableDiffusionXLPipeline
 from safetensors.torch import load_file
 
 from dataset_and_utils import TokenEmbeddingsHandler, load_pixels, read_captions
-from tests.train_helpers import make_dataset, single_thread, small_config
+from tests.train_helpers import make_dataset, one_thread, small_config  # noqa: F401 (autouse)
 from training.bundle import write_bundle, write_dry_run_report
 from training.loop import STATE_DIR, TrainingDivergedError, run_training
 from weights.runtime import pick_runtime
@@ -34,13 +34,6 @@ from weights.trained import (
 
 CPU = pick_runtime("cpu")
 TRIGGER_PROMPT = "a photo of <s0><s1>"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = single_thread()
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

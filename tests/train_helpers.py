@@ -4,6 +4,7 @@ import csv
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -55,9 +56,11 @@ def small_config(**overrides) -> TrainingConfig:
     return TrainingConfig(**{**settings, **overrides})
 
 
-def single_thread():
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
     """2 shared cores: one intra-op thread per test process is several times faster than two
-    contending ones for these tiny models."""
+    contending ones for these tiny models. Import it into a test module to apply it there."""
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
-    return previous
+    yield
+    torch.set_num_threads(previous)

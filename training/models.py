@@ -37,9 +37,10 @@ def load_components(
             folder, subfolder="text_encoder_2", dtype=dtype
         ),
     ]
-    vae = AutoencoderKL.from_pretrained(folder, subfolder="vae")
     # SDXL's VAE overflows in fp16: keep it in fp32 where its config says so.
-    vae_dtype = torch.float32 if vae.config.force_upcast else dtype
+    force_upcast = AutoencoderKL.load_config(folder, subfolder="vae").get("force_upcast", True)
+    vae_dtype = torch.float32 if force_upcast else dtype
+    vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", dtype=vae_dtype)
     unet_dtype = torch.float32 if full_unet else dtype
     unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", dtype=unet_dtype)
     for model in (*text_encoders, vae, unet):
@@ -53,7 +54,7 @@ def load_components(
             for name in TEXT_ENCODER_NAMES
         ],
         text_encoders=[encoder.to(device) for encoder in text_encoders],
-        vae=vae.to(device, vae_dtype),
+        vae=vae.to(device),
         unet=unet.to(device),
         noise_scheduler=DDPMScheduler.from_pretrained(folder, subfolder="scheduler"),
     )
