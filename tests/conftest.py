@@ -8,6 +8,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests.fileserver import FileServer  # noqa: E402
 from weights.tiny import ensure_tiny_model  # noqa: E402
 
 
@@ -30,3 +31,10 @@ def tiny_env(monkeypatch, model_cache, tiny_models):
     monkeypatch.setenv("SDXL_TUNER_CACHE", str(model_cache))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     return model_cache
+
+
+@pytest.fixture
+def file_server():
+    """A real HTTP server on 127.0.0.1; `file_server.add(path, data, ...)` returns the URL."""
+    with FileServer() as server:
+        yield server

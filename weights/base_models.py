@@ -1,43 +1,134 @@
-"""Resolve a base-model reference (`tiny`, a local diffusers folder, a hub id) to a local
-diffusers folder, and load pipelines from it with the normal `from_pretrained` path."""
+"""Resolve a base-model reference to local files, and load pipelines from them.
+
+A reference is one of:
+- `tiny`: the embedded tiny SDXL (built on first use);
+- a Hugging Face repo id: only what the pipeline needs is downloaded (configs, tokenizers,
+  safetensors weights of the components in model_index.json; the fp16 variant when running
+  in half precision), under HF_HOME, honouring HF_HUB_OFFLINE;
+- a local diffusers folder;
+- a single-file SDXL checkpoint `.safetensors` (local path or http(s) URL), loaded with
+  diffusers' single-file loader;
+- an http(s) URL of a tar / zip of a diffusers folder (fetched through the model store).
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
-from weights.runtime import Runtime
-from weights.settings import TINY
-from weights.tiny import ensure_tiny_model
+import torch
 
-# Only what a diffusers SDXL folder needs: configs, tokenizers and safetensors weights.
-HUB_FILE_PATTERNS = ["*.json", "*.txt", "*/*.json", "*/*.txt", "*/*.safetensors"]
+from weights.runtime import Runtime
+from weights.settings import TINY, HubSettings, ModelSettings
+from weights.store import ModelStore, is_remote
+from weights.tiny import ensure_tiny_model
+from weights.trained import refuse_pickle
+
+FP16_VARIANT = "fp16"
+CONFIG_PATTERNS = ["model_index.json"]
+COMPONENT_FILE_PATTERNS = ["*.json", "*.txt"]  # configs, tokenizer vocabularies and merges
 
 
 class ModelUnavailableError(RuntimeError):
     """A base model could not be found locally or fetched."""
 
 
-def resolve_model(reference: str, role: str, cache_dir: Path) -> Path:
-    """Return a local diffusers folder for `reference` (`tiny`, a folder path or a hub id)."""
+def resolve_model(
+    reference: str,
+    role: str,
+    cache_dir: Path,
+    variant: str | None = None,
+    store: ModelStore | None = None,
+) -> Path:
+    """Local files for `reference`: a diffusers folder, or a single-file `.safetensors`
+    checkpoint. `variant="fp16"` prefers the hub's half-precision weights."""
     if reference == TINY:
         return ensure_tiny_model(role, cache_dir)
+    refuse_pickle(reference)
+    if is_remote(reference):
+        settings = dataclasses.replace(ModelSettings.from_env(), cache_dir=Path(cache_dir))
+        store = store or ModelStore.from_settings(settings)
+        if _is_single_file(reference):
+            return store.fetch(reference).content
+        return store.diffusers_folder(reference)
     path = Path(reference).expanduser()
+    if path.is_file() and _is_single_file(reference):
+        return path
     if path.exists():
         if not (path / "model_index.json").is_file():
             raise ModelUnavailableError(
-                f"{path} is not a diffusers model folder (no model_index.json)."
+                f"{path} is not a diffusers model folder (no model_index.json) or a "
+                "single-file .safetensors checkpoint."
             )
         return path
-    return _download_from_hub(reference)
+    return _download_from_hub(reference, variant)
 
 
-def _download_from_hub(repo_id: str) -> Path:
-    from huggingface_hub import snapshot_download
+def hub_variant(runtime: Runtime) -> str | None:
+    """Half-precision runs fetch the hub's fp16 weights: half the download, same result."""
+    return FP16_VARIANT if runtime.dtype in (torch.float16, torch.bfloat16) else None
+
+
+def hub_file_patterns(model_index: dict, variant: str | None) -> tuple[list[str], list[str]]:
+    """(allow, ignore) patterns for only the files a pipeline loads: configs and tokenizers,
+    and safetensors weights of the components named in model_index.json."""
+    components = [
+        name
+        for name, value in model_index.items()
+        if not name.startswith("_") and isinstance(value, list) and value[0] is not None
+    ]
+    allow = list(CONFIG_PATTERNS)
+    for name in components:
+        allow += [f"{name}/{pattern}" for pattern in COMPONENT_FILE_PATTERNS]
+        allow.append(f"{name}/*.{variant}.safetensors" if variant else f"{name}/*.safetensors")
+    ignore = [] if variant else [f"*.{FP16_VARIANT}.safetensors"]
+    return allow, ignore
+
+
+def load_pipeline(
+    pipeline_class,
+    source: Path,
+    runtime: Runtime,
+    single_file_config: str | None = None,
+    **components,
+):
+    """Load `pipeline_class` from a diffusers folder or a single-file checkpoint onto the
+    runtime's device and dtype. `single_file_config` is a diffusers folder (or hub id) whose
+    configs and tokenizers describe a single-file checkpoint; None lets diffusers infer it
+    from the checkpoint's keys (which then needs its configs from the hub or HF_HOME)."""
+    source = Path(source)
+    if source.is_file():
+        pipeline = pipeline_class.from_single_file(
+            str(source),
+            config=single_file_config,
+            dtype=runtime.dtype,
+            local_files_only=HubSettings.from_env().offline,
+            **components,
+        )
+    else:
+        variant = FP16_VARIANT if _only_variant_weights(source, FP16_VARIANT) else None
+        pipeline = pipeline_class.from_pretrained(
+            source, dtype=runtime.dtype, variant=variant, **components
+        )
+    return pipeline.to(runtime.device)
+
+
+def _download_from_hub(repo_id: str, variant: str | None) -> Path:
+    from huggingface_hub import hf_hub_download, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
+    hub = HubSettings.from_env()
+    options = dict(cache_dir=hub.cache_dir, local_files_only=hub.offline)
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=HUB_FILE_PATTERNS))
-    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:
+        index = json.loads(
+            Path(hf_hub_download(repo_id, "model_index.json", **options)).read_text()
+        )
+        allow, ignore = hub_file_patterns(index, variant)
+        return Path(
+            snapshot_download(repo_id, allow_patterns=allow, ignore_patterns=ignore, **options)
+        )
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as error:
         raise ModelUnavailableError(
             f"Could not fetch {repo_id!r} from the Hugging Face hub ({_first_line(error)}). "
             "Point BASE_MODEL / REFINER_MODEL at a local diffusers folder, pre-fill the cache "
@@ -45,10 +136,14 @@ def _download_from_hub(repo_id: str) -> Path:
         ) from None
 
 
-def load_pipeline(pipeline_class, folder: Path, runtime: Runtime, **components):
-    """Load `pipeline_class` from a local folder onto the runtime's device and dtype."""
-    pipeline = pipeline_class.from_pretrained(folder, dtype=runtime.dtype, **components)
-    return pipeline.to(runtime.device)
+def _is_single_file(reference: str) -> bool:
+    return reference.split("?")[0].lower().endswith(".safetensors")
+
+
+def _only_variant_weights(folder: Path, variant: str) -> bool:
+    """True when the folder's weights exist only as `*.<variant>.safetensors`."""
+    weights = list(folder.glob("*/*.safetensors"))
+    return bool(weights) and all(w.name.endswith(f".{variant}.safetensors") for w in weights)
 
 
 def _first_line(error: BaseException) -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 from families import SDXL
 
 TINY = "tiny"  # BASE_MODEL / REFINER_MODEL value that selects the embedded tiny models
+GIB = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,10 @@ class ModelSettings:
     cache_dir: Path
     device: str | None  # None: pick automatically
     dtype: str | None
+    # Config folder (or hub id) for single-file checkpoints; None: diffusers infers it.
+    single_file_config: str | None = None
+    cache_min_free_bytes: int = 5 * GIB  # the store evicts old downloads to keep this free
+    max_download_bytes: int = 20 * GIB
 
     @classmethod
     def from_env(cls) -> ModelSettings:
@@ -28,4 +33,30 @@ class ModelSettings:
             cache_dir=Path(cache),
             device=os.environ.get("TORCH_DEVICE") or None,
             dtype=os.environ.get("TORCH_DTYPE") or None,
+            single_file_config=os.environ.get("SINGLE_FILE_CONFIG") or None,
+            cache_min_free_bytes=_gib("SDXL_TUNER_CACHE_MIN_FREE_GB", 5),
+            max_download_bytes=_gib("SDXL_TUNER_MAX_DOWNLOAD_GB", 20),
         )
+
+
+@dataclass(frozen=True)
+class HubSettings:
+    """huggingface_hub's own variables, read when used (the library reads them at import)."""
+
+    cache_dir: Path
+    offline: bool
+
+    @classmethod
+    def from_env(cls) -> HubSettings:
+        home = os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface"
+        cache = os.environ.get("HF_HUB_CACHE") or Path(home) / "hub"
+        offline = os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+        return cls(cache_dir=Path(cache).expanduser(), offline=offline)
+
+
+def _gib(name: str, default: float) -> int:
+    value = os.environ.get(name) or default
+    try:
+        return int(float(value) * GIB)
+    except ValueError:
+        raise ValueError(f"{name}={value!r} is not a number of GiB.") from None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import json
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,9 @@ SAMPLES_DIR = "samples"
 CHECKPOINTS_DIR = "checkpoints"
 BUNDLE_FILE = "trained_model.tar"
 
+# Formats that hold Python pickles: loading one can run arbitrary code, so they are refused.
+PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl", ".pickle")
+
 
 class WeightsFormat(enum.Enum):
     BUNDLE = "bundle"  # this project's tarball
@@ -41,6 +45,23 @@ class UnrecognisedWeightsError(ValueError):
     """The files are not trained weights in any supported layout."""
 
 
+class UnsafeFormatError(ValueError):
+    """A pickle-based weights file: refused, because loading it could run code."""
+
+
+def refuse_pickle(name: str) -> None:
+    """Raise for a path or URL whose suffix names a format that is read by unpickling."""
+    if name.startswith("data:"):
+        return  # judged by content once decoded
+    suffix = Path(urllib.parse.urlparse(name).path).suffix.lower()
+    if suffix in PICKLE_SUFFIXES:
+        raise UnsafeFormatError(
+            f"{name}: {suffix} files are Python pickles, and loading one can run arbitrary code, "
+            "so they are refused. Convert the weights to .safetensors in a trusted environment "
+            "(`safetensors.torch.save_file(state_dict, 'weights.safetensors')`) and use that."
+        )
+
+
 @dataclass(frozen=True)
 class TrainedWeights:
     source: str  # what the user passed (URL or path), for messages
@@ -50,6 +71,8 @@ class TrainedWeights:
     embeddings_pti: Path | None = None
     token_map: dict[str, str] | None = None  # special_params.json, e.g. {"TOK": "<s0><s1>"}
     training_config: Path | None = None
+    lora_kohya: Path | None = None  # the same LoRA with kohya keys (this project's bundles)
+    embeddings: Path | None = None  # the same vectors as clip_l / clip_g (A1111 / ComfyUI)
 
 
 def inspect_weights(path: Path, source: str | None = None) -> TrainedWeights:
@@ -57,6 +80,7 @@ def inspect_weights(path: Path, source: str | None = None) -> TrainedWeights:
     path = Path(path)
     source = source or str(path)
     if path.is_file():
+        refuse_pickle(str(path))
         return TrainedWeights(source, lora_key_format(path), lora=path)
     if not path.is_dir():
         raise UnrecognisedWeightsError(f"{source}: no such file or folder.")
@@ -67,10 +91,7 @@ def inspect_weights(path: Path, source: str | None = None) -> TrainedWeights:
 
     lora, unet = optional(LORA_FILE), optional(UNET_FILE)
     if lora is None and unet is None and optional(EMBEDDINGS_PTI_FILE) is None:
-        raise UnrecognisedWeightsError(
-            f"{source} holds none of {LORA_FILE}, {UNET_FILE} or {EMBEDDINGS_PTI_FILE}: "
-            "it is not a trained-weights bundle."
-        )
+        return _bare_lora_in(folder, source)
     special = optional(SPECIAL_PARAMS_FILE)
     legacy = lora is not None and lora_key_format(lora) is WeightsFormat.REPLICATE_LEGACY
     return TrainedWeights(
@@ -81,6 +102,27 @@ def inspect_weights(path: Path, source: str | None = None) -> TrainedWeights:
         embeddings_pti=optional(EMBEDDINGS_PTI_FILE),
         token_map=json.loads(special.read_text()) if special else None,
         training_config=optional(TRAINING_CONFIG_FILE),
+        lora_kohya=optional(LORA_KOHYA_FILE),
+        embeddings=optional(EMBEDDINGS_FILE),
+    )
+
+
+def _bare_lora_in(folder: Path, source: str) -> TrainedWeights:
+    """A zip or tar that holds just one LoRA file (as shared on the hub or Civitai)."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    tensors = [p for p in files if p.suffix == ".safetensors"]
+    if len(tensors) == 1:
+        return TrainedWeights(source, lora_key_format(tensors[0]), lora=tensors[0])
+    pickles = [p.name for p in files if p.suffix in PICKLE_SUFFIXES]
+    if pickles:
+        raise UnrecognisedWeightsError(
+            f"{source} holds only pickle files ({', '.join(pickles[:3])}); they are refused "
+            "because loading one can run arbitrary code. Provide the weights as .safetensors."
+        )
+    found = ", ".join(p.name for p in tensors) or "no .safetensors file"
+    raise UnrecognisedWeightsError(
+        f"{source} holds none of {LORA_FILE}, {UNET_FILE} or {EMBEDDINGS_PTI_FILE} ({found}): "
+        "it is not a trained-weights bundle or a single LoRA."
     )
 
 

@@ -1,0 +1,291 @@
+"""The model store: every URL or archive the project opens goes through here.
+
+A reference (http(s) URL, data URI, or local archive) becomes an entry on disk:
+
+    $SDXL_TUNER_CACHE/store/<sha256 of the reference>/content/...   the unpacked archive or file
+    $SDXL_TUNER_CACHE/store/<key>/entry.json                          what it is; mtime = last use
+    $SDXL_TUNER_CACHE/store/locks/<key>.lock                          flock: one builder per key
+
+An entry is built in a staging folder and renamed into place, so it is either complete or
+absent; a new store object (a restarted predictor) finds it again. Builders of the same key
+wait on a file lock, so two simultaneous requests for a URL download it once, in threads and
+processes alike. Least-recently-used entries are evicted to keep a minimum of free disk.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from weights.archive import ArchiveLimits, UnsafeArchiveError, archive_format, unpack_archive
+from weights.download import (
+    DownloadError,
+    DownloadPolicy,
+    check_safetensors,
+    describe_source,
+    download,
+)
+from weights.settings import ModelSettings
+from weights.trained import TrainedWeights, inspect_weights, refuse_pickle
+
+logger = logging.getLogger(__name__)
+
+ENTRY_FILE = "entry.json"
+CONTENT_DIR = "content"
+
+
+class StoreError(RuntimeError):
+    """A reference could not be turned into usable local files."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    key: str
+    content: Path  # the unpacked folder, or the single .safetensors file
+    hit: bool  # found in the cache rather than fetched now
+
+
+def free_disk_bytes(path: Path) -> int:
+    return shutil.disk_usage(path).free
+
+
+class ModelStore:
+    def __init__(
+        self,
+        cache_dir: Path,
+        min_free_bytes: int = 5 << 30,
+        policy: DownloadPolicy = DownloadPolicy(),
+        archive_limits: ArchiveLimits | None = None,
+        disk_free: Callable[[Path], int] = free_disk_bytes,
+    ):
+        self.root = Path(cache_dir) / "store"
+        self.min_free_bytes = min_free_bytes
+        self.policy = policy
+        # Nothing may unpack to more than we would accept to download.
+        self.archive_limits = archive_limits or ArchiveLimits(max_total_bytes=policy.max_bytes)
+        self.disk_free = disk_free
+        (self.root / "locks").mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def from_settings(cls, settings: ModelSettings) -> ModelStore:
+        return cls(
+            settings.cache_dir,
+            min_free_bytes=settings.cache_min_free_bytes,
+            policy=DownloadPolicy(max_bytes=settings.max_download_bytes),
+        )
+
+    # -- what callers ask for ---------------------------------------------------------------
+
+    def trained_weights(self, reference: str | os.PathLike) -> TrainedWeights:
+        """Trained weights from a URL, data URI or local path, described by `inspect_weights`."""
+        reference = str(reference)
+        refuse_pickle(reference)
+        if is_remote(reference) or _is_local_archive(reference):
+            content = self.fetch(reference).content
+        else:
+            content = Path(reference).expanduser()
+            if not content.exists():
+                raise StoreError(f"{reference}: no such file or folder.")
+        return inspect_weights(content, source=describe_source(reference))
+
+    def diffusers_folder(self, reference: str) -> Path:
+        """A diffusers model folder from a URL (or local path) of a tar/zip of one."""
+        content = self.fetch(reference).content
+        for folder in (content, *sorted(p for p in content.iterdir() if p.is_dir())):
+            if (folder / "model_index.json").is_file():
+                return folder
+        raise StoreError(
+            f"{describe_source(reference)} has no model_index.json at its top level: "
+            "it is not an archive of a diffusers model folder."
+        )
+
+    def fetch(self, reference: str) -> Entry:
+        """The cached entry for a URL, data URI or local archive, building it on a miss."""
+        key = hashlib.sha256(_cache_identity(reference).encode()).hexdigest()[:32]
+        entry = self.root / key
+        with self._lock(key):
+            if (entry / ENTRY_FILE).is_file():
+                _mark_used(entry)
+                logger.info("model store: cache hit for %s", describe_source(reference))
+                return Entry(key, self._content(entry), hit=True)
+            logger.info("model store: cache miss for %s; fetching", describe_source(reference))
+            self._remove_stale_staging(key)
+            self.evict(keep=key)
+            started = time.perf_counter()
+            self._build(reference, key)
+            logger.info(
+                "model store: stored %s in %.1f s",
+                describe_source(reference),
+                time.perf_counter() - started,
+            )
+        self.evict(keep=key)
+        return Entry(key, self._content(entry), hit=False)
+
+    # -- building an entry ------------------------------------------------------------------
+
+    def _build(self, reference: str, key: str) -> None:
+        staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=self.root))
+        try:
+            raw = staging / "download"
+            if is_remote(reference):
+                download(reference, raw, self.policy, check=_check_weights_file)
+            else:  # a local archive: unpacked, never moved
+                raw = Path(reference).expanduser()
+                if not _is_archive(raw):
+                    raise StoreError(f"{reference} is not a zip or tar archive.")
+            if _is_archive(raw):
+                unpack_archive(raw, staging / CONTENT_DIR, self.archive_limits)
+                content = CONTENT_DIR
+            else:
+                (staging / CONTENT_DIR).mkdir()
+                content = f"{CONTENT_DIR}/{_file_name(reference)}"
+                os.replace(raw, staging / content)
+            (staging / "download").unlink(missing_ok=True)  # the unpacked tree is kept instead
+            record = {
+                "source": describe_source(reference),
+                "content": content,
+                "stored_at": time.time(),
+            }
+            (staging / ENTRY_FILE).write_text(json.dumps(record))
+            _mark_used(staging)
+            staging.rename(self.root / key)
+        except UnsafeArchiveError as error:
+            raise StoreError(f"{describe_source(reference)}: {error}") from None
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _content(self, entry: Path) -> Path:
+        return entry / json.loads((entry / ENTRY_FILE).read_text())["content"]
+
+    def _remove_stale_staging(self, key: str) -> None:
+        """Staging folders of this key left by a crash (we hold its lock, so none is live)."""
+        for stale in self.root.glob(f".{key}.*"):
+            shutil.rmtree(stale, ignore_errors=True)
+
+    # -- eviction and locking ---------------------------------------------------------------
+
+    def entries(self) -> list[Path]:
+        """Complete entries, least recently used first."""
+        found = []
+        for entry in self.root.iterdir():
+            try:
+                found.append(((entry / ENTRY_FILE).stat().st_mtime_ns, entry))
+            except (FileNotFoundError, NotADirectoryError):  # not an entry, or just evicted
+                continue
+        return [entry for _, entry in sorted(found)]
+
+    def evict(self, keep: str | None = None) -> list[str]:
+        """Delete least-recently-used entries until `min_free_bytes` are free. Entries being
+        built or fetched (their lock is held) and `keep` are left alone."""
+        evicted = []
+        for entry in self.entries():
+            if self.disk_free(self.root) >= self.min_free_bytes:
+                break
+            if entry.name == keep:
+                continue
+            with self._lock(entry.name, wait=False) as locked:
+                if not locked or not (entry / ENTRY_FILE).is_file():
+                    continue
+                # Rename first: a reader never sees a half-deleted entry as complete.
+                doomed = entry.with_name(f".{entry.name}.evicted")
+                entry.rename(doomed)
+                shutil.rmtree(doomed, ignore_errors=True)
+            evicted.append(entry.name)
+            logger.info("model store: evicted %s to keep free disk", entry.name)
+        if self.disk_free(self.root) < self.min_free_bytes:
+            logger.warning(
+                "model store: only %.1f GiB free (minimum %.1f GiB) after eviction",
+                self.disk_free(self.root) / 2**30,
+                self.min_free_bytes / 2**30,
+            )
+        return evicted
+
+    @contextmanager
+    def _lock(self, key: str, wait: bool = True) -> Iterator[bool]:
+        """An exclusive flock on the key's lock file; yields False if `wait` is off and the
+        lock is held elsewhere. Each call opens its own file, so threads exclude each other."""
+        with open(self.root / "locks" / f"{key}.lock", "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def fetch_trained_weights(reference: str, store: ModelStore | None = None) -> TrainedWeights:
+    """Trained weights from a URL, data URI or local path (bundle, legacy Replicate tarball,
+    bare LoRA, or a zip / tar.gz of these), with the store configured from the environment."""
+    store = store or ModelStore.from_settings(ModelSettings.from_env())
+    return store.trained_weights(reference)
+
+
+def _mark_used(entry: Path) -> None:
+    """The entry file's mtime records the last use. Set it from the precise clock: the
+    file system's own timestamps are coarse, and ties would make eviction order random."""
+    now = time.time_ns()
+    os.utime(entry / ENTRY_FILE, ns=(now, now))
+
+
+def is_remote(reference: str) -> bool:
+    return reference.startswith(("http://", "https://", "data:"))
+
+
+def _is_local_archive(reference: str) -> bool:
+    path = Path(reference).expanduser()
+    return path.is_file() and _is_archive(path)
+
+
+def _is_archive(path: Path) -> bool:
+    """A zip or tar, and not a safetensors file whose tensor bytes happen to contain a zip
+    end-of-directory signature (zipfile looks for one near the end of any file)."""
+    return archive_format(path) is not None and not _is_safetensors(path)
+
+
+def _is_safetensors(path: Path) -> bool:
+    try:
+        check_safetensors(path)
+    except DownloadError:
+        return False
+    return True
+
+
+def _check_weights_file(path: Path) -> None:
+    """What a weights URL may hold: an archive, or one safetensors file."""
+    if not (_is_safetensors(path) or _is_archive(path)):
+        raise DownloadError(
+            "it is neither a zip/tar archive nor a .safetensors file (or it is truncated)"
+        )
+
+
+def _cache_identity(reference: str) -> str:
+    """What makes two references the same entry: the URL itself, or for a local archive its
+    real path, size and modification time (so an edited file is unpacked again)."""
+    if is_remote(reference):
+        return reference
+    path = Path(reference).expanduser().resolve()
+    stat = path.stat()
+    return f"file://{path}?size={stat.st_size}&mtime={stat.st_mtime_ns}"
+
+
+def _file_name(reference: str) -> str:
+    """A safe file name for a single downloaded file."""
+    if reference.startswith("data:"):
+        return "weights.safetensors"
+    name = Path(urllib.parse.urlparse(reference).path).name
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).lstrip(".")
+    return name if name.endswith(".safetensors") else f"{name or 'weights'}.safetensors"
