@@ -58,7 +58,8 @@ def main(argv=None) -> None:
     result = run_training(config, args.dataset, model_folder, args.work_dir, runtime, resume)
     if result.is_main_process:
         bundle = write_bundle(result, args.work_dir / BUNDLE_FILE, base, inputs=settings)
-        print(f"Wrote {bundle}")
+        phases = ", ".join(f"{k} {v:.1f}s" for k, v in result.phase_seconds.items())
+        print(f"Time per phase: {phases}\nWrote {bundle}")
 
 
 if __name__ == "__main__":
