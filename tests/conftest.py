@@ -28,6 +28,8 @@ def tiny_env(monkeypatch, model_cache, tiny_models):
     """Environment that points the predictor and trainer at the tiny models."""
     monkeypatch.setenv("BASE_MODEL", "tiny")
     monkeypatch.setenv("REFINER_MODEL", "tiny")
+    for preprocessor in ("CAPTION_MODEL", "MASK_MODEL", "UPSCALER_MODEL"):
+        monkeypatch.setenv(preprocessor, "tiny")
     monkeypatch.setenv("SDXL_TUNER_CACHE", str(model_cache))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     return model_cache

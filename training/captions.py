@@ -4,15 +4,9 @@ augmentations (caption dropout, shuffled comma-separated parts)."""
 from __future__ import annotations
 
 import random
-import re
 
+from preprocess.captions import substitute_trigger
 from training.config import TrainingConfig
-
-
-def substitute_trigger(text: str, trigger: str, replacement: str) -> str:
-    """Replace whole-word `trigger` ("TOK" but not "TOKEN") by `replacement`.
-    TODO(merge): import preprocess.captions.substitute_trigger (same signature) instead."""
-    return re.sub(rf"(?<!\w){re.escape(trigger)}(?!\w)", lambda _: replacement, text)
 
 
 def apply_token_map(text: str, token_map: dict[str, str]) -> str:

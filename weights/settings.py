@@ -11,6 +11,18 @@ from families import SDXL
 TINY = "tiny"  # BASE_MODEL / REFINER_MODEL value that selects the embedded tiny models
 GIB = 1 << 30
 
+# The training-data preprocessors Replicate's SDXL trainer uses (CAPTION_MODEL, MASK_MODEL,
+# UPSCALER_MODEL override them; `tiny` selects weights/tiny_preprocessors.py). `repo@revision`
+# pins a commit: for CLIPSeg and Swin2SR the safetensors weights exist only in the hub's
+# conversion pull requests, whose commits these are (we never unpickle .bin files).
+DEFAULT_CAPTION_MODEL = (
+    "Salesforce/blip-image-captioning-large@2227ac38c9f16105cb0412e7cab4759978a8fd90"
+)
+DEFAULT_MASK_MODEL = "CIDAS/clipseg-rd64-refined@325a839908143a34b409ae6f2910fa015ea390e6"
+DEFAULT_UPSCALER_MODEL = (
+    "caidas/swin2SR-realworld-sr-x4-64-bsrgan-psnr@fbc21c5ea78579a0d415f74e06eefb5c77028475"
+)
+
 
 @dataclass(frozen=True)
 class ModelSettings:
@@ -23,6 +35,9 @@ class ModelSettings:
     single_file_config: str | None = None
     cache_min_free_bytes: int = 5 * GIB  # the store evicts old downloads to keep this free
     max_download_bytes: int = 20 * GIB
+    caption_model: str = DEFAULT_CAPTION_MODEL  # BLIP captioning
+    mask_model: str = DEFAULT_MASK_MODEL  # CLIPSeg prompt masks
+    upscaler_model: str = DEFAULT_UPSCALER_MODEL  # Swin2SR super-resolution
 
     @classmethod
     def from_env(cls) -> ModelSettings:
@@ -36,6 +51,9 @@ class ModelSettings:
             single_file_config=os.environ.get("SINGLE_FILE_CONFIG") or None,
             cache_min_free_bytes=_gib("SDXL_TUNER_CACHE_MIN_FREE_GB", 5),
             max_download_bytes=_gib("SDXL_TUNER_MAX_DOWNLOAD_GB", 20),
+            caption_model=os.environ.get("CAPTION_MODEL") or DEFAULT_CAPTION_MODEL,
+            mask_model=os.environ.get("MASK_MODEL") or DEFAULT_MASK_MODEL,
+            upscaler_model=os.environ.get("UPSCALER_MODEL") or DEFAULT_UPSCALER_MODEL,
         )
 
 
