@@ -1,40 +1,57 @@
-"""The README's demo: generate with the embedded tiny SDXL, in-process, and say where the
-images are. Uses the tiny models unless BASE_MODEL etc. are already set."""
+"""The README's demo: train on the bundled example photos with the embedded tiny SDXL, then
+generate with the trained weights, in-process through the same entry points as `cog train` /
+`cog predict`. Uses the embedded tiny models unless BASE_MODEL etc. are already set."""
 
 import os
-import shutil
 import time
 from pathlib import Path
 
 OUTPUT_DIR = Path("outputs/demo")
+WEIGHTS = OUTPUT_DIR / "trained_model.tar"
+TRAIN_INPUTS = {
+    "input_images": "@examples/cat_photos.zip",
+    "seed": 0,
+    "resolution": 64,  # the tiny model's size
+    "train_batch_size": 2,
+    "max_train_steps": 30,
+    "lr_warmup_steps": 0,
+    "lora_rank": 8,
+    "checkpointing_steps": 15,
+    "sample_prompts": "a photo of TOK on the beach",
+}
+PREDICT_INPUTS = {
+    "prompt": "a photo of TOK on the beach",
+    "width": 64,
+    "height": 64,
+    "num_outputs": 2,
+    "num_inference_steps": 4,
+    "seed": 42,
+}
+
+
+def cog_arguments(inputs: dict) -> list[str]:
+    return [arg for name, value in inputs.items() for arg in ("-i", f"{name}={value}")]
 
 
 def main() -> None:
-    for variable in ("BASE_MODEL", "REFINER_MODEL", "SAFETY_CHECKER_MODEL"):
-        os.environ.setdefault(variable, "tiny")
-    from predict import Predictor, predict_defaults  # after the models are chosen
+    from weights.settings import MODEL_VARIABLES, TINY
 
-    started = time.perf_counter()
-    predictor = Predictor()
-    predictor.setup()
-    inputs = dict(
-        predict_defaults(),
-        prompt="a photo of a cat on the beach",
-        negative_prompt="",
-        width=64,
-        height=64,
-        num_outputs=2,
-        num_inference_steps=4,
-        guidance_scale=7.5,
-        seed=42,
-    )
-    images = predictor.predict(**inputs)
+    for variable in MODEL_VARIABLES:
+        os.environ.setdefault(variable, TINY)
+    from serving.cli import main as cog  # after the models are chosen
+
     OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
-    for index, image in enumerate(images):
-        shutil.copy(image, OUTPUT_DIR / f"output.{index}.png")
-    print(f"Generated {len(images)} images in {time.perf_counter() - started:.1f}s:")
-    for index in range(len(images)):
-        print(f"  {OUTPUT_DIR / f'output.{index}.png'}")
+    started = time.perf_counter()
+    if cog(["train", *cog_arguments(TRAIN_INPUTS), "-o", str(WEIGHTS)]):
+        raise SystemExit("Training failed (see above).")
+    trained = time.perf_counter()
+    os.chdir(OUTPUT_DIR)  # `cog predict` writes output.0.png, ... into the current folder
+    if cog(["predict", "--weights", WEIGHTS.name, *cog_arguments(PREDICT_INPUTS)]):
+        raise SystemExit("Generation failed (see above).")
+    print(f"Trained in {trained - started:.1f}s: {WEIGHTS}")
+    print(f"Generated with the trained weights in {time.perf_counter() - trained:.1f}s:")
+    for path in sorted(Path().glob("output.*.png")):
+        print(f"  {OUTPUT_DIR / path}")
 
 
 if __name__ == "__main__":

@@ -34,6 +34,8 @@ class ModelFamily:
     kohya_text_encoder_prefixes: tuple[str, ...]
     # Attention projections LoRA trains by default.
     lora_target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+    # Text-encoder attention projections a text-encoder LoRA trains.
+    text_encoder_lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "out_proj")
 
 
 SDXL = ModelFamily(

@@ -9,6 +9,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.fileserver import FileServer  # noqa: E402
+from weights.settings import MODEL_VARIABLES, TINY  # noqa: E402
 from weights.tiny import ensure_tiny_model  # noqa: E402
 
 
@@ -23,15 +24,19 @@ def tiny_models(model_cache) -> dict[str, Path]:
     return {role: ensure_tiny_model(role, model_cache) for role in ("base", "refiner")}
 
 
+def tiny_variables(model_cache: Path) -> dict[str, str]:
+    """Environment that points the predictor, trainer and preprocessors at the tiny models."""
+    return {
+        **{variable: TINY for variable in MODEL_VARIABLES},
+        "SDXL_TUNER_CACHE": str(model_cache),
+        "HF_HUB_OFFLINE": "1",
+    }
+
+
 @pytest.fixture
 def tiny_env(monkeypatch, model_cache, tiny_models):
-    """Environment that points the predictor and trainer at the tiny models."""
-    monkeypatch.setenv("BASE_MODEL", "tiny")
-    monkeypatch.setenv("REFINER_MODEL", "tiny")
-    for model in ("SAFETY_CHECKER_MODEL", "CAPTION_MODEL", "MASK_MODEL", "UPSCALER_MODEL"):
-        monkeypatch.setenv(model, "tiny")
-    monkeypatch.setenv("SDXL_TUNER_CACHE", str(model_cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for name, value in tiny_variables(model_cache).items():
+        monkeypatch.setenv(name, value)
     return model_cache
 
 

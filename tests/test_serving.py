@@ -11,6 +11,7 @@ from PIL import Image
 from serving import cli
 from serving.schema import SCHEMA_PATH, build_schema, inspect_entry
 from tests.cog_server import request, running_server
+from tests.conftest import tiny_variables
 from tests.receiver import Receiver
 
 SMALL = {"width": 64, "height": 64, "num_inference_steps": 2}
@@ -20,11 +21,8 @@ LONG = {"width": 64, "height": 64, "num_inference_steps": 500}  # tens of second
 @pytest.fixture(scope="module")
 def server_env(model_cache, tiny_models):
     env = pytest.MonkeyPatch()
-    env.setenv("BASE_MODEL", "tiny")
-    env.setenv("REFINER_MODEL", "tiny")
-    env.setenv("SAFETY_CHECKER_MODEL", "tiny")
-    env.setenv("SDXL_TUNER_CACHE", str(model_cache))
-    env.setenv("HF_HUB_OFFLINE", "1")
+    for name, value in tiny_variables(model_cache).items():
+        env.setenv(name, value)
     yield
     env.undo()
 

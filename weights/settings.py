@@ -11,6 +11,15 @@ from families import SDXL
 TINY = "tiny"  # BASE_MODEL / REFINER_MODEL / SAFETY_CHECKER_MODEL: the embedded tiny models
 DEFAULT_SAFETY_CHECKER = "CompVis/stable-diffusion-safety-checker"
 GIB = 1 << 30
+# Every variable that names a model; `tiny` in each gives the fully offline, embedded setup.
+MODEL_VARIABLES = (
+    "BASE_MODEL",
+    "REFINER_MODEL",
+    "SAFETY_CHECKER_MODEL",
+    "CAPTION_MODEL",
+    "MASK_MODEL",
+    "UPSCALER_MODEL",
+)
 
 # The training-data preprocessors Replicate's SDXL trainer uses (CAPTION_MODEL, MASK_MODEL,
 # UPSCALER_MODEL override them; `tiny` selects weights/tiny_preprocessors.py). `repo@revision`

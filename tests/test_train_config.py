@@ -1,0 +1,179 @@
+"""Training settings, step arithmetic and learning-rate schedule: no models needed."""
+
+import random
+
+import pytest
+import torch
+
+from training.captions import apply_token_map, caption_for_step
+from training.config import InvalidTrainingConfig, TrainingConfig
+from training.schedule import BatchSchedule, TrainingPlan, build_lr_scheduler, build_optimizer
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        ({"resolution": 500}, "multiple of 64"),
+        ({"is_lora": False, "train_text_encoder": True}, "needs is_lora=true"),
+        ({"ti_lr": 0, "lora_lr": 0}, "Nothing would train"),
+        ({"lora_lr": 0, "ti_frac": 0.5}, "nothing would train after the pivot"),
+        ({"ti_frac": 1.5}, "ti_frac=1.5"),
+        ({"ti_lr": 0, "ti_frac": 0.5}, "ti_lr=0"),
+        ({"lr_scheduler": "exponential"}, "constant, constant_with_warmup"),
+        ({"optimizer": "sgd"}, "adamw, adamw8bit"),
+        ({"token_string": "my token"}, "one word"),
+        ({"caption_dropout": 1.0}, "caption_dropout"),
+        ({"max_train_steps": 0}, "max_train_steps=0"),
+        ({"lora_lr": float("nan")}, "finite"),
+    ],
+)
+def test_invalid_combinations_fail_before_any_work(inputs, message):
+    with pytest.raises(InvalidTrainingConfig, match=message):
+        TrainingConfig(seed=0, **inputs)
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(InvalidTrainingConfig) as error:
+        TrainingConfig(seed=0, resolution=10, lora_rank=0)
+    assert "resolution=10" in str(error.value) and "lora_rank=0" in str(error.value)
+
+
+def test_modes_and_pivot_defaults():
+    assert TrainingConfig(seed=0).mode == "LoRA + pivotal tuning"
+    assert TrainingConfig(seed=0).pivot_fraction == 0.5
+    pure_ti = TrainingConfig(seed=0, lora_lr=0)
+    assert pure_ti.mode == "textual inversion" and pure_ti.pivot_fraction == 1.0
+    assert not pure_ti.trains_unet
+    full = TrainingConfig(seed=0, is_lora=False)
+    assert full.trains_full_unet and not full.trains_unet_lora
+    assert TrainingConfig(seed=0, lora_rank=8).effective_lora_alpha == 8.0
+    assert TrainingConfig(seed=0, lora_rank=8, lora_alpha=4).effective_lora_alpha == 4.0
+
+
+def test_style_preset_changes_only_inputs_left_at_default():
+    style = TrainingConfig.with_presets(seed=0, lora_type="style")
+    assert style.caption_prefix == "in the style of TOK, "
+    assert style.lora_lr == 4e-4 and not style.use_masks
+    custom = TrainingConfig.with_presets(
+        seed=0, lora_type="style", caption_prefix="a painting by TOK, ", lora_lr=2e-4
+    )
+    assert custom.caption_prefix == "a painting by TOK, " and custom.lora_lr == 2e-4
+
+
+def test_step_arithmetic_epochs_repeats_and_precedence():
+    # 5 images x 3 repeats in batches of 4 -> 4 batches per epoch.
+    config = TrainingConfig(seed=0, train_batch_size=4, num_repeats=3, max_train_steps=None,
+                            num_train_epochs=10)  # fmt: skip
+    plan = TrainingPlan.build(config, [5], num_processes=1)
+    assert plan.micro_batches_per_epoch == 4
+    assert plan.max_train_steps == 40 and plan.epochs == 10
+    # max_train_steps takes precedence; accumulation and processes multiply the batch.
+    config = TrainingConfig(seed=0, train_batch_size=2, max_train_steps=7,
+                            gradient_accumulation_steps=3)  # fmt: skip
+    plan = TrainingPlan.build(config, [5, 3], num_processes=2)
+    assert plan.global_batch_size == 4 and plan.effective_batch_size == 12
+    assert plan.micro_batches_per_epoch == 2 + 1
+    assert plan.max_train_steps == 7 and plan.epochs == 7  # 21 micro-batches / 3 per epoch
+    assert plan.pivot_step == 4  # round(7 * 0.5)
+
+
+def test_batches_cover_each_image_per_epoch_stay_in_one_bucket_and_depend_only_on_seed():
+    buckets = [[0, 1, 2, 3, 4], [5, 6]]
+    schedule = BatchSchedule(buckets, repeats=2, global_batch=4, seed=0)
+    epoch = [schedule.micro_batch(i, 4) for i in range(4)]  # 10/4 -> 3 + 4/4 -> 1
+    assert all(len(batch) == 4 for batch in epoch)
+    assert all(set(b) <= set(buckets[0]) or set(b) <= set(buckets[1]) for b in epoch)
+    seen = [i for batch in epoch for i in batch]
+    assert all(seen.count(i) >= 2 for i in range(7))  # every image, repeats times
+    again = BatchSchedule(buckets, repeats=2, global_batch=4, seed=0)
+    assert [again.micro_batch(i, 4) for i in (7, 2)] == [schedule.micro_batch(i, 4) for i in (7, 2)]
+    other = BatchSchedule(buckets, repeats=2, global_batch=4, seed=1)
+    assert [other.micro_batch(i, 4) for i in range(8)] != [
+        schedule.micro_batch(i, 4) for i in range(8)
+    ]
+
+
+def scheduled_rates(config, steps):
+    plan = TrainingPlan.build(config, [4], num_processes=1)
+    unet, tokens = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))
+    groups = [
+        {"name": "unet_lora", "params": [unet], "lr": 1e-4},
+        {"name": "token_embeddings", "params": [tokens], "lr": 3e-4, "pivotal": True},
+    ]
+    optimizer = build_optimizer("adamw", groups, 0.0, torch.device("cpu"))
+    scheduler = build_lr_scheduler(optimizer, config, plan)
+    rates = []
+    for _ in range(steps):
+        rates.append([group["lr"] for group in optimizer.param_groups])
+        optimizer.step()
+        scheduler.step()
+    return plan, rates
+
+
+def test_one_scheduler_drives_both_groups_across_the_pivot():
+    config = TrainingConfig(seed=0, max_train_steps=10, ti_frac=0.4, lr_scheduler="linear",
+                            lr_warmup_steps=2)  # fmt: skip
+    plan, rates = scheduled_rates(config, 10)
+    assert plan.pivot_step == 4
+    assert rates[0] == pytest.approx([0.5e-4, 1.5e-4])  # warmup
+    assert rates[2] == pytest.approx([1e-4, 3e-4])  # peak
+    assert rates[3][1] > 0 and all(r[1] == 0 for r in rates[4:])  # tokens stop at the pivot
+    lora = [r[0] for r in rates[2:]]
+    assert lora == sorted(lora, reverse=True) and lora[-1] > 0  # the LoRA keeps decaying
+    assert rates[4][0] == pytest.approx(1e-4 * (1 - 2 / 8))
+
+
+@pytest.mark.parametrize("name", ["constant", "constant_with_warmup", "cosine",
+                                  "cosine_with_restarts", "step"])  # fmt: skip
+def test_schedules_warm_up_and_stay_in_range(name):
+    config = TrainingConfig(seed=0, max_train_steps=40, lr_scheduler=name, lr_warmup_steps=4)
+    _, rates = scheduled_rates(config, 40)
+    lora = [r[0] for r in rates]
+    assert all(0 <= r <= 1e-4 + 1e-12 for r in lora)
+    if name == "constant":
+        assert lora[0] == pytest.approx(1e-4)
+    else:
+        assert lora[0] == pytest.approx(0.25e-4) and lora[3] == pytest.approx(1e-4)
+
+
+def test_trigger_substitution_is_whole_word():
+    token_map = {"TOK": "<s0><s1>"}
+    assert apply_token_map("a photo of TOK, TOKEN", token_map) == "a photo of <s0><s1>, TOKEN"
+    assert apply_token_map("TOK's hat", token_map) == "<s0><s1>'s hat"
+
+
+def test_caption_augmentations_keep_the_trigger_part_in_place():
+    config = TrainingConfig(seed=0, shuffle_tokens=True, keep_tokens=1)
+    caption = "a photo of <s0><s1>, red, square, blue, background"
+    outputs = {caption_for_step(caption, config, random.Random(i)) for i in range(20)}
+    assert len(outputs) > 1
+    assert all(o.startswith("a photo of <s0><s1>, ") for o in outputs)
+    assert all(sorted(o.split(", ")) == sorted(caption.split(", ")) for o in outputs)
+    dropout = TrainingConfig(seed=0, caption_dropout=0.5)
+    dropped = [caption_for_step(caption, dropout, random.Random(i)) for i in range(40)]
+    assert 5 < dropped.count("") < 35 and caption in dropped
+
+
+def test_masked_loss_is_averaged_over_the_mask_and_min_snr_weights_it():
+    from diffusers import DDPMScheduler
+    from diffusers.training_utils import compute_snr
+
+    from training.loop import diffusion_loss
+
+    schedule = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    target = torch.zeros(2, 4, 8, 8)
+    prediction = torch.zeros(2, 4, 8, 8)
+    prediction[:, :, :4, :4] = 2.0  # error 4 inside a quarter of the image
+    masks = torch.zeros(2, 1, 8, 8)
+    masks[:, :, :4, :4] = 1.0
+    timesteps = torch.tensor([10, 900])
+    plain = TrainingConfig(seed=0)
+    # Over the mask's area: the subject's full error, not a quarter of it.
+    assert diffusion_loss(prediction, target, masks, timesteps, schedule, plain) == 4.0
+    assert diffusion_loss(prediction, target, None, timesteps, schedule, plain) == 1.0
+    weighted = diffusion_loss(
+        prediction, target, masks, timesteps, schedule, TrainingConfig(seed=0, min_snr_gamma=5)
+    )
+    snr = compute_snr(schedule, timesteps)
+    assert weighted.item() == pytest.approx((4.0 * snr.clamp(max=5) / snr).mean().item())
+    assert weighted < 4.0  # the low-noise step (high SNR) is down-weighted

@@ -1,0 +1,68 @@
+"""The Cog `train()` end to end: the example zip in, a weights tarball out (a top-level
+cog.Path), the dry run, and invalid inputs rejected before any work."""
+
+import json
+import tarfile
+
+import pytest
+from cog import Path as CogPath
+
+from serving.cli import parse_inputs
+from serving.schema import TRAINER_REF, inspect_entry
+from tests.train_helpers import one_thread  # noqa: F401 (autouse fixture)
+from training.config import InvalidTrainingConfig
+from weights.trained import (
+    EMBEDDINGS_PTI_FILE,
+    LORA_FILE,
+    PREVIEW_FILE,
+    SPECIAL_PARAMS_FILE,
+    TRAINING_CONFIG_FILE,
+    inspect_weights,
+)
+
+EXAMPLE = "@examples/cat_photos.zip"
+
+
+def train_with(**inputs):
+    """Call train() as Cog does: the declared defaults for every input not given."""
+    from train import train
+
+    pairs = [f"{name}={value}" for name, value in {"input_images": EXAMPLE, **inputs}.items()]
+    return train(**parse_inputs(pairs, None, inspect_entry(TRAINER_REF)))
+
+
+def test_train_turns_the_example_zip_into_a_bundle(tiny_env, tmp_path):
+    bundle = train_with(seed=0, resolution=64, train_batch_size=2, max_train_steps=4,
+                        lr_warmup_steps=0, lora_rank=4)  # fmt: skip
+    assert isinstance(bundle, CogPath) and bundle.name == "trained_model.tar"
+    with tarfile.open(bundle) as tar:
+        names = set(tar.getnames())
+        record = json.load(tar.extractfile(TRAINING_CONFIG_FILE))
+        tar.extractall(tmp_path, filter="data")
+    assert {LORA_FILE, EMBEDDINGS_PTI_FILE, SPECIAL_PARAMS_FILE, PREVIEW_FILE} <= names
+    assert record["plan"]["images"] == 6 and record["plan"]["steps"] == 4
+    assert record["inputs"]["seed"] == 0 and record["config"]["seed"] == 0
+    assert "preprocess" in record["phase_seconds"]
+    described = inspect_weights(tmp_path)
+    assert described.token_map == {"TOK": "<s0><s1>"} and described.lora is not None
+
+
+def test_dry_run_reports_the_plan_without_training(tiny_env):
+    report = train_with(seed=1, resolution=64, max_train_steps=300, dry_run="true")
+    with tarfile.open(report) as tar:
+        assert set(tar.getnames()) == {"plan.json", PREVIEW_FILE}
+        plan = json.load(tar.extractfile("plan.json"))
+    assert plan["steps"] == 300 and len(plan["images"]) == 6
+    assert all("TOK" in image["caption"] for image in plan["images"])
+    assert plan["estimated_training_seconds"] > 0
+
+
+def test_invalid_combinations_fail_before_any_work(tiny_env, monkeypatch):
+    import train as entry
+
+    def no_preprocessing(*args, **kwargs):
+        raise AssertionError("preprocessing started")
+
+    monkeypatch.setattr(entry, "preprocess", no_preprocessing)
+    with pytest.raises(InvalidTrainingConfig, match="needs is_lora=true"):
+        train_with(is_lora="false", train_text_encoder="true")

@@ -1,0 +1,90 @@
+"""Training across processes: a run killed mid-way resumes to the uninterrupted result, and
+`accelerate launch` with 2 CPU processes trains data-parallel and writes one bundle."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from tests.train_helpers import make_dataset, one_thread, small_config  # noqa: F401 (autouse)
+from training.loop import latest_checkpoint, run_training
+from weights.runtime import pick_runtime
+from weights.trained import BUNDLE_FILE, EMBEDDINGS_PTI_FILE, LORA_FILE, TRAINING_CONFIG_FILE
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN = {"max_train_steps": 12, "checkpointing_steps": 3, "lora_lr": 1e-3}
+
+
+def cli_environment(model_cache) -> dict:
+    env = dict(os.environ, BASE_MODEL="tiny", SDXL_TUNER_CACHE=str(model_cache))
+    env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    return env
+
+
+def cli_settings(settings: dict) -> list[str]:
+    config = small_config(**settings)
+    pairs = {name: getattr(config, name) for name in ("resolution", "train_batch_size", "lora_rank",
+             "lr_warmup_steps", "verbose", *settings)}  # fmt: skip
+    return [arg for k, v in pairs.items() for arg in ("--set", f"{k}={json.dumps(v)}")]
+
+
+def test_resume_after_kill_equals_an_uninterrupted_run(tiny_models, tiny_env, tmp_path):
+    dataset = make_dataset(tmp_path / "dataset")
+    killed_dir = tmp_path / "killed"
+    command = [sys.executable, "-m", "training", str(dataset), str(killed_dir), *cli_settings(RUN)]
+    process = subprocess.Popen(command, cwd=ROOT, env=cli_environment(tiny_env),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    deadline = time.monotonic() + 240
+    while latest_checkpoint(killed_dir) is None:
+        assert process.poll() is None, process.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline, "no checkpoint within 4 minutes"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    checkpoint = latest_checkpoint(killed_dir)
+    assert not (killed_dir / "weights").exists()  # really killed mid-way
+    assert int(checkpoint.name.split("-")[1]) < RUN["max_train_steps"]
+
+    runtime = pick_runtime("cpu")
+    resumed = run_training(
+        small_config(**RUN), dataset, tiny_models["base"], killed_dir, runtime, checkpoint
+    )
+    straight = run_training(
+        small_config(**RUN), dataset, tiny_models["base"], tmp_path / "straight", runtime
+    )
+    for name in (LORA_FILE, EMBEDDINGS_PTI_FILE):
+        a, b = (load_file(str(r.weights_dir / name)) for r in (resumed, straight))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    rows = [[json.loads(line)["loss"] for line in r.metrics_file.read_text().splitlines()]
+            for r in (resumed, straight)]  # fmt: skip
+    assert rows[0] == rows[1] and len(rows[0]) == RUN["max_train_steps"]
+
+
+def test_accelerate_launch_with_two_cpu_processes_writes_one_bundle(tiny_env, tmp_path):
+    dataset = make_dataset(tmp_path / "dataset")
+    work = tmp_path / "work"
+    settings = {"max_train_steps": 3, "train_batch_size": 1}
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+        "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+        "--dynamo_backend", "no", "-m", "training", str(dataset), str(work),
+        *cli_settings(settings),
+    ]  # fmt: skip
+    env = cli_environment(tiny_env)
+    env["CUDA_VISIBLE_DEVICES"] = ""  # CPU processes (gloo) even where a GPU exists
+    finished = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, timeout=600)
+    assert finished.returncode == 0, finished.stderr.decode()[-3000:]
+    assert finished.stdout.decode().count("Wrote ") == 1
+    with tarfile.open(work / BUNDLE_FILE) as tar:
+        record = json.load(tar.extractfile(TRAINING_CONFIG_FILE))
+        assert LORA_FILE in tar.getnames()
+    assert record["summary"]["processes"] == 2
+    assert record["plan"]["global_batch_size"] == 2 and record["plan"]["steps"] == 3
+    assert len((work / "metrics.jsonl").read_text().splitlines()) == 3

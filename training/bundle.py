@@ -1,0 +1,233 @@
+"""The weights tarball (DESIGN.md's contract): the trained weights in every layout, the model
+card, the config, metrics and loss curve, samples, preview and checkpoints, in one flat tar
+written under a temporary name and renamed when complete."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tarfile
+import tempfile
+from importlib.metadata import version
+from pathlib import Path
+
+from training.config import TrainingConfig
+from training.loop import STATE_DIR, TrainingResult
+from weights.trained import (
+    CHECKPOINTS_DIR,
+    EMBEDDINGS_FILE,
+    LORA_FILE,
+    LORA_KOHYA_FILE,
+    LOSS_PLOT_FILE,
+    METRICS_FILE,
+    MODEL_CARD_FILE,
+    PREVIEW_FILE,
+    SAMPLES_DIR,
+    TRAINING_CONFIG_FILE,
+    UNET_FILE,
+)
+
+LIBRARIES = ("torch", "diffusers", "transformers", "peft", "accelerate")
+
+
+def write_bundle(
+    result: TrainingResult,
+    output: Path,
+    base_model: str,
+    preview: Path | None = None,
+    inputs: dict | None = None,
+) -> Path:
+    """Assemble the bundle from a finished run's work folder and write it to `output` (.tar)."""
+    output, config = Path(output), result.config
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=output.parent, prefix=".bundle-") as tmp:
+        staging = Path(tmp)
+        for file in result.weights_dir.iterdir():
+            shutil.copy2(file, staging / file.name)
+        for checkpoint in result.checkpoints:
+            shutil.copytree(
+                checkpoint,
+                staging / CHECKPOINTS_DIR / checkpoint.name,
+                ignore=shutil.ignore_patterns(STATE_DIR),
+            )
+        if (result.work_dir / SAMPLES_DIR).is_dir():
+            shutil.copytree(result.work_dir / SAMPLES_DIR, staging / SAMPLES_DIR)
+        if preview is not None and Path(preview).is_file():
+            shutil.copy2(preview, staging / PREVIEW_FILE)
+        if result.metrics_file.is_file():
+            shutil.copy2(result.metrics_file, staging / METRICS_FILE)
+            plot_loss(result.metrics_file, staging / LOSS_PLOT_FILE)
+        record = training_record(result, config, base_model, inputs or {})
+        (staging / TRAINING_CONFIG_FILE).write_text(json.dumps(record, indent=2, default=str))
+        (staging / MODEL_CARD_FILE).write_text(model_card(result, config, base_model))
+
+        partial = output.with_name(output.name + ".partial")
+        with tarfile.open(partial, "w") as tar:
+            for path in sorted(staging.rglob("*")):
+                if path.is_file():
+                    tar.add(path, arcname=path.relative_to(staging).as_posix())
+        partial.rename(output)
+    return output
+
+
+def training_record(result: TrainingResult, config: TrainingConfig, base_model, inputs) -> dict:
+    """Every input and derived value: enough to reproduce or audit the run."""
+    plan = result.plan
+    return {
+        "inputs": inputs,
+        "config": config.to_json(),
+        "base_model": base_model,
+        "mode": config.mode,
+        "token_map": result.token_map,
+        "plan": {
+            "images": plan.num_images,
+            "steps": plan.max_train_steps,
+            "epochs": plan.epochs,
+            "global_batch_size": plan.global_batch_size,
+            "effective_batch_size": plan.effective_batch_size,
+            "pivot_step": plan.pivot_step,
+            "lora_alpha": config.effective_lora_alpha,
+        },
+        "summary": result.summary,
+        "final_loss": result.final_loss,
+        "phase_seconds": {k: round(v, 3) for k, v in result.phase_seconds.items()},
+        "libraries": {name: version(name) for name in LIBRARIES},
+    }
+
+
+def plot_loss(metrics_file: Path, image: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    rows = [json.loads(line) for line in metrics_file.read_text().splitlines() if line]
+    steps = [row["step"] for row in rows]
+    losses = [row["loss"] for row in rows]
+    smoothed, average = [], None
+    for loss in losses:
+        average = loss if average is None else 0.9 * average + 0.1 * loss
+        smoothed.append(average)
+    figure, axes = pyplot.subplots(figsize=(6, 3.5), dpi=100)
+    axes.plot(steps, losses, alpha=0.35, label="loss")
+    axes.plot(steps, smoothed, label="moving average")
+    axes.set_xlabel("step")
+    axes.set_ylabel("loss")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(image)
+    pyplot.close(figure)
+
+
+def model_card(result: TrainingResult, config: TrainingConfig, base_model: str) -> str:
+    tokens = result.token_map.get(config.token_string)
+    weights = result.weights_dir
+    prompt = f"a photo of {tokens or config.token_string}"
+    lines = [
+        f"# SDXL fine-tune ({config.mode})",
+        "",
+        f"Base model: `{base_model}`. Trained {result.plan.max_train_steps} steps on "
+        f"{result.plan.num_images} images at {config.resolution}px, seed {config.seed}.",
+        "",
+    ]
+    if tokens:
+        lines += [
+            f"**Trigger:** write `{config.token_string}` in prompts served by this model's "
+            f"predictor; elsewhere write `{tokens}` (the trained tokens).",
+            "",
+        ]
+    lines += ["## diffusers", "", "```python", "from diffusers import StableDiffusionXLPipeline"]
+    if tokens:
+        lines.append("from dataset_and_utils import TokenEmbeddingsHandler  # from this project")
+    lines += [
+        "",
+        f'pipe = StableDiffusionXLPipeline.from_pretrained("{base_model}").to("cuda")',
+    ]
+    if (weights / LORA_FILE).is_file():
+        lines.append(f'pipe.load_lora_weights(".", weight_name="{LORA_FILE}")')
+    if (weights / UNET_FILE).is_file():
+        lines += [
+            "from safetensors.torch import load_file",
+            f'pipe.unet.load_state_dict(load_file("{UNET_FILE}"))',
+        ]
+    if tokens:
+        lines += [
+            "handler = TokenEmbeddingsHandler([pipe.text_encoder, pipe.text_encoder_2],",
+            "                                 [pipe.tokenizer, pipe.tokenizer_2])",
+            'handler.load_embeddings("embeddings.pti")',
+        ]
+    lines += [f'image = pipe("{prompt}").images[0]', "```", ""]
+    lines += ["## ComfyUI / AUTOMATIC1111", ""]
+    if (weights / LORA_KOHYA_FILE).is_file():
+        lines.append(
+            f"- `{LORA_KOHYA_FILE}`: the LoRA in kohya layout (`models/loras/` in ComfyUI, "
+            "`models/Lora/` in A1111)."
+        )
+    if (weights / EMBEDDINGS_FILE).is_file():
+        lines.append(
+            f"- `{EMBEDDINGS_FILE}`: the token vectors as an SDXL embedding (`clip_l`, `clip_g`); "
+            "put it in `embeddings/` under a name such as `mysubject.safetensors` and write "
+            "that name where the trigger goes."
+        )
+    lines += [
+        "",
+        "## Files",
+        "",
+        "`training_config.json` (every input and derived value), `metrics.jsonl` and "
+        "`loss.png` (the loss per step), `samples/` (sample prompts during training), "
+        "`checkpoints/` (intermediate weights), `preview.png` (the training crops and masks).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+DRY_RUN_PLAN_FILE = "plan.json"
+
+
+def write_dry_run_report(
+    timing: TrainingResult, prepared, output: Path, preprocess_seconds: float
+) -> Path:
+    """The plan of a run that was not started: images used and skipped with their captions,
+    steps, epochs, and the training time estimated from a few timed steps on this device.
+    `prepared`: the preprocessing result (images, skipped, preview)."""
+    plan, config = timing.plan, timing.config
+    estimate = timing.seconds_per_step * plan.max_train_steps
+    report = {
+        "mode": config.mode,
+        "images": [
+            {"image": Path(image.image_path).name, "caption": image.caption}
+            for image in prepared.images
+        ],
+        "skipped": [{"file": name, "reason": reason} for name, reason in prepared.skipped],
+        "steps": plan.max_train_steps,
+        "epochs": plan.epochs,
+        "effective_batch_size": plan.effective_batch_size,
+        "pivot_step": plan.pivot_step,
+        "token_map": timing.token_map,
+        "summary": timing.summary,
+        "seconds_per_step": round(timing.seconds_per_step, 4),
+        "estimated_training_seconds": round(estimate, 1),
+        "preprocess_seconds": round(preprocess_seconds, 1),
+        "model_load_and_caching_seconds": round(
+            timing.phase_seconds.get("model load", 0)
+            + timing.phase_seconds.get("latent caching", 0),
+            1,
+        ),
+    }
+    print(
+        f"Dry run: {len(prepared.images)} images ({len(prepared.skipped)} skipped), "
+        f"{plan.max_train_steps} steps = {plan.epochs} epochs at effective batch "
+        f"{plan.effective_batch_size}; about {timing.seconds_per_step:.2f}s/step on "
+        f"{timing.summary['device']}, so training would take about {estimate / 60:.1f} min."
+    )
+    output = Path(output)
+    partial = output.with_name(output.name + ".partial")
+    with tempfile.TemporaryDirectory() as tmp:
+        plan_file = Path(tmp) / DRY_RUN_PLAN_FILE
+        plan_file.write_text(json.dumps(report, indent=2))
+        with tarfile.open(partial, "w") as tar:
+            tar.add(plan_file, arcname=DRY_RUN_PLAN_FILE)
+            if prepared.preview is not None and Path(prepared.preview).is_file():
+                tar.add(prepared.preview, arcname=PREVIEW_FILE)
+    partial.rename(output)
+    return output

@@ -1,0 +1,514 @@
+"""The training loop, top to bottom: load SDXL, cache the latents, add the new tokens and the
+adapters, then step; save checkpoints and samples on the way and the final weights at the end.
+
+One optimizer and one learning-rate scheduler drive every trained parameter for the whole run;
+the token embeddings stop at the pivot (`ti_frac`) through their scheduler lambda, not through
+a second optimizer. Built on `accelerate`: the same loop runs on one device or data-parallel
+under `accelerate launch` (each process takes its slice of every global batch).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs
+from diffusers.training_utils import compute_snr
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from dataset_and_utils import CachedLatentsDataset, TokenEmbeddingsHandler, read_captions
+from families import SDXL
+from training.captions import apply_token_map, caption_for_step
+from training.config import NUM_TOKENS, TrainingConfig
+from training.export import save_trained_weights
+from training.models import (
+    TEXT_ENCODER_NAMES,
+    SDXLComponents,
+    add_lora,
+    encode_prompts,
+    load_components,
+    time_ids,
+    trainable_parameters,
+)
+from training.samples import render_samples
+from training.schedule import (
+    BatchSchedule,
+    TrainingPlan,
+    build_lr_scheduler,
+    build_optimizer,
+    seeded,
+)
+from weights.runtime import Runtime
+from weights.trained import CHECKPOINTS_DIR, METRICS_FILE, SAMPLES_DIR
+
+WEIGHTS_DIR = "weights"
+STATE_DIR = "training_state"  # optimizer/scheduler/parameters for resuming; not bundled
+MIXED_PRECISION = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "no"}
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite; no weights were written for the final result."""
+
+
+@dataclass
+class TrainingResult:
+    config: TrainingConfig
+    work_dir: Path
+    plan: TrainingPlan
+    token_map: dict[str, str]
+    summary: dict  # what the start summary printed
+    phase_seconds: dict[str, float] = field(default_factory=dict)
+    step_seconds: list[float] = field(default_factory=list)
+    final_loss: float | None = None
+    is_main_process: bool = True  # the process that wrote the weights (accelerate launch)
+
+    @property
+    def seconds_per_step(self) -> float:
+        """Median step time, the first (warm-up) step left out when there are others."""
+        timed = sorted(self.step_seconds[1:] or self.step_seconds)
+        return timed[len(timed) // 2] if timed else 0.0
+
+    @property
+    def weights_dir(self) -> Path:
+        return self.work_dir / WEIGHTS_DIR
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.work_dir / METRICS_FILE
+
+    @property
+    def checkpoints(self) -> list[Path]:
+        return sorted((self.work_dir / CHECKPOINTS_DIR).glob("checkpoint-*"))
+
+
+def run_training(
+    config: TrainingConfig,
+    dataset_folder: Path,
+    base_model: Path,
+    work_dir: Path,
+    runtime: Runtime,
+    resume_from: Path | None = None,
+    timing_steps: int = 0,
+) -> TrainingResult:
+    """Train on a prepared dataset folder (captions.csv + images + masks) and write weights,
+    checkpoints, samples and metrics under `work_dir`. `timing_steps` > 0: a dry run that only
+    times that many steps (for the estimate) and writes nothing."""
+    work_dir = Path(work_dir)
+    phases: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def phase_done(name: str) -> None:
+        nonlocal clock
+        phases[name] = phases.get(name, 0.0) + time.perf_counter() - clock
+        clock = time.perf_counter()
+
+    # 1. Processes, device and precision. Trainable parameters are always fp32; on GPU the
+    #    compute runs under bf16 autocast.
+    accelerator = Accelerator(
+        mixed_precision=MIXED_PRECISION[runtime.dtype],
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        cpu=runtime.device.type == "cpu",
+        kwargs_handlers=[
+            # The first encoder's last layer is unused (SDXL reads the penultimate one).
+            DistributedDataParallelKwargs(find_unused_parameters=config.train_text_encoder)
+        ],
+    )
+    device, is_main = accelerator.device, accelerator.is_main_process
+    torch.manual_seed(config.seed)
+
+    # 2. Models.
+    models = load_components(base_model, device, runtime.dtype, config.trains_full_unet)
+    phase_done("model load")
+
+    # 3. Latents, once per image (and per flip). Captions get the trigger's token string.
+    items = read_captions(dataset_folder)
+    dataset = CachedLatentsDataset(items, models.vae, config.flip_augmentation, config.use_masks)
+    if not (config.sample_prompts and is_main):
+        models.vae = None  # not needed any more
+    phase_done("latent caching")
+
+    # 4. New tokens <s0><s1> in both tokenizers and encoders (pivotal tuning).
+    handler, token_map = None, {}
+    if config.trains_tokens:
+        handler = TokenEmbeddingsHandler(models.text_encoders, models.tokenizers)
+        handler.initialize_new_tokens(NUM_TOKENS, torch.Generator().manual_seed(config.seed))
+        for encoder in models.text_encoders:
+            encoder.get_input_embeddings().to(torch.float32).requires_grad_(True)
+        token_map = {config.token_string: "".join(handler.tokens)}
+    captions = [apply_token_map(c, token_map) for c in dataset.captions]
+
+    # 5. Adapters and trainable parameters, in named optimizer groups.
+    groups = []
+    if config.trains_unet_lora:
+        add_lora(
+            models.unet, config.lora_rank, config.effective_lora_alpha, SDXL.lora_target_modules
+        )
+        groups.append(("unet_lora", models.unet, config.lora_lr))
+    if config.trains_full_unet:
+        models.unet.requires_grad_(True)
+        groups.append(("unet", models.unet, config.unet_learning_rate))
+    if config.train_text_encoder:
+        for name, encoder in zip(TEXT_ENCODER_NAMES, models.text_encoders, strict=True):
+            add_lora(
+                encoder,
+                config.lora_rank,
+                config.effective_lora_alpha,
+                SDXL.text_encoder_lora_target_modules,
+            )
+            groups.append((f"{name}_lora", encoder, config.text_encoder_lr))
+    if config.gradient_checkpointing:
+        models.unet.enable_gradient_checkpointing()
+    named_models = {
+        "unet": models.unet,
+        "text_encoder": models.text_encoders[0],
+        "text_encoder_2": models.text_encoders[1],
+    }
+    trainable = trainable_parameters(named_models)
+    param_groups = [
+        {
+            "name": name,
+            "lr": lr,
+            "params": [
+                p for p in model.parameters() if p.requires_grad and not _is_embedding(p, models)
+            ],
+        }
+        for name, model, lr in groups
+    ]
+    if handler is not None:
+        tables = [e.get_input_embeddings().weight for e in models.text_encoders]
+        param_groups.append(
+            {"name": "token_embeddings", "lr": config.ti_lr, "params": tables, "pivotal": True}
+        )
+
+    # 6. Plan, optimizer, scheduler.
+    buckets = list(dataset.buckets().values())
+    plan = TrainingPlan.build(config, [len(b) for b in buckets], accelerator.num_processes)
+    batches = BatchSchedule(buckets, config.num_repeats, plan.global_batch_size, config.seed)
+    optimizer = build_optimizer(config.optimizer, param_groups, config.weight_decay, device)
+    lr_scheduler = build_lr_scheduler(optimizer, config, plan)
+    trained_models = [
+        m for m in named_models.values() if any(p.requires_grad for p in m.parameters())
+    ]
+    prepared = accelerator.prepare(*trained_models, optimizer)
+    wrapped = dict(zip(map(id, trained_models), prepared[:-1], strict=True))
+    optimizer = prepared[-1]
+    unet = wrapped.get(id(models.unet), models.unet)
+    text_encoders = [wrapped.get(id(e), e) for e in models.text_encoders]
+
+    # 7. Resume: parameters, optimizer and scheduler state; every random draw is a function of
+    #    (seed, step), so nothing else is needed to continue exactly.
+    start_step = 0
+    if resume_from is not None:
+        start_step = _load_state(Path(resume_from), trainable, optimizer, lr_scheduler)
+        _truncate_metrics(work_dir / METRICS_FILE, start_step)
+    summary = _summary(config, plan, dataset, trainable, device, runtime, accelerator)
+    if is_main and not timing_steps:
+        print(_format_summary(summary))
+
+    # The loss of one micro-batch (steps 8a-8c of the loop below).
+    text_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def micro_batch_loss(indices, generator, rng, text_trains: bool) -> torch.Tensor:
+        # 8a. The batch: cached latents (flipped or not), masks, captions.
+        flips = [config.flip_augmentation and rng.random() < 0.5 for _ in indices]
+        latents = dataset.latents(indices, flips, generator).to(device)
+        masks = dataset.mask_batch(indices, flips)
+        texts = [caption_for_step(captions[i], config, rng) for i in indices]
+        # 8b. Text conditioning: through the encoders while anything on the text side
+        #     trains, else encoded once per distinct caption and reused.
+        if text_trains:
+            prompt_embeds, pooled = encode_prompts(text_encoders, models.tokenizers, texts, device)
+        else:
+            prompt_embeds, pooled = _cached_prompts(text_cache, models, texts, device)
+        # 8c. Noise, timesteps, prediction, loss.
+        noise = torch.randn(latents.shape, generator=generator)
+        if config.noise_offset:
+            noise += config.noise_offset * torch.randn(
+                (*latents.shape[:2], 1, 1), generator=generator
+            )
+        noise = noise.to(device)
+        schedule = models.noise_scheduler
+        timesteps = torch.randint(
+            0, schedule.config.num_train_timesteps, (len(indices),), generator=generator
+        ).to(device)
+        noisy = schedule.add_noise(latents, noise, timesteps)
+        prediction = unet(
+            noisy,
+            timesteps,
+            prompt_embeds,
+            added_cond_kwargs={
+                "text_embeds": pooled,
+                "time_ids": time_ids([dataset.pixel_sizes[i] for i in indices], device),
+            },
+        ).sample
+        target = (
+            noise
+            if schedule.config.prediction_type == "epsilon"
+            else schedule.get_velocity(latents, noise, timesteps)
+        )
+        return diffusion_loss(prediction, target, masks, timesteps, schedule, config)
+
+    # 8. The loop.
+    metrics_file = (work_dir / METRICS_FILE) if is_main and not timing_steps else None
+    if metrics_file:
+        metrics_file.parent.mkdir(parents=True, exist_ok=True)
+    last_step = (
+        plan.max_train_steps
+        if not timing_steps
+        else min(plan.max_train_steps, start_step + timing_steps)
+    )
+    bar = tqdm(
+        range(start_step, last_step),
+        desc="training",
+        disable=not (is_main and config.verbose),
+        initial=start_step,
+        total=last_step,
+        unit="step",
+    )
+    loss_value, step_seconds = None, []
+    for step in bar:
+        step_started = time.perf_counter()
+        text_trains = config.train_text_encoder or step < plan.pivot_step
+        step_loss = 0.0
+        for micro in range(plan.accumulation):
+            micro_index = step * plan.accumulation + micro
+            global_batch = batches.micro_batch(micro_index, plan.micro_batches_per_epoch)
+            rank = accelerator.process_index
+            indices = global_batch[
+                rank * config.train_batch_size : (rank + 1) * config.train_batch_size
+            ]
+            generator = torch.Generator().manual_seed(seeded(config.seed, micro_index, rank))
+            rng = random.Random(seeded(config.seed, micro_index, rank, 1))
+            with accelerator.accumulate(*prepared[:-1]):
+                with accelerator.autocast():  # bf16 compute on GPU; fp32 master weights
+                    loss = micro_batch_loss(indices, generator, rng, text_trains)
+                # 8d. A NaN/inf loss stops the run (on every process) before it writes garbage.
+                mean_loss = accelerator.reduce(loss.detach(), "mean").item()
+                if not math.isfinite(mean_loss):
+                    raise TrainingDivergedError(
+                        f"The loss became {mean_loss} at step {step + 1}: training diverged and "
+                        "no weights were written. Lower the learning rates (lora_lr, ti_lr, "
+                        "unet_learning_rate) or set max_grad_norm."
+                    )
+                step_loss += mean_loss / plan.accumulation
+                accelerator.backward(loss)
+        # 8e. One optimizer step: clip, step, schedule, and restore the untouched token rows.
+        grad_norm = None
+        if config.max_grad_norm:
+            grad_norm = float(
+                accelerator.clip_grad_norm_(
+                    [p for g in param_groups for p in g["params"]], config.max_grad_norm
+                )
+            )
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if handler is not None and step < plan.pivot_step:
+            handler.retract_embeddings()
+        loss_value = step_loss
+        lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
+        bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{max(lrs.values()):.2e}")
+        done = step + 1
+        step_seconds.append(time.perf_counter() - step_started)
+        if metrics_file:
+            row = {
+                "step": done,
+                "loss": step_loss,
+                "lr": lrs,
+                "grad_norm": grad_norm,
+                "seconds": round(step_seconds[-1], 4),
+            }
+            with metrics_file.open("a") as file:
+                file.write(json.dumps(row) + "\n")
+        phase_done("training")
+        # 8f. Checkpoints and samples along the way.
+        if timing_steps:
+            continue
+        if _due(config.checkpointing_steps, done, plan.max_train_steps):
+            accelerator.wait_for_everyone()
+            if is_main:
+                _save_checkpoint(
+                    work_dir,
+                    done,
+                    config,
+                    models,
+                    handler,
+                    token_map,
+                    trainable,
+                    optimizer,
+                    lr_scheduler,
+                    runtime,
+                )
+            accelerator.wait_for_everyone()
+            phase_done("saving")
+        if (
+            is_main
+            and config.sample_prompts
+            and _due(config.sample_every, done, plan.max_train_steps)
+        ):
+            render_samples(models, config, token_map, work_dir / SAMPLES_DIR, done, accelerator)
+            phase_done("sampling")
+    bar.close()
+
+    result = TrainingResult(
+        config, work_dir, plan, token_map, summary, phases, step_seconds, loss_value, is_main
+    )
+    if timing_steps:
+        return result
+
+    # 9. The final weights (main process), and the last samples.
+    accelerator.wait_for_everyone()
+    if is_main:
+        _save_weights(work_dir / WEIGHTS_DIR, config, models, handler, token_map, runtime)
+        phase_done("saving")
+        if config.sample_prompts:
+            render_samples(
+                models, config, token_map, work_dir / SAMPLES_DIR, plan.max_train_steps, accelerator
+            )
+            phase_done("sampling")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return result
+
+
+def diffusion_loss(
+    prediction, target, masks, timesteps, schedule, config: TrainingConfig
+) -> torch.Tensor:
+    """MSE per sample, averaged over the mask's area (not over all pixels, which would shrink
+    the loss of small subjects), then min-SNR weighted when `min_snr_gamma` > 0."""
+    error = F.mse_loss(prediction.float(), target.float(), reduction="none")
+    if masks is None:
+        per_sample = error.mean(dim=(1, 2, 3))
+    else:
+        masks = masks.to(error.device)
+        area = masks.sum(dim=(1, 2, 3)) * error.shape[1]
+        per_sample = (error * masks).sum(dim=(1, 2, 3)) / area.clamp_min(1e-6)
+    if config.min_snr_gamma:
+        snr = compute_snr(schedule, timesteps)
+        weight = snr.clamp(max=config.min_snr_gamma)
+        weight = weight / (snr + 1 if schedule.config.prediction_type == "v_prediction" else snr)
+        per_sample = per_sample * weight
+    return per_sample.mean()
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def _due(every: int, done: int, total: int) -> bool:
+    """Whether an every-N-steps action falls after step `done` (the end has its own)."""
+    return bool(every) and done % every == 0 and done < total
+
+
+def _is_embedding(parameter, models: SDXLComponents) -> bool:
+    return any(parameter is e.get_input_embeddings().weight for e in models.text_encoders)
+
+
+@torch.no_grad()
+def _cached_prompts(cache, models: SDXLComponents, texts, device):
+    missing = [t for t in dict.fromkeys(texts) if t not in cache]
+    if missing:
+        embeds, pooled = encode_prompts(models.text_encoders, models.tokenizers, missing, device)
+        for index, text in enumerate(missing):
+            cache[text] = (embeds[index], pooled[index])
+    return torch.stack([cache[t][0] for t in texts]), torch.stack([cache[t][1] for t in texts])
+
+
+def _save_weights(folder, config, models, handler, token_map, runtime) -> None:
+    """Weights only (what the bundle ships), written beside and renamed into place."""
+    staging = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    dtype = torch.float32 if runtime.device.type == "cpu" else torch.float16
+    save_trained_weights(
+        staging, config, models.unet, models.text_encoders, handler, token_map, dtype
+    )
+    shutil.rmtree(folder, ignore_errors=True)
+    staging.rename(folder)
+
+
+def _save_checkpoint(
+    work_dir, step, config, models, handler, token_map, trainable, optimizer, lr_scheduler, runtime
+) -> None:
+    folder = work_dir / CHECKPOINTS_DIR / f"checkpoint-{step:06d}"
+    staging = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    _save_weights(staging, config, models, handler, token_map, runtime)
+    state = staging / STATE_DIR
+    state.mkdir()
+    save_file(
+        {k: v.detach().float().cpu().contiguous() for k, v in trainable.items()},
+        str(state / "parameters.safetensors"),
+    )
+    torch.save(
+        {
+            "optimizer": optimizer.state_dict(),
+            "lr_scheduler": lr_scheduler.state_dict(),
+            "step": step,
+        },
+        state / "optimizer.pt",
+    )
+    staging.rename(folder)
+    # Resuming needs only the newest state (a full fine-tune's is 3x the UNet): drop older ones.
+    for older in (work_dir / CHECKPOINTS_DIR).glob("checkpoint-*"):
+        if older != folder:
+            shutil.rmtree(older / STATE_DIR, ignore_errors=True)
+
+
+def latest_checkpoint(work_dir: Path) -> Path | None:
+    """The last complete checkpoint under `work_dir` (for resuming a killed run)."""
+    found = sorted((Path(work_dir) / CHECKPOINTS_DIR).glob("checkpoint-[0-9]*[0-9]"))
+    return found[-1] if found else None
+
+
+def _load_state(checkpoint: Path, trainable, optimizer, lr_scheduler) -> int:
+    state = checkpoint / STATE_DIR
+    if not state.is_dir():
+        raise FileNotFoundError(f"{checkpoint} has no {STATE_DIR}/: it cannot be resumed from.")
+    saved = load_file(str(state / "parameters.safetensors"))
+    if set(saved) != set(trainable):
+        raise ValueError(f"{checkpoint} was written by a run that trained other parameters.")
+    with torch.no_grad():
+        for name, parameter in trainable.items():
+            parameter.copy_(saved[name])
+    # Our own file (never a download), read with the tensors-only unpickler.
+    progress = torch.load(state / "optimizer.pt", weights_only=True)
+    optimizer.load_state_dict(progress["optimizer"])
+    lr_scheduler.load_state_dict(progress["lr_scheduler"])
+    return int(progress["step"])
+
+
+def _truncate_metrics(file: Path, step: int) -> None:
+    if file.is_file():
+        rows = [line for line in file.read_text().splitlines() if json.loads(line)["step"] <= step]
+        file.write_text("".join(row + "\n" for row in rows))
+
+
+def _summary(config, plan, dataset, trainable, device, runtime, accelerator) -> dict:
+    return {
+        "mode": config.mode,
+        "images": len(dataset),
+        "steps": plan.max_train_steps,
+        "epochs": plan.epochs,
+        "batch_size": config.train_batch_size,
+        "effective_batch_size": plan.effective_batch_size,
+        "processes": accelerator.num_processes,
+        "pivot_step": plan.pivot_step,
+        "trainable_parameters": sum(p.numel() for p in trainable.values()),
+        "device": str(device),
+        "dtype": str(runtime.dtype).removeprefix("torch."),
+    }
+
+
+def _format_summary(summary: dict) -> str:
+    return "Training: " + ", ".join(
+        f"{k.replace('_', ' ')} {v:,}" if isinstance(v, int) else f"{k.replace('_', ' ')} {v}"
+        for k, v in summary.items()
+    )
