@@ -2,6 +2,7 @@
 and hands each request to the generation engine."""
 
 import inspect
+import logging
 from typing import List, Optional
 
 from cog import BasePredictor, Input, Path
@@ -19,6 +20,9 @@ from generation.request import (
 )
 from generation.schedulers import DEFAULT_SCHEDULER, SCHEDULERS
 from weights.settings import ModelSettings
+
+# The store's and the switcher's summaries are INFO logs; Cog shows what reaches stderr.
+logging.basicConfig(level=logging.INFO, format="%(message)s")
 
 
 class Predictor(BasePredictor):

@@ -2,7 +2,9 @@
 other trainers offer) and runs preprocess -> training loop -> weights tarball."""
 
 import json
+import logging
 import random
+import shutil
 import tempfile
 import time
 from typing import Optional
@@ -19,6 +21,8 @@ from weights.settings import ModelSettings
 from weights.trained import BUNDLE_FILE
 
 DRY_RUN_TIMED_STEPS = 3
+# The summaries of preprocessing and the store are INFO logs; Cog shows what reaches stderr.
+logging.basicConfig(level=logging.INFO, format="%(message)s")
 
 
 def train(
@@ -248,48 +252,56 @@ def train(
     runtime = pick_runtime(settings.device, settings.dtype)
     work = Path(tempfile.mkdtemp(prefix="sdxl-train-"))
 
-    # 2. Unpack, load, caption, mask and crop the images.
-    prepared = preprocess(
-        PreprocessConfig(
-            input_path=Path(str(input_images)),
-            output_dir=work / "dataset",
-            resolution=config.resolution,
-            token_string=config.token_string,
-            caption_prefix=config.caption_prefix,
-            mask_target_prompts=mask_target_prompts,
-            crop_based_on_salience=crop_based_on_salience,
-            use_face_detection_instead=use_face_detection_instead,
-            clipseg_temperature=clipseg_temperature,
-            input_images_filetype=input_images_filetype,
+    try:
+        # 2. Unpack, load, caption, mask and crop the images.
+        prepared = preprocess(
+            PreprocessConfig(
+                input_path=Path(str(input_images)),
+                output_dir=work / "dataset",
+                resolution=config.resolution,
+                token_string=config.token_string,
+                caption_prefix=config.caption_prefix,
+                mask_target_prompts=mask_target_prompts,
+                crop_based_on_salience=crop_based_on_salience,
+                use_face_detection_instead=use_face_detection_instead,
+                clipseg_temperature=clipseg_temperature,
+                input_images_filetype=input_images_filetype,
+            )
         )
-    )
-    preprocess_seconds = time.perf_counter() - started
+        preprocess_seconds = time.perf_counter() - started
 
-    # 3. The base model.
-    model_folder = resolve_model(base, "base", settings.cache_dir)
+        # 3. The base model.
+        model_folder = resolve_model(base, "base", settings.cache_dir)
 
-    # 4. Dry run: time a few steps and report the plan instead of training.
-    if dry_run:
-        timing = run_training(
-            config,
-            prepared.folder,
-            model_folder,
-            work / "run",
-            runtime,
-            timing_steps=DRY_RUN_TIMED_STEPS,
+        # 4. Dry run: time a few steps and report the plan instead of training.
+        if dry_run:
+            timing = run_training(
+                config,
+                prepared.folder,
+                model_folder,
+                work / "run",
+                runtime,
+                timing_steps=DRY_RUN_TIMED_STEPS,
+            )
+            report = write_dry_run_report(
+                timing, prepared, work / "dry_run.tar", preprocess_seconds
+            )
+            return Path(report)
+
+        # 5. Train, then 6. write the bundle.
+        result = run_training(config, prepared.folder, model_folder, work / "run", runtime)
+        result.phase_seconds = {"preprocess": preprocess_seconds, **result.phase_seconds}
+        bundle = write_bundle(
+            result,
+            work / BUNDLE_FILE,
+            base,
+            preview=prepared.preview,
+            inputs=json.loads(json.dumps(inputs, default=str)),
         )
-        report = write_dry_run_report(timing, prepared, work / "dry_run.tar", preprocess_seconds)
-        return Path(report)
-
-    # 5. Train, then 6. write the bundle.
-    result = run_training(config, prepared.folder, model_folder, work / "run", runtime)
-    result.phase_seconds = {"preprocess": preprocess_seconds, **result.phase_seconds}
-    bundle = write_bundle(
-        result,
-        work / BUNDLE_FILE,
-        base,
-        preview=prepared.preview,
-        inputs=json.loads(json.dumps(inputs, default=str)),
-    )
-    print("Time per phase: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.phase_seconds.items()))
-    return Path(bundle)
+        print(
+            "Time per phase: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.phase_seconds.items())
+        )
+        return Path(bundle)
+    except BaseException:  # failed or canceled (Cog's CancelationException): leave nothing
+        shutil.rmtree(work, ignore_errors=True)
+        raise

@@ -3,7 +3,9 @@
 import base64
 import io
 import json
+import tarfile
 import time
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -13,6 +15,7 @@ from serving.schema import SCHEMA_PATH, build_schema, inspect_entry
 from tests.cog_server import request, running_server
 from tests.conftest import tiny_variables
 from tests.receiver import Receiver
+from weights.trained import LORA_FILE
 
 SMALL = {"width": 64, "height": 64, "num_inference_steps": 2}
 LONG = {"width": 64, "height": 64, "num_inference_steps": 500}  # tens of seconds on CPU
@@ -170,6 +173,19 @@ def test_cli_predict_round_trip_and_bad_input(tiny_env, tmp_path, monkeypatch, c
     assert "num_outputs" in capsys.readouterr().err
     assert cli.main(["predict", "-i", "no_such_input=1"]) != 0
     assert "Unknown input 'no_such_input'" in capsys.readouterr().err
+
+
+def test_cli_train_round_trip_writes_weights(tiny_env, tmp_path, monkeypatch, capsys):
+    photos = Path(__file__).resolve().parents[1] / "examples" / "cat_photos.zip"
+    monkeypatch.chdir(tmp_path)
+    quick = ["resolution=64", "train_batch_size=2", "max_train_steps=2", "lr_warmup_steps=0"]
+    code = cli.main(["train", "-i", f"input_images=@{photos}", *(f"-i{q}" for q in quick)])
+    assert code == 0, capsys.readouterr().err
+    with tarfile.open(tmp_path / "weights") as tar:
+        assert LORA_FILE in tar.getnames()
+
+    assert cli.main(["train", "-i", "input_images=@missing.zip"]) != 0
+    assert "missing.zip does not exist" in capsys.readouterr().err
 
 
 def test_cli_inputs_follow_the_declared_types():

@@ -1,0 +1,169 @@
+"""Train mode over HTTP, serving the trained version, and a soak of mixed predictions."""
+
+import base64
+import io
+import os
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+from PIL import Image
+
+from tests.cog_server import request, running_server
+from tests.conftest import tiny_variables
+from tests.receiver import Receiver
+from tests.trained_bundles import tar_folder, write_lora_bundle
+from weights.trained import BUNDLE_FILE, EMBEDDINGS_PTI_FILE, LORA_FILE, SPECIAL_PARAMS_FILE
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICK_TRAINING = {
+    "resolution": 64,
+    "train_batch_size": 2,
+    "max_train_steps": 4,
+    "lr_warmup_steps": 0,
+    "lora_rank": 4,
+    "seed": 0,
+}
+SMALL = {"width": 64, "height": 64, "num_inference_steps": 2}
+SOAK_PREDICTIONS = 100
+SOAK_RSS_GROWTH_BOUND = 150 * 2**20  # after warm-up; a leak of one bundle per request exceeds it
+
+
+@pytest.fixture(scope="module")
+def work_tmp(tmp_path_factory):
+    """TMPDIR of the servers: where train() makes its work folders."""
+    return tmp_path_factory.mktemp("server-tmp")
+
+
+@pytest.fixture(scope="module")
+def server_env(model_cache, tiny_models, work_tmp):
+    env = pytest.MonkeyPatch()
+    for name, value in {**tiny_variables(model_cache), "TMPDIR": str(work_tmp)}.items():
+        env.setenv(name, value)
+    yield
+    env.undo()
+
+
+@pytest.fixture(scope="module")
+def train_server(tmp_path_factory, server_env):
+    with running_server(tmp_path_factory.mktemp("server") / "train.log", mode="train") as url:
+        yield url
+
+
+def wait_for(condition, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def decode(uri: str) -> bytes:
+    return base64.b64decode(uri.split(",", 1)[1])
+
+
+def test_cancel_a_training_mid_run_leaves_nothing_behind(train_server, file_server, work_tmp):
+    data_url = file_server.add("/photos.zip", ROOT / "examples" / "cat_photos.zip")
+    body = {"input": {"input_images": data_url, **QUICK_TRAINING, "max_train_steps": 5000}}
+    with Receiver() as receiver:
+        body["webhook"] = f"{receiver.url}/hook"
+        status, started = request(
+            "POST", f"{train_server}/trainings", body, headers={"Prefer": "respond-async"}
+        )
+        assert status == 202
+        # the start summary is printed as the loop begins: cancel mid-run
+        wait_for(
+            lambda: any("Training: " in (e.get("logs") or "") for e in receiver.received.webhooks)
+        )
+        status, _ = request("POST", f"{train_server}/trainings/{started['id']}/cancel")
+        assert status == 200
+        wait_for(lambda: any(e["status"] == "canceled" for e in receiver.received.webhooks))
+    assert not list(work_tmp.glob(f"sdxl-train-*/{BUNDLE_FILE}"))
+    assert not list(work_tmp.glob("sdxl-train-*"))
+
+
+def test_train_over_http_then_serve_the_trained_version(
+    train_server, file_server, tmp_path, server_env
+):
+    data_url = file_server.add("/photos.zip", ROOT / "examples" / "cat_photos.zip")
+    body = {"input": {"input_images": data_url, **QUICK_TRAINING}}
+    status, response = request("POST", f"{train_server}/trainings", body)
+    assert status == 200 and response["status"] == "succeeded", response.get("error")
+
+    bundle = tmp_path / BUNDLE_FILE
+    bundle.write_bytes(decode(response["output"]))
+    with tarfile.open(bundle) as tar:
+        names = set(tar.getnames())
+    assert {LORA_FILE, EMBEDDINGS_PTI_FILE, SPECIAL_PARAMS_FILE} <= names
+
+    prompt = {"input": {"prompt": "a photo of TOK on the beach", "seed": 7, **SMALL}}
+    outputs = {}
+    for version, weights in (("base", None), ("trained", str(bundle))):
+        log = tmp_path / f"{version}.log"
+        with running_server(log, weights=weights) as url:
+            status, response = request("POST", f"{url}/predictions", prompt)
+            assert status == 200 and response["status"] == "succeeded", response.get("error")
+            outputs[version] = np.asarray(Image.open(io.BytesIO(decode(response["output"][0]))))
+    assert np.abs(outputs["trained"].astype(int) - outputs["base"]).mean() > 0.5
+
+
+def test_soak_mixed_predictions_keep_memory_bounded(tmp_path, server_env, tiny_models, file_server):
+    bundles = [
+        file_server.add(
+            f"/bundle-{seed}.tar",
+            tar_folder(
+                write_lora_bundle(tiny_models["base"], tmp_path / f"bundle-{seed}", seed=seed)
+            ),
+        )
+        for seed in (1, 2)
+    ]
+    image = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 80, 40)).save(image, "PNG")
+    image_uri = "data:image/png;base64," + base64.b64encode(image.getvalue()).decode()
+    mask = io.BytesIO()
+    Image.new("L", (64, 64), 255).save(mask, "PNG")
+    mask_uri = "data:image/png;base64," + base64.b64encode(mask.getvalue()).decode()
+    modes = [
+        {},
+        {"image": image_uri, "prompt_strength": 0.6},
+        {"image": image_uri, "mask": mask_uri},
+        {"refine": "expert_ensemble_refiner", "num_inference_steps": 4},
+    ]
+
+    with running_server(tmp_path / "soak.log") as url:
+        worker = _worker_process(url)
+        rss = []
+        for index in range(SOAK_PREDICTIONS):
+            inputs = {"prompt": "a photo of TOK", "seed": index, **SMALL, **modes[index % 4]}
+            if index % 3:
+                inputs["replicate_weights"] = bundles[index % 3 - 1]
+            status, response = request_when_free(f"{url}/predictions", {"input": inputs})
+            assert status == 200 and response["status"] == "succeeded", (index, response)
+            rss.append(worker.memory_info().rss)
+    warmed = max(rss[:20])
+    print(f"worker RSS: after warm-up {warmed / 2**20:.0f} MiB, final {rss[-1] / 2**20:.0f} MiB")
+    assert max(rss[20:]) - warmed < SOAK_RSS_GROWTH_BOUND
+
+
+def request_when_free(url: str, body: dict, attempts: int = 50):
+    """POST, retrying a 409: coglet answers a request that arrives just as the previous one's
+    response is sent, before its slot is free again, with 'At capacity'."""
+    for _ in range(attempts):
+        status, response = request("POST", url, body)
+        if status != 409:
+            return status, response
+        time.sleep(0.1)
+    return status, response
+
+
+def _worker_process(base_url: str) -> psutil.Process:
+    """The predictor runs in a worker subprocess of the server: measure that one."""
+    port = int(base_url.rsplit(":", 1)[1])
+    for connection in psutil.net_connections(kind="tcp"):
+        if connection.laddr.port == port and connection.status == psutil.CONN_LISTEN:
+            server = psutil.Process(connection.pid)
+            children = server.children(recursive=True)
+            return max(children, key=lambda p: p.memory_info().rss) if children else server
+    raise RuntimeError(f"no process listens on {port} (pid {os.getpid()})")
