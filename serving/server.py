@@ -70,8 +70,11 @@ def start_server(options: ServerOptions, log_file=None) -> subprocess.Popen:
     )
 
 
-def wait_until_ready(base_url: str, process: subprocess.Popen, timeout: float = 180) -> dict:
-    """Poll /health-check until READY; fail early if the server died or setup failed."""
+def wait_until_ready(
+    base_url: str, process: subprocess.Popen, timeout: float = 180, seen: list | None = None
+) -> dict:
+    """Poll /health-check until READY; fail early if the server died or setup failed.
+    Each status polled is appended to `seen`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -79,6 +82,8 @@ def wait_until_ready(base_url: str, process: subprocess.Popen, timeout: float = 
         try:
             with urllib.request.urlopen(f"{base_url}/health-check", timeout=5) as response:
                 health = json.load(response)
+            if seen is not None:
+                seen.append(health["status"])
             if health["status"] == "READY":
                 return health
             if health["status"] == "SETUP_FAILED":

@@ -21,14 +21,15 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(log_path: Path, mode: str = "predict", **options):
-    """Start coglet on a free port, wait for READY, yield its base URL, then stop it."""
+def running_server(log_path: Path, mode: str = "predict", health: list | None = None, **options):
+    """Start coglet on a free port, wait for READY, yield its base URL, then stop it.
+    The health statuses seen while waiting are appended to `health`."""
     port = free_port()
     with open(log_path, "wb") as log:
         process = start_server(ServerOptions(mode=mode, port=port, **options), log_file=log)
         base_url = f"http://127.0.0.1:{port}"
         try:
-            wait_until_ready(base_url, process)
+            wait_until_ready(base_url, process, seen=health)
             yield base_url
         finally:
             with contextlib.suppress(ProcessLookupError):

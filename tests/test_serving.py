@@ -30,9 +30,13 @@ def server_env(model_cache, tiny_models):
     env.undo()
 
 
+STARTUP_HEALTH: list[str] = []
+
+
 @pytest.fixture(scope="module")
 def predict_server(tmp_path_factory, server_env):
-    with running_server(tmp_path_factory.mktemp("server") / "predict.log") as url:
+    log = tmp_path_factory.mktemp("server") / "predict.log"
+    with running_server(log, health=STARTUP_HEALTH) as url:
         yield url
 
 
@@ -65,6 +69,7 @@ def test_committed_schema_matches_the_code():
 
 
 def test_server_serves_its_schema_and_rejects_invalid_inputs(predict_server):
+    assert STARTUP_HEALTH[0] == "STARTING" and STARTUP_HEALTH[-1] == "READY"
     status, schema = request("GET", f"{predict_server}/openapi.json")
     assert status == 200
     assert schema["components"]["schemas"]["Input"]["properties"]["num_outputs"]["maximum"] == 4

@@ -10,7 +10,6 @@ Every builder seeds its own generator, so two builds give identical weights.
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -30,7 +29,13 @@ from transformers import (
     ViTImageProcessorPil,
 )
 
-from weights.tiny import MAX_TOKENS, VOCAB_SIZE, build_tokenizer, clip_vocabulary
+from weights.tiny import (
+    MAX_TOKENS,
+    VOCAB_SIZE,
+    build_folder_once,
+    build_tokenizer,
+    clip_vocabulary,
+)
 
 # Bump when a builder changes, so cached folders from an older build are not reused.
 BUILD_VERSION = 1
@@ -45,23 +50,13 @@ def ensure_tiny_preprocessor(kind: str, cache_dir: Path) -> Path:
     if kind not in KINDS:
         raise ValueError(f"Unknown tiny preprocessor {kind!r}: use one of {KINDS}.")
     target = Path(cache_dir) / f"tiny-{kind}-v{BUILD_VERSION}"
-    if (target / "config.json").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Build beside the target and rename, so a crash never leaves a half-written model.
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
+
+    def save(folder: Path) -> None:
         model, processor = BUILDERS[kind]()
-        model.save_pretrained(staging, safe_serialization=True)
-        processor.save_pretrained(staging)
-        try:
-            staging.rename(target)
-        except OSError:
-            if not (target / "config.json").exists():  # not a concurrent builder's win
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+        model.save_pretrained(folder, safe_serialization=True)
+        processor.save_pretrained(folder)
+
+    return build_folder_once(target, "config.json", save)
 
 
 def build_captioner() -> tuple[BlipForConditionalGeneration, BlipProcessor]:
