@@ -7,7 +7,9 @@ hard-coding SDXL's numbers.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -55,4 +57,53 @@ SDXL = ModelFamily(
     kohya_text_encoder_prefixes=("lora_te1", "lora_te2"),
 )
 
-FAMILIES = {family.name: family for family in (SDXL,)}
+SD15 = ModelFamily(
+    name="sd15",
+    text_encoder_dims=(768,),
+    native_resolution=512,
+    default_base_model="stable-diffusion-v1-5/stable-diffusion-v1-5",
+    default_refiner_model=None,
+    txt2img_pipeline="StableDiffusionPipeline",
+    img2img_pipeline="StableDiffusionImg2ImgPipeline",
+    inpaint_pipeline="StableDiffusionInpaintPipeline",
+    base_time_ids=None,
+    refiner_time_ids=None,
+    pti_keys=("text_encoders_0",),
+    # A1111's SD 1.5 .safetensors embeddings; diffusers' load_textual_inversion reads this key.
+    embedding_keys=("emb_params",),
+    kohya_unet_prefix="lora_unet",
+    kohya_text_encoder_prefixes=("lora_te",),
+)
+
+FAMILIES = {family.name: family for family in (SDXL, SD15)}
+
+
+class UnknownFamilyError(ValueError):
+    """A model whose config matches no supported family."""
+
+
+def detect_family(model_folder: Path) -> ModelFamily:
+    """The family of a diffusers model folder, read from its config (never from its name):
+    the pipeline class in model_index.json, else whether the UNet has SDXL's text_time
+    micro-conditioning."""
+    folder = Path(model_folder)
+    index = _read_json(folder / "model_index.json")
+    pipeline_class = index.get("_class_name")
+    for family in FAMILIES.values():
+        if pipeline_class in (
+            family.txt2img_pipeline,
+            family.img2img_pipeline,
+            family.inpaint_pipeline,
+        ):
+            return family
+    unet = _read_json(folder / "unet" / "config.json")
+    if unet:
+        return SDXL if unet.get("addition_embed_type") == "text_time" else SD15
+    raise UnknownFamilyError(
+        f"{folder} is not a model of a supported family ({', '.join(FAMILIES)}): its "
+        f"model_index.json names pipeline {pipeline_class!r} and it has no unet/config.json."
+    )
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
