@@ -24,6 +24,12 @@ def tiny_models(model_cache) -> dict[str, Path]:
     return {role: ensure_tiny_model(role, model_cache) for role in ("base", "refiner")}
 
 
+@pytest.fixture(scope="session")
+def tiny_sd15_model(model_cache) -> Path:
+    """Folder of the tiny SD 1.5, built once for the whole session."""
+    return ensure_tiny_model("base", model_cache, family="sd15")
+
+
 def tiny_variables(model_cache: Path) -> dict[str, str]:
     """Environment that points the predictor, trainer and preprocessors at the tiny models."""
     return {

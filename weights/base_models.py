@@ -1,7 +1,7 @@
 """Resolve a base-model reference to local files, and load pipelines from them.
 
 A reference is one of:
-- `tiny`: the embedded tiny SDXL (built on first use);
+- `tiny` / `tiny-sd15`: the embedded tiny SDXL / SD 1.5 (built on first use);
 - a Hugging Face repo id: only what the pipeline needs is downloaded (configs, tokenizers,
   safetensors weights of the components in model_index.json; the fp16 variant when running
   in half precision), under HF_HOME, honouring HF_HUB_OFFLINE;
@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from weights.runtime import Runtime
-from weights.settings import TINY, HubSettings, ModelSettings
+from weights.settings import TINY, TINY_SD15, HubSettings, ModelSettings
 from weights.store import ModelStore, is_remote
 from weights.tiny import ensure_tiny_model
 from weights.trained import refuse_pickle
@@ -45,6 +45,8 @@ def resolve_model(
     checkpoint. `variant="fp16"` prefers the hub's half-precision weights."""
     if reference == TINY:
         return ensure_tiny_model(role, cache_dir)
+    if reference == TINY_SD15:
+        return ensure_tiny_model(role, cache_dir, family="sd15")
     refuse_pickle(reference)
     if is_remote(reference):
         settings = dataclasses.replace(ModelSettings.from_env(), cache_dir=Path(cache_dir))

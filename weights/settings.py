@@ -9,6 +9,7 @@ from pathlib import Path
 from families import SDXL
 
 TINY = "tiny"  # BASE_MODEL / REFINER_MODEL / SAFETY_CHECKER_MODEL: the embedded tiny models
+TINY_SD15 = "tiny-sd15"  # BASE_MODEL: the embedded tiny SD 1.5
 DEFAULT_SAFETY_CHECKER = "CompVis/stable-diffusion-safety-checker"
 GIB = 1 << 30
 # Every variable that names a model; `tiny` in each gives the fully offline, embedded setup.

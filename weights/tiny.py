@@ -1,9 +1,12 @@
-"""Tiny random-initialised SDXL models with the real architectures.
+"""Tiny random-initialised SDXL and SD 1.5 models with the real architectures.
 
-Real SDXL weights cannot be downloaded where tests and the demo run, so the project builds
-small models of the same classes and layouts (two CLIP text encoders of different widths,
-a text_time UNet, an 8x VAE, the SDXL Euler scheduler) and saves them as ordinary diffusers
-folders. They are then loaded by exactly the code that loads real SDXL.
+Real weights cannot be downloaded where tests and the demo run, so the project builds
+small models of the same classes and layouts and saves them as ordinary diffusers folders,
+loaded by exactly the code that loads the real models:
+- SDXL: two CLIP text encoders of different widths, a text_time UNet, an 8x VAE, the SDXL
+  Euler scheduler, and a refiner;
+- SD 1.5: one CLIP text encoder, a UNet without micro-conditioning, an 8x VAE, SD 1.5's PNDM
+  scheduler, no safety checker.
 
 Every builder seeds its own generator, so two builds give byte-identical safetensors.
 """
@@ -22,6 +25,8 @@ import torch
 from diffusers import (
     AutoencoderKL,
     EulerDiscreteScheduler,
+    PNDMScheduler,
+    StableDiffusionPipeline,
     StableDiffusionXLImg2ImgPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
@@ -36,7 +41,7 @@ TIME_EMBED_DIM = 8
 TEXT_ENCODER_DIMS = (32, 64)  # deliberately different, so a swapped concatenation fails
 PROJECTION_DIM = 32
 SAMPLE_SIZE = 8  # latent size: pipelines default to 64x64 images
-ROLES = ("base", "refiner")
+ROLES = {"sdxl": ("base", "refiner"), "sd15": ("base",)}  # tiny models, by family
 
 # SDXL base's scheduler settings (stabilityai/stable-diffusion-xl-base-1.0).
 SDXL_SCHEDULER = dict(
@@ -51,15 +56,33 @@ SDXL_SCHEDULER = dict(
     use_karras_sigmas=False,
 )
 
+# SD 1.5's scheduler settings (stable-diffusion-v1-5/stable-diffusion-v1-5; its config's
+# clip_sample=False is a DDIM setting PNDM does not take).
+SD15_SCHEDULER = dict(
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    set_alpha_to_one=False,
+    skip_prk_steps=True,
+    steps_offset=1,
+)
+SDXL_VAE_SCALING = 0.13025
+SD15_VAE_SCALING = 0.18215
 
-def ensure_tiny_model(role: str, cache_dir: Path) -> Path:
-    """Return the folder of the tiny `role` model, building it on first use."""
-    if role not in ROLES:
-        raise ValueError(f"Unknown tiny model role {role!r}: use one of {ROLES}.")
-    target = Path(cache_dir) / f"tiny-sdxl-{role}-v{BUILD_VERSION}"
+
+def ensure_tiny_model(role: str, cache_dir: Path, family: str = "sdxl") -> Path:
+    """Return the folder of the tiny `family` `role` model, building it on first use."""
+    if role not in ROLES[family]:
+        raise ValueError(
+            f"There is no tiny {family} {role!r} model (the {family} family has: "
+            f"{', '.join(ROLES[family])})."
+        )
+    target = Path(cache_dir) / f"tiny-{family}-{role}-v{BUILD_VERSION}"
+    builder = build_tiny_sd15_pipeline if family == "sd15" else lambda: build_tiny_pipeline(role)
 
     def save(folder: Path) -> None:
-        build_tiny_pipeline(role).save_pretrained(folder, safe_serialization=True)
+        builder().save_pretrained(folder, safe_serialization=True)
 
     return build_folder_once(target, "model_index.json", save)
 
@@ -86,7 +109,7 @@ def build_folder_once(target: Path, marker: str, save: Callable[[Path], None]) -
 def build_tiny_pipeline(role: str):
     tokenizer_2 = build_tokenizer(pad_token="!")  # SDXL's second tokenizer pads with "!"
     text_encoder_2 = build_text_encoder(1, with_projection=True)
-    vae = build_vae()
+    vae = build_vae(SDXL_VAE_SCALING)
     scheduler = EulerDiscreteScheduler(**SDXL_SCHEDULER)
     if role == "base":
         return StableDiffusionXLPipeline(
@@ -108,6 +131,44 @@ def build_tiny_pipeline(role: str):
         scheduler=scheduler,
         requires_aesthetics_score=True,
         force_zeros_for_empty_prompt=False,
+    )
+
+
+def build_tiny_sd15_pipeline() -> StableDiffusionPipeline:
+    return StableDiffusionPipeline(
+        vae=build_vae(SD15_VAE_SCALING),
+        text_encoder=build_text_encoder(0, with_projection=False),
+        tokenizer=build_tokenizer(pad_token="<|endoftext|>"),
+        unet=build_sd15_unet(),
+        scheduler=PNDMScheduler(**SD15_SCHEDULER),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def build_sd15_unet() -> UNet2DConditionModel:
+    """SD 1.5's layout (three cross-attention levels, then a plain one; no text_time)."""
+    torch.manual_seed(4)
+    return UNet2DConditionModel(
+        sample_size=SAMPLE_SIZE,
+        block_out_channels=(32, 32, 64, 64),
+        layers_per_block=2,
+        down_block_types=(
+            "CrossAttnDownBlock2D",
+            "CrossAttnDownBlock2D",
+            "CrossAttnDownBlock2D",
+            "DownBlock2D",
+        ),
+        up_block_types=(
+            "UpBlock2D",
+            "CrossAttnUpBlock2D",
+            "CrossAttnUpBlock2D",
+            "CrossAttnUpBlock2D",
+        ),
+        attention_head_dim=4,
+        norm_num_groups=8,
+        cross_attention_dim=TEXT_ENCODER_DIMS[0],
     )
 
 
@@ -157,7 +218,7 @@ def build_refiner_unet() -> UNet2DConditionModel:
     )
 
 
-def build_vae() -> AutoencoderKL:
+def build_vae(scaling_factor: float) -> AutoencoderKL:
     torch.manual_seed(3)
     return AutoencoderKL(
         block_out_channels=(32, 32, 64, 64),  # four levels: 8x downsampling as in SDXL
@@ -167,7 +228,7 @@ def build_vae() -> AutoencoderKL:
         layers_per_block=1,
         norm_num_groups=8,
         sample_size=SAMPLE_SIZE * 8,
-        scaling_factor=0.13025,
+        scaling_factor=scaling_factor,
         force_upcast=True,
     )
 
