@@ -1,4 +1,4 @@
-"""The embedded tiny SDXL: real architectures, loaded by the normal path, reproducible."""
+"""The embedded tiny SDXL and SD 1.5: real architectures, loaded by the normal path."""
 
 import hashlib
 import time
@@ -7,10 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
+from diffusers import (
+    StableDiffusionPipeline,
+    StableDiffusionXLImg2ImgPipeline,
+    StableDiffusionXLPipeline,
+)
 
 from weights.base_models import ModelUnavailableError, load_pipeline, resolve_model
 from weights.runtime import pick_runtime
+from weights.settings import TINY, TINY_SD15
 from weights.tiny import build_tokenizer, clip_vocabulary, ensure_tiny_model
 
 CPU = pick_runtime("cpu")
@@ -28,9 +33,13 @@ def generate(pipeline, seed: int) -> np.ndarray:
     return result.images[0]
 
 
-def test_tiny_base_loads_and_generates_deterministically(tiny_env):
-    folder = resolve_model("tiny", "base", tiny_env)
-    pipeline = load_pipeline(StableDiffusionXLPipeline, folder, CPU)
+@pytest.mark.parametrize(
+    ("reference", "pipeline_class"),
+    [(TINY, StableDiffusionXLPipeline), (TINY_SD15, StableDiffusionPipeline)],
+)
+def test_tiny_base_loads_and_generates_deterministically(tiny_env, reference, pipeline_class):
+    folder = resolve_model(reference, "base", tiny_env)
+    pipeline = load_pipeline(pipeline_class, folder, CPU)
 
     first, again, other = generate(pipeline, 0), generate(pipeline, 0), generate(pipeline, 1)
 

@@ -1,29 +1,17 @@
-"""The embedded tiny SD 1.5: SD 1.5's architecture, loaded by the normal path, reproducible."""
+"""The embedded tiny SD 1.5: SD 1.5's architecture, reproducible (generation: test_tiny_models)."""
 
-import numpy as np
 import pytest
 from diffusers import PNDMScheduler, StableDiffusionPipeline
 
 from families import SD15, SDXL, detect_family
-from tests.test_tiny_models import CPU, _hashes, generate
-from weights.base_models import load_pipeline, resolve_model
+from tests.test_tiny_models import _hashes
+from weights.base_models import resolve_model
 from weights.settings import TINY_SD15
 from weights.tiny import ensure_tiny_model
 
 
-def test_tiny_sd15_loads_and_generates_deterministically(tiny_env, tiny_sd15_model):
-    folder = resolve_model(TINY_SD15, "base", tiny_env)
-    assert folder == tiny_sd15_model
-    pipeline = load_pipeline(StableDiffusionPipeline, folder, CPU)
-
-    first, again, other = generate(pipeline, 0), generate(pipeline, 0), generate(pipeline, 1)
-
-    assert first.shape == (64, 64, 3)
-    assert np.array_equal(first, again)
-    assert np.abs(first - other).mean() > 1e-3
-
-
-def test_tiny_sd15_has_sd15_architecture(tiny_sd15_model):
+def test_tiny_sd15_has_sd15_architecture(tiny_env, tiny_sd15_model):
+    assert resolve_model(TINY_SD15, "base", tiny_env) == tiny_sd15_model
     pipeline = StableDiffusionPipeline.from_pretrained(tiny_sd15_model)
     unet = pipeline.unet.config
     assert unet.addition_embed_type is None
