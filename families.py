@@ -85,8 +85,10 @@ class UnknownFamilyError(ValueError):
 def detect_family(model_folder: Path) -> ModelFamily:
     """The family of a diffusers model folder, read from its config (never from its name):
     the pipeline class in model_index.json, else whether the UNet has SDXL's text_time
-    micro-conditioning."""
+    micro-conditioning. A single-file checkpoint is read from its tensor names."""
     folder = Path(model_folder)
+    if folder.is_file():
+        return _single_file_family(folder)
     index = _read_json(folder / "model_index.json")
     pipeline_class = index.get("_class_name")
     for family in FAMILIES.values():
@@ -102,6 +104,24 @@ def detect_family(model_folder: Path) -> ModelFamily:
     raise UnknownFamilyError(
         f"{folder} is not a model of a supported family ({', '.join(FAMILIES)}): its "
         f"model_index.json names pipeline {pipeline_class!r} and it has no unet/config.json."
+    )
+
+
+# Tensor-name prefixes of the original (single-file) checkpoints' text encoders.
+SINGLE_FILE_TEXT_ENCODER_PREFIXES = {"conditioner.embedders.": SDXL, "cond_stage_model.": SD15}
+
+
+def _single_file_family(checkpoint: Path) -> ModelFamily:
+    from safetensors import safe_open
+
+    with safe_open(str(checkpoint), framework="pt") as tensors:
+        names = list(tensors.keys())
+    for prefix, family in SINGLE_FILE_TEXT_ENCODER_PREFIXES.items():
+        if any(name.startswith(prefix) for name in names):
+            return family
+    raise UnknownFamilyError(
+        f"{checkpoint} is not a checkpoint of a supported family ({', '.join(FAMILIES)}): "
+        f"no tensor names start with {' or '.join(SINGLE_FILE_TEXT_ENCODER_PREFIXES)}."
     )
 
 

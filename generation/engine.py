@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -12,7 +12,7 @@ from PIL import Image
 
 from generation.lora import PreparedLora
 from generation.outputs import Watermarker, save_images
-from generation.pipelines import load_base, load_refiner
+from generation.pipelines import load_base, load_refiner, text_encoder_names, tokenizer_names
 from generation.request import GenerationRequest, InvalidRequestError, load_image, validate
 from generation.safety import SafetyChecker, resolve_safety_checker
 from generation.switcher import Selection, TokenTarget, WeightsSwitcher
@@ -40,8 +40,11 @@ class GenerationEngine:
         cache_dir, variant = settings.cache_dir, hub_variant(self.runtime)
         base_source = resolve_model(settings.base_model, "base", cache_dir, variant)
         self.base = load_base(base_source, self.runtime, settings.single_file_config)
-        refiner_source = resolve_model(settings.refiner_model, "refiner", cache_dir, variant)
-        self.refiner = load_refiner(refiner_source, self.runtime, self.base)
+        self.family = self.base.family
+        self.refiner = None  # REFINER_MODEL is not loaded for a family without a refiner
+        if self.family.default_refiner_model is not None:
+            refiner_source = resolve_model(settings.refiner_model, "refiner", cache_dir, variant)
+            self.refiner = load_refiner(refiner_source, self.runtime, self.base)
         checker_folder = resolve_safety_checker(settings.safety_checker_model, cache_dir)
         self.safety_checker = SafetyChecker(checker_folder, self.runtime)
         self.watermarker = Watermarker()
@@ -49,25 +52,18 @@ class GenerationEngine:
 
         self.weights_cache = WeightsCache(self.runtime, ModelStore.from_settings(settings))
         txt2img = self.base.txt2img
-        self.switcher = WeightsSwitcher(
-            components={
-                "unet": txt2img.unet,
-                "text_encoder": txt2img.text_encoder,
-                "text_encoder_2": txt2img.text_encoder_2,
-            },
-            token_targets=[
-                TokenTarget(
-                    [txt2img.text_encoder, txt2img.text_encoder_2],
-                    [txt2img.tokenizer, txt2img.tokenizer_2],
-                    self.base.set_tokenizers,
-                ),
+        encoders = {name: getattr(txt2img, name) for name in text_encoder_names(self.family)}
+        tokenizers = [getattr(txt2img, name) for name in tokenizer_names(self.family)]
+        token_targets = [TokenTarget(list(encoders.values()), tokenizers, self.base.set_tokenizers)]
+        if self.refiner is not None:
+            token_targets.append(
                 TokenTarget(
                     [None, self.refiner.img2img.text_encoder_2],
                     [None, self.refiner.img2img.tokenizer_2],
                     self.refiner.set_tokenizers,
-                ),
-            ],
-        )
+                )
+            )
+        self.switcher = WeightsSwitcher({"unet": txt2img.unet, **encoders}, token_targets)
         # The trained version's own weights (COG_WEIGHTS): held here, never evicted.
         self.default_weights: PreparedWeights | None = None
         if default_weights:
@@ -75,8 +71,19 @@ class GenerationEngine:
             self.switcher.activate(Selection(self.default_weights))
 
     def generate(self, request: GenerationRequest) -> GenerationResult:
-        # 1. Check the inputs before any work.
+        # 1. Check the inputs before any work; sizes default to the family's native one.
+        native = self.family.native_resolution
+        request = replace(
+            request,
+            width=native if request.width is None else request.width,
+            height=native if request.height is None else request.height,
+        )
         request, notes = validate(request)
+        if request.refine != "no_refiner" and self.refiner is None:
+            raise InvalidRequestError(
+                f"refine={request.refine!r} needs a refiner, and {self.family.name} models have "
+                "none: use refine='no_refiner'."
+            )
         for note in notes:
             print(note)
         size = (request.width, request.height)
@@ -163,6 +170,8 @@ class GenerationEngine:
             if mask is not None:
                 base_args.update(mask_image=mask, width=request.width, height=request.height)
         pipeline.scheduler = self.base.schedulers.get(request.scheduler)
+        if request.refine == "no_refiner":
+            return pipeline(**base_args).images
 
         refiner = self.refiner.inpaint if mask is not None else self.refiner.img2img
         refiner.scheduler = self.refiner.schedulers.get(request.scheduler)

@@ -1,67 +1,88 @@
-"""SDXL pipelines for every mode, sharing one copy of each model component."""
+"""Pipelines for every mode of a model family, sharing one copy of each model component.
+
+The family (SDXL, SD 1.5) is read from the model's config; its pipeline classes and the
+few loading options that differ come from the family table and `LOAD_OPTIONS`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-from diffusers import (
-    StableDiffusionXLImg2ImgPipeline,
-    StableDiffusionXLInpaintPipeline,
-    StableDiffusionXLPipeline,
-)
+import diffusers
 
+from families import SDXL, ModelFamily, detect_family
 from generation.schedulers import SchedulerCache
 from weights.base_models import load_pipeline
 from weights.runtime import Runtime
+
+TEXT_ENCODER_NAMES = ("text_encoder", "text_encoder_2")
+TOKENIZER_NAMES = ("tokenizer", "tokenizer_2")
+# Loading options by family: no invisible watermark in the pipelines (outputs.Watermarker
+# marks after the safety check) and no SD 1.5 safety checker inside them (safety.py runs one).
+LOAD_OPTIONS = {
+    "sdxl": dict(add_watermarker=False),
+    "sd15": dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False),
+}
 
 
 @dataclass
 class ModelPipelines:
     """The pipelines built on one model's components (the base, or the refiner)."""
 
-    img2img: StableDiffusionXLImg2ImgPipeline
-    inpaint: StableDiffusionXLInpaintPipeline
+    family: ModelFamily
+    img2img: diffusers.DiffusionPipeline
+    inpaint: diffusers.DiffusionPipeline
     schedulers: SchedulerCache
-    txt2img: StableDiffusionXLPipeline | None = None  # the refiner has none
+    txt2img: diffusers.DiffusionPipeline | None = None  # the refiner has none
 
     def all(self) -> list:
         return [p for p in (self.txt2img, self.img2img, self.inpaint) if p is not None]
 
     def set_tokenizers(self, tokenizers: list) -> None:
-        """Hand (tokenizer, tokenizer_2) to every pipeline (None where the model has none)."""
+        """Hand the tokenizers, in encoder order, to every pipeline (None where the model has
+        no such encoder)."""
         for pipeline in self.all():
-            pipeline.tokenizer, pipeline.tokenizer_2 = tokenizers
+            for name, tokenizer in zip(TOKENIZER_NAMES, tokenizers, strict=False):
+                setattr(pipeline, name, tokenizer)
+
+
+def text_encoder_names(family: ModelFamily) -> tuple[str, ...]:
+    return TEXT_ENCODER_NAMES[: len(family.text_encoder_dims)]
+
+
+def tokenizer_names(family: ModelFamily) -> tuple[str, ...]:
+    return TOKENIZER_NAMES[: len(family.text_encoder_dims)]
 
 
 def load_base(
     source: Path, runtime: Runtime, single_file_config: str | None = None
 ) -> ModelPipelines:
     """`source`: a diffusers folder or a single-file checkpoint (see `load_pipeline`)."""
+    family = detect_family(source)
     txt2img = load_pipeline(
-        StableDiffusionXLPipeline,
+        getattr(diffusers, family.txt2img_pipeline),
         source,
         runtime,
         single_file_config=single_file_config,
-        add_watermarker=False,
+        **LOAD_OPTIONS[family.name],
     )
-    return _sharing(txt2img, txt2img=txt2img)
+    return _sharing(txt2img, family, txt2img=txt2img)
 
 
 def load_refiner(source: Path, runtime: Runtime, base: ModelPipelines) -> ModelPipelines:
     # The refiner keeps its own second text encoder (trained tokens are installed into it
     # separately, and the base's text-encoder LoRA was not trained for it) but shares the VAE.
     img2img = load_pipeline(
-        StableDiffusionXLImg2ImgPipeline,
+        getattr(diffusers, base.family.img2img_pipeline),
         source,
         runtime,
         vae=base.img2img.vae,
-        add_watermarker=False,
+        **LOAD_OPTIONS[base.family.name],
     )
-    return _sharing(img2img)
+    return _sharing(img2img, base.family)
 
 
-def _sharing(source, txt2img=None) -> ModelPipelines:
+def _sharing(source, family: ModelFamily, txt2img=None) -> ModelPipelines:
     """Build the other modes' pipelines around `source`'s components (no copies)."""
     for component in source.components.values():
         if hasattr(component, "requires_grad_"):
@@ -69,16 +90,22 @@ def _sharing(source, txt2img=None) -> ModelPipelines:
             # PEFT freezes the layers it wraps, and frozen and trainable weights can take
             # different kernels.
             component.requires_grad_(False)
-    config = {
-        "force_zeros_for_empty_prompt": source.config.force_zeros_for_empty_prompt,
-        "requires_aesthetics_score": source.config.get("requires_aesthetics_score", False),
-        "add_watermarker": False,
-    }
+    config = _pipeline_options(source, family)
     components = source.components
-    img2img = (
-        source
-        if isinstance(source, StableDiffusionXLImg2ImgPipeline)
-        else StableDiffusionXLImg2ImgPipeline(**components, **config)
+    img2img_class = getattr(diffusers, family.img2img_pipeline)
+    img2img = source if isinstance(source, img2img_class) else img2img_class(**components, **config)
+    inpaint = getattr(diffusers, family.inpaint_pipeline)(**components, **config)
+    return ModelPipelines(
+        family, img2img, inpaint, SchedulerCache(source.scheduler.config), txt2img
     )
-    inpaint = StableDiffusionXLInpaintPipeline(**components, **config)
-    return ModelPipelines(img2img, inpaint, SchedulerCache(source.scheduler.config), txt2img)
+
+
+def _pipeline_options(source, family: ModelFamily) -> dict:
+    """The constructor options (not components) the other modes' pipelines copy."""
+    if family is SDXL:
+        return {
+            "force_zeros_for_empty_prompt": source.config.force_zeros_for_empty_prompt,
+            "requires_aesthetics_score": source.config.get("requires_aesthetics_score", False),
+            "add_watermarker": False,
+        }
+    return {"requires_safety_checker": False}

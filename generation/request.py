@@ -32,8 +32,8 @@ class GenerationRequest:
     negative_prompt: str = ""
     image: Path | None = None
     mask: Path | None = None
-    width: int = 1024
-    height: int = 1024
+    width: int | None = None  # None: the model family's native resolution
+    height: int | None = None
     num_outputs: int = 1
     scheduler: str = DEFAULT_SCHEDULER
     num_inference_steps: int = 50

@@ -28,11 +28,15 @@ def one_torch_thread():
         torch.set_num_threads(previous)
 
 
-def tiny_predictor(model_cache: Path, weights: str | None = None) -> Predictor:
-    """A Predictor set up on the tiny base, refiner and safety checker."""
+def tiny_predictor(
+    model_cache: Path, weights: str | None = None, base_model: str = "tiny"
+) -> Predictor:
+    """A Predictor set up on a tiny base (`tiny`: SDXL, `tiny-sd15`), refiner and safety
+    checker."""
     with pytest.MonkeyPatch.context() as env:
         for variable in ("BASE_MODEL", "REFINER_MODEL", "SAFETY_CHECKER_MODEL"):
             env.setenv(variable, "tiny")
+        env.setenv("BASE_MODEL", base_model)
         env.setenv("SDXL_TUNER_CACHE", str(model_cache))
         env.setenv("HF_HUB_OFFLINE", "1")
         predictor = Predictor()

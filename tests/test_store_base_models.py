@@ -14,6 +14,7 @@ from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipelin
 from huggingface_hub.utils import filter_repo_objects
 from safetensors import safe_open
 
+from families import SDXL, detect_family
 from weights.base_models import (
     ModelUnavailableError,
     hub_file_patterns,
@@ -65,6 +66,7 @@ def test_single_file_checkpoint_loads_offline_with_a_local_config(
     expected = generate(load_pipeline(StableDiffusionXLPipeline, tiny_models["base"], CPU))
     local = resolve_model(str(single_file), "base", tiny_env)
     assert local == single_file
+    assert detect_family(local) is SDXL  # read from the tensor names
     pipeline = load_pipeline(
         StableDiffusionXLPipeline, local, CPU, single_file_config=str(tiny_models["base"])
     )
