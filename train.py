@@ -15,7 +15,7 @@ from preprocess import PreprocessConfig, preprocess
 from training.bundle import write_bundle, write_dry_run_report
 from training.config import LORA_TYPES, LR_SCHEDULERS, OPTIMIZERS, TrainingConfig
 from training.loop import run_training
-from weights.base_models import resolve_model
+from weights.base_models import diffusers_folder, resolve_model
 from weights.runtime import pick_runtime
 from weights.settings import ModelSettings
 from weights.trained import BUNDLE_FILE
@@ -271,7 +271,11 @@ def train(
         preprocess_seconds = time.perf_counter() - started
 
         # 3. The base model.
-        model_folder = resolve_model(base, "base", settings.cache_dir)
+        model_folder = diffusers_folder(
+            resolve_model(base, "base", settings.cache_dir),
+            settings.cache_dir,
+            settings.single_file_config,
+        )
 
         # 4. Dry run: time a few steps and report the plan instead of training.
         if dry_run:

@@ -17,6 +17,7 @@ from safetensors import safe_open
 from families import SDXL, detect_family
 from weights.base_models import (
     ModelUnavailableError,
+    diffusers_folder,
     hub_file_patterns,
     hub_variant,
     load_pipeline,
@@ -77,6 +78,24 @@ def test_single_file_checkpoint_loads_offline_with_a_local_config(
     assert fetched.read_bytes() == single_file.read_bytes()
     assert resolve_model(url, "base", tiny_env, store=store) == fetched  # cached
     assert file_server.requests("/models/tiny.safetensors") == 1
+
+
+def test_single_file_converts_once_to_a_folder_the_trainer_can_read(
+    tiny_models, single_file, tmp_path
+):
+    folder = diffusers_folder(single_file, tmp_path, single_file_config=str(tiny_models["base"]))
+    assert diffusers_folder(folder, tmp_path) == folder  # a folder is used as it is
+    converted = (folder / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+    original = tiny_models["base"] / "unet" / "diffusion_pytorch_model.safetensors"
+    with (
+        safe_open(str(original), "pt") as a,
+        safe_open(str(folder / "unet" / "diffusion_pytorch_model.safetensors"), "pt") as b,
+    ):
+        assert set(a.keys()) == set(b.keys())
+        assert all(torch.equal(a.get_tensor(k), b.get_tensor(k)) for k in a.keys())
+    again = diffusers_folder(single_file, tmp_path, single_file_config=str(tiny_models["base"]))
+    assert again == folder
+    assert (folder / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == converted
 
 
 def test_refiner_single_file_loads_with_its_own_layout(tiny_env, tiny_models, tmp_path):

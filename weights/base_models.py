@@ -14,15 +14,18 @@ A reference is one of:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 
+import diffusers
 import torch
 
+from families import SDXL
 from weights.runtime import Runtime
 from weights.settings import TINY, TINY_SD15, HubSettings, ModelSettings
 from weights.store import ModelStore, is_remote
-from weights.tiny import ensure_tiny_model
+from weights.tiny import build_folder_once, ensure_tiny_model
 from weights.trained import refuse_pickle
 
 FP16_VARIANT = "fp16"
@@ -86,6 +89,25 @@ def hub_file_patterns(model_index: dict, variant: str | None) -> tuple[list[str]
         allow.append(f"{name}/*.{variant}.safetensors" if variant else f"{name}/*.safetensors")
     ignore = [] if variant else [f"*.{FP16_VARIANT}.safetensors"]
     return allow, ignore
+
+
+def diffusers_folder(source: Path, cache_dir: Path, single_file_config: str | None = None) -> Path:
+    """`source` as a diffusers folder: itself, or (for a single-file checkpoint) the folder it
+    converts to once, cached beside the other models. The trainer loads components one by
+    one with `from_pretrained`, which only reads folders."""
+    source = Path(source)
+    if source.is_dir():
+        return source
+    digest = hashlib.sha256(f"{source.resolve()}:{source.stat().st_size}".encode()).hexdigest()
+    target = Path(cache_dir) / "single-file" / digest[:24]
+
+    def convert(folder: Path) -> None:
+        cpu = Runtime(torch.device("cpu"), torch.float32)
+        pipeline_class = getattr(diffusers, SDXL.txt2img_pipeline)
+        pipeline = load_pipeline(pipeline_class, source, cpu, single_file_config)
+        pipeline.save_pretrained(folder, safe_serialization=True)
+
+    return build_folder_once(target, "model_index.json", convert)
 
 
 def load_pipeline(
