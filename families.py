@@ -69,7 +69,8 @@ SD15 = ModelFamily(
     base_time_ids=None,
     refiner_time_ids=None,
     pti_keys=("text_encoders_0",),
-    # A1111's SD 1.5 .safetensors embeddings; diffusers' load_textual_inversion reads this key.
+    # The key of A1111 / kohya SD 1.5 .safetensors embeddings (diffusers' load_textual_inversion
+    # and A1111 read any single-key file; ComfyUI looks for this name).
     embedding_keys=("emb_params",),
     kohya_unet_prefix="lora_unet",
     kohya_text_encoder_prefixes=("lora_te",),

@@ -1,7 +1,9 @@
 """The embedded tiny SD 1.5: SD 1.5's architecture, reproducible (generation: test_tiny_models)."""
 
 import pytest
+import torch
 from diffusers import PNDMScheduler, StableDiffusionPipeline
+from safetensors.torch import save_file
 
 from families import SD15, SDXL, detect_family
 from tests.test_tiny_models import _hashes
@@ -38,3 +40,17 @@ def test_detect_family_tells_the_tiny_models_apart(tiny_sd15_model, tiny_models)
 def test_tiny_sd15_has_no_refiner(tmp_path):
     with pytest.raises(ValueError, match="no tiny sd15 'refiner'"):
         resolve_model(TINY_SD15, "refiner", tmp_path)
+
+
+def test_sd15_embeddings_file_loads_in_stock_textual_inversion(tiny_sd15_model, tmp_path):
+    pipeline = StableDiffusionPipeline.from_pretrained(tiny_sd15_model)
+    width = pipeline.text_encoder.config.hidden_size
+    vectors = torch.randn(2, width, generator=torch.Generator().manual_seed(0))
+    (key,) = SD15.embedding_keys
+    save_file({key: vectors}, str(tmp_path / "embeddings.safetensors"))
+
+    pipeline.load_textual_inversion(tmp_path / "embeddings.safetensors", token="<s0>")
+
+    ids = pipeline.tokenizer.convert_tokens_to_ids(["<s0>", "<s0>_1"])
+    table = pipeline.text_encoder.get_input_embeddings().weight
+    assert torch.equal(table[ids], vectors)
