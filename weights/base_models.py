@@ -21,7 +21,7 @@ from pathlib import Path
 import diffusers
 import torch
 
-from families import SDXL
+from families import detect_family
 from weights.runtime import Runtime
 from weights.settings import TINY, TINY_SD15, HubSettings, ModelSettings
 from weights.store import ModelStore, is_remote
@@ -103,7 +103,7 @@ def diffusers_folder(source: Path, cache_dir: Path, single_file_config: str | No
 
     def convert(folder: Path) -> None:
         cpu = Runtime(torch.device("cpu"), torch.float32)
-        pipeline_class = getattr(diffusers, SDXL.txt2img_pipeline)
+        pipeline_class = getattr(diffusers, detect_family(source).txt2img_pipeline)
         pipeline = load_pipeline(pipeline_class, source, cpu, single_file_config)
         pipeline.save_pretrained(folder, safe_serialization=True)
 
