@@ -11,6 +11,7 @@ from serving.cli import parse_inputs
 from serving.schema import TRAINER_REF, inspect_entry
 from tests.train_helpers import one_thread  # noqa: F401 (autouse fixture)
 from training.config import InvalidTrainingConfig
+from weights.archive import unpack_archive
 from weights.trained import (
     EMBEDDINGS_PTI_FILE,
     LORA_FILE,
@@ -38,12 +39,12 @@ def test_train_turns_the_example_zip_into_a_bundle(tiny_env, tmp_path):
     with tarfile.open(bundle) as tar:
         names = set(tar.getnames())
         record = json.load(tar.extractfile(TRAINING_CONFIG_FILE))
-        tar.extractall(tmp_path, filter="data")
+    unpack_archive(bundle, tmp_path / "bundle")
     assert {LORA_FILE, EMBEDDINGS_PTI_FILE, SPECIAL_PARAMS_FILE, PREVIEW_FILE} <= names
     assert record["plan"]["images"] == 6 and record["plan"]["steps"] == 4
     assert record["inputs"]["seed"] == 0 and record["config"]["seed"] == 0
     assert "preprocess" in record["phase_seconds"]
-    described = inspect_weights(tmp_path)
+    described = inspect_weights(tmp_path / "bundle")
     assert described.token_map == {"TOK": "<s0><s1>"} and described.lora is not None
 
 

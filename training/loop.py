@@ -47,6 +47,7 @@ from training.schedule import (
     build_optimizer,
     seeded,
 )
+from training.state_files import load_state, save_state
 from weights.runtime import Runtime
 from weights.trained import CHECKPOINTS_DIR, METRICS_FILE, SAMPLES_DIR
 
@@ -447,13 +448,14 @@ def _save_checkpoint(
         {k: v.detach().float().cpu().contiguous() for k, v in trainable.items()},
         str(state / "parameters.safetensors"),
     )
-    torch.save(
+    save_state(
         {
             "optimizer": optimizer.state_dict(),
             "lr_scheduler": lr_scheduler.state_dict(),
             "step": step,
         },
-        state / "optimizer.pt",
+        state,
+        "progress",
     )
     staging.rename(folder)
     # Resuming needs only the newest state (a full fine-tune's is 3x the UNet): drop older ones.
@@ -478,8 +480,7 @@ def _load_state(checkpoint: Path, trainable, optimizer, lr_scheduler) -> int:
     with torch.no_grad():
         for name, parameter in trainable.items():
             parameter.copy_(saved[name])
-    # Our own file (never a download), read with the tensors-only unpickler.
-    progress = torch.load(state / "optimizer.pt", weights_only=True)
+    progress = load_state(state, "progress")
     optimizer.load_state_dict(progress["optimizer"])
     lr_scheduler.load_state_dict(progress["lr_scheduler"])
     return int(progress["step"])
