@@ -1,7 +1,6 @@
 """Cog predictor: declares the inputs (names, defaults and ranges of Replicate's SDXL model)
 and hands each request to the generation engine."""
 
-import inspect
 import logging
 from typing import List, Optional
 
@@ -159,10 +158,3 @@ class Predictor(BasePredictor):
             )
         )
         return [Path(path) for path in result.paths]
-
-
-def predict_defaults() -> dict:
-    """Every input's default, for calling `predict()` in-process (Cog's HTTP server fills
-    them in itself; a direct call would otherwise receive the `Input` declarations)."""
-    parameters = inspect.signature(Predictor.predict).parameters.values()
-    return {p.name: p.default.default for p in parameters if p.name != "self"}

@@ -19,6 +19,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from weights.settings import MODEL_VARIABLES, TINY  # noqa: E402
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -26,11 +28,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--size", type=int, default=64)
     args = parser.parse_args()
-    for variable in ("BASE_MODEL", "REFINER_MODEL", "SAFETY_CHECKER_MODEL"):
-        os.environ.setdefault(variable, "tiny")
+    for variable in MODEL_VARIABLES:
+        os.environ.setdefault(variable, TINY)
     os.environ.setdefault("SDXL_TUNER_CACHE", str(Path(tempfile.gettempdir()) / "bench-cache"))
     torch.set_num_threads(1)  # steadier timings on shared cores
-    from predict import Predictor, predict_defaults
+    from predict import Predictor
+    from serving.cli import declared_defaults
 
     predictor = Predictor()
     predictor.setup()
@@ -38,7 +41,7 @@ def main() -> None:
     for pipe in (pipeline, predictor.engine.refiner.img2img):
         pipe.set_progress_bar_config(disable=True)
     request = dict(
-        predict_defaults(),
+        declared_defaults(),
         prompt="a photo of a cat",
         width=args.size,
         height=args.size,

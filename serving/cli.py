@@ -58,6 +58,12 @@ def parse_inputs(pairs: list[str], json_arg: str | None, info: adt.PredictorInfo
     return {k: v.convert() if isinstance(v, URLPath) else v for k, v in kwargs.items()}
 
 
+def declared_defaults(reference: str = PREDICTOR_REF) -> dict:
+    """Every input's default, as Cog's server fills them in: for calling `predict()` or
+    `train()` in-process (a direct call would otherwise receive the `Input` declarations)."""
+    return parse_inputs([], None, inspect_entry(reference))
+
+
 def _convert(raw: str, field: adt.InputField) -> Any:
     primitive = field.type.primitive
     if primitive in (adt.PrimitiveType.PATH, adt.PrimitiveType.FILE):

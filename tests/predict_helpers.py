@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from predict import Predictor, predict_defaults
+from predict import Predictor
+from serving.cli import declared_defaults
 
 # Small and fast: one denoising step at 64x64 is enough to tell outputs apart.
 FAST = dict(width=64, height=64, num_inference_steps=1, seed=7, prompt="a photo of a cat")
@@ -45,7 +46,7 @@ def tiny_predictor(
 
 
 def predict_paths(predictor: Predictor, **inputs) -> list:
-    return predictor.predict(**{**predict_defaults(), **FAST, **inputs})
+    return predictor.predict(**{**declared_defaults(), **FAST, **inputs})
 
 
 def predict_arrays(predictor: Predictor, **inputs) -> list[np.ndarray]:

@@ -254,12 +254,7 @@ class _HttpFetch:
                 finally:
                     response.close()
                 failures += 1
-                if failures > self.policy.retries:
-                    raise DownloadError(
-                        f"Download of {self.name} failed {failures} times; last: {problem}."
-                    )
-                logger.warning("%s: %s; retrying (%d)", self.name, problem, failures)
-                time.sleep(self.policy.retry_wait * 2 ** (failures - 1))
+                self._back_off(failures, problem)
                 if ranges and written:
                     response = self._get({"Range": f"bytes={written}-"})
                     if response.status_code == 206 and _range_start(response) == written:
@@ -309,11 +304,17 @@ class _HttpFetch:
             finally:
                 response.close()
             failures += 1
-            if failures > self.policy.retries:
-                raise DownloadError(
-                    f"Download of {self.name} failed {failures} times; last: {problem}."
-                )
-            time.sleep(self.policy.retry_wait * 2 ** (failures - 1))
+            self._back_off(failures, problem)
+
+    def _back_off(self, failures: int, problem: str) -> None:
+        """After the `failures`-th failed attempt: give up past the retry budget, else wait
+        (exponentially longer each time) before the next."""
+        if failures > self.policy.retries:
+            raise DownloadError(
+                f"Download of {self.name} failed {failures} times; last: {problem}."
+            )
+        logger.warning("%s: %s; retrying (%d)", self.name, problem, failures)
+        time.sleep(self.policy.retry_wait * 2 ** (failures - 1))
 
     def _advance(self, count: int) -> None:
         with self.progress_lock:
