@@ -76,15 +76,16 @@ def input_schema(info: adt.PredictorInfo, title: str) -> tuple[dict, dict]:
     return schema, enums
 
 
-def build_schema(predictor_ref: str = PREDICTOR_REF, trainer_ref: str | None = TRAINER_REF):
-    """The whole OpenAPI document: prediction routes, and training routes when there is a
-    trainer (Input/Output and TrainingInput/TrainingOutput components)."""
+def build_schema(predictor_ref: str = PREDICTOR_REF, trainer_ref: str = TRAINER_REF):
+    """The whole OpenAPI document: prediction and training routes (Input/Output and
+    TrainingInput/TrainingOutput components)."""
     schemas: dict[str, Any] = dict(_COMMON_SCHEMAS)
     paths: dict[str, Any] = {"/": _get("Root", "root__get"), "/health-check": _health_check()}
 
-    modes = [("Prediction", "predictions", "Input", "Output", predictor_ref)]
-    if trainer_ref is not None:
-        modes.append(("Training", "trainings", "TrainingInput", "TrainingOutput", trainer_ref))
+    modes = [
+        ("Prediction", "predictions", "Input", "Output", predictor_ref),
+        ("Training", "trainings", "TrainingInput", "TrainingOutput", trainer_ref),
+    ]
     for noun, route, input_name, output_name, reference in modes:
         info = inspect_entry(reference)
         inputs, enums = input_schema(info, input_name)
@@ -102,9 +103,13 @@ def build_schema(predictor_ref: str = PREDICTOR_REF, trainer_ref: str | None = T
     }
 
 
-def write_schema(path: Path = SCHEMA_PATH, **refs) -> Path:
+def schema_text() -> str:
+    return json.dumps(build_schema(), indent=2) + "\n"
+
+
+def write_schema(path: Path = SCHEMA_PATH) -> Path:
     """Write the schema (only when its content changed, atomically)."""
-    text = json.dumps(build_schema(**refs), indent=2) + "\n"
+    text = schema_text()
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists() or path.read_text() != text:
         staging = path.with_suffix(".tmp")
@@ -272,13 +277,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="fail if the file is stale")
     args = parser.parse_args()
-    trainer = TRAINER_REF if (ROOT / TRAINER_REF.split(":")[0]).exists() else None
     if args.check:
-        expected = json.dumps(build_schema(trainer_ref=trainer), indent=2) + "\n"
-        if not SCHEMA_PATH.exists() or SCHEMA_PATH.read_text() != expected:
+        if not SCHEMA_PATH.exists() or SCHEMA_PATH.read_text() != schema_text():
             sys.exit(f"{SCHEMA_PATH} is stale: run `make schema`.")
         return
-    print(write_schema(trainer_ref=trainer))
+    print(write_schema())
 
 
 if __name__ == "__main__":

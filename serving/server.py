@@ -51,14 +51,9 @@ def server_command(options: ServerOptions) -> tuple[list[str], dict[str, str]]:
     return command, env
 
 
-def prepare_schema() -> None:
-    trainer = TRAINER_REF if (ROOT / TRAINER_REF.split(":")[0]).exists() else None
-    write_schema(trainer_ref=trainer)
-
-
 def start_server(options: ServerOptions, log_file=None) -> subprocess.Popen:
     """Start coglet in the background from the project root (it reads .cog/ from there)."""
-    prepare_schema()
+    write_schema()
     command, env = server_command(options)
     return subprocess.Popen(
         command,
@@ -103,7 +98,7 @@ def main() -> None:
     parser.add_argument("--upload-url", default=None)
     args = parser.parse_args()
     options = ServerOptions(args.mode, args.port, args.host, args.weights, args.upload_url)
-    prepare_schema()
+    write_schema()
     command, env = server_command(options)
     os.chdir(ROOT)
     os.execve(command[0], command, env)
