@@ -3,6 +3,9 @@
 - subject presence: both emblem colours cover a visible share of the image;
 - background match: the border's dominant colour is the prompted background colour;
 - object colour match: the dominant non-background colour is the prompted object colour;
+- background pattern: how the border's tone varies along x and y (plain, striped, gradient,
+  checked);
+- emblem shape: the emblem's colours sit in alternating quarters around their centre;
 - drift: mean absolute pixel difference between two models' images for the same prompt and seed.
 """
 
@@ -17,6 +20,8 @@ from toyworld.subject import EMBLEM_COLOURS
 BORDER = 4  # pixels of the image edge read as background
 COLOUR_TOLERANCE = 60.0  # RGB distance within which a pixel counts as a palette colour
 MIN_SUBJECT_SHARE = 0.02  # each emblem colour must cover 2% of the image
+MIN_TONE_CONTRAST = 30.0  # RGB distance between a background's two tones to read its pattern
+PATTERN_SPREAD = 0.15  # spread of the tone position along a border band that counts as a pattern
 
 # Every palette colour and its lighter pattern tone name the same colour.
 _NAMES = [name for name in COLOURS for _ in range(2)]
@@ -70,3 +75,52 @@ def object_colour(image) -> str | None:
 def drift(image_a, image_b) -> float:
     """Mean absolute difference in 0..1 between two images of the same size."""
     return float(np.abs(pixels(image_a) - pixels(image_b)).mean() / 255.0)
+
+
+def background_pattern(image) -> str | None:
+    """'plain', 'striped', 'gradient' or 'checked', read from the border bands: stripes vary
+    along x only, a gradient along y only, checks along both. Each border pixel is placed on
+    the line from the background colour (0) to its lighter tone (1); a band varies when that
+    position's spread along it exceeds PATTERN_SPREAD. None when the two tones are too alike
+    to tell apart (white)."""
+    array = pixels(image)
+    base = np.array(COLOURS[background_colour(image)], float)
+    axis = np.array(lighter(tuple(int(c) for c in base)), float) - base
+    if np.linalg.norm(axis) < MIN_TONE_CONTRAST:
+        return None
+    tone = ((array - base) @ axis) / (axis @ axis)
+    along_x = [tone[:BORDER].mean(axis=0), tone[-BORDER:].mean(axis=0)]  # top, bottom rows
+    along_y = [tone[:, :BORDER].mean(axis=1), tone[:, -BORDER:].mean(axis=1)]  # left, right
+    varies_x = np.mean([band.std() for band in along_x]) > PATTERN_SPREAD
+    varies_y = np.mean([band.std() for band in along_y]) > PATTERN_SPREAD
+    return {
+        (False, False): "plain",
+        (True, False): "striped",
+        (False, True): "gradient",
+        (True, True): "checked",
+    }[(bool(varies_x), bool(varies_y))]
+
+
+def emblem_quartered(image) -> bool:
+    """The emblem's shape, not just its colours: around the centre of the emblem-coloured
+    pixels, diagonal quarters share a colour and neighbouring quarters differ."""
+    array = pixels(image)
+    masks = [
+        np.linalg.norm(array - np.array(rgb, float), axis=-1) < COLOUR_TOLERANCE
+        for rgb in EMBLEM_COLOURS
+    ]
+    if min(mask.mean() for mask in masks) < MIN_SUBJECT_SHARE:
+        return False
+    ys, xs = np.nonzero(masks[0] | masks[1])
+    cy, cx = ys.mean(), xs.mean()
+    rows, cols = np.indices(masks[0].shape)
+    first = []  # per quarter: is the first colour the majority?
+    for below in (False, True):
+        for right in (False, True):
+            quarter = ((rows > cy) == below) & ((cols > cx) == right)
+            counts = [int((mask & quarter).sum()) for mask in masks]
+            if sum(counts) == 0:
+                return False
+            first.append(counts[0] > counts[1])
+    top_left, top_right, bottom_left, bottom_right = first
+    return top_left == bottom_right != top_right == bottom_left

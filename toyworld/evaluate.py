@@ -1,0 +1,227 @@
+"""How well a fine-tune learned the toy world's emblem, measured from pixels.
+
+A model (the base alone, or the base with a trained bundle made active by the predictor's own
+weights switcher) draws every prompt of two fixed sets for every seed, at 64x64:
+
+- subject prompts, "a photo of TOK on a striped blue background" (8 backgrounds);
+- scene prompts without the trigger, "a red star on a checked green background" (8 scenes).
+
+From those images (`toyworld.metrics` reads them):
+
+- subject fidelity: share of subject images in which both emblem colours cover at least 2% of
+  the image; `emblem` is the stricter share whose colours also sit in alternating quarters;
+- prompt fidelity: share of subject images whose border has the prompted background colour
+  (`pattern`: and the prompted pattern, plain / striped / gradient / checked);
+- preservation: share of scene images whose background colour and object colour are still those
+  of the base model's image for the same prompt and seed; `drift` is the mean absolute pixel
+  difference (0..1) from that image, and `leak` the share of scene images showing the emblem;
+- scene fidelity: share of scene images whose background and object colours are the prompted
+  ones (how well the model draws the world at all; the base model's value is its ceiling).
+
+Bundles are trained through the user's path: `train()` on the emblem zip (preprocessing,
+training loop, weights tarball) with the declared defaults except where a caller overrides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from generation.engine import GenerationEngine, substitute_tokens
+from generation.request import GenerationRequest
+from generation.switcher import Selection
+from serving.cli import parse_inputs
+from serving.schema import TRAINER_REF, inspect_entry
+from toyworld import metrics
+from toyworld.scenes import SIZE, setting
+from toyworld.subject import TRIGGER
+from weights.settings import TINY, ModelSettings
+
+REQUEST_DEFAULTS = GenerationRequest()  # the predictor's defaults: guidance, LoRA scale, scheduler
+
+
+@dataclass(frozen=True)
+class Background:
+    background: str  # plain, gradient, striped, checked
+    background_colour: str
+
+
+@dataclass(frozen=True)
+class ScenePrompt:
+    shape: str
+    colour: str
+    background: str
+    background_colour: str
+
+    @property
+    def text(self) -> str:
+        return f"a {self.colour} {self.shape} on {setting(self)}"
+
+
+# White is left out: its two tones are too alike for the pattern to be read back.
+SUBJECT_BACKGROUNDS = (
+    Background("striped", "blue"),
+    Background("plain", "red"),
+    Background("checked", "green"),
+    Background("gradient", "orange"),
+    Background("plain", "purple"),
+    Background("striped", "yellow"),
+    Background("checked", "black"),
+    Background("gradient", "blue"),
+)
+SCENE_PROMPTS = (
+    ScenePrompt("star", "red", "striped", "blue"),
+    ScenePrompt("circle", "yellow", "plain", "purple"),
+    ScenePrompt("square", "blue", "checked", "orange"),
+    ScenePrompt("triangle", "green", "gradient", "red"),
+    ScenePrompt("ring", "orange", "plain", "black"),
+    ScenePrompt("circle", "purple", "striped", "green"),
+    ScenePrompt("star", "white", "gradient", "purple"),
+    ScenePrompt("square", "black", "plain", "yellow"),
+)
+
+
+def subject_prompt(background: Background) -> str:
+    return f"a photo of {TRIGGER} on {setting(background)}"
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    seeds: tuple[int, ...] = (0, 1, 2, 3)
+    num_inference_steps: int = 20
+    size: int = SIZE
+    guidance_scale: float = REQUEST_DEFAULTS.guidance_scale
+    lora_scale: float = REQUEST_DEFAULTS.lora_scale
+    scheduler: str = REQUEST_DEFAULTS.scheduler
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    subject: float
+    emblem: float
+    prompt: float
+    pattern: float
+    preserved: float
+    drift: float
+    leak: float
+    scene: float
+
+    def as_dict(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+
+class ToyEvaluator:
+    """Draws the prompt sets with one base model and any number of trained bundles."""
+
+    def __init__(
+        self,
+        base_model: str,
+        cache_dir: Path,
+        settings: EvaluationSettings = EvaluationSettings(),
+    ):
+        self.settings = settings
+        # The predictor's engine: its switcher makes bundles active exactly as predictions do.
+        # SDXL engines load a refiner; the tiny one is enough, the evaluation never uses it.
+        model_settings = dataclasses.replace(
+            ModelSettings.from_env(),
+            base_model=base_model,
+            refiner_model=TINY,
+            safety_checker_model=TINY,
+            cache_dir=Path(cache_dir),
+        )
+        self.engine = GenerationEngine(model_settings)
+        self.pipeline = self.engine.base.txt2img
+        self.pipeline.set_progress_bar_config(disable=True)
+        self.reference = self.draw([p.text for p in SCENE_PROMPTS], weights=None)
+
+    def draw(self, prompts: list[str], weights: str | None) -> list[Image.Image]:
+        """Every prompt for every seed (prompt-major order), with `weights` active."""
+        prepared = self.engine.weights_cache.get(str(weights)) if weights else None
+        self.engine.switcher.activate(Selection(prepared, self.settings.lora_scale))
+        token_map = prepared.token_map if prepared else {}
+        texts = [substitute_tokens(p, token_map) for p in prompts for _ in self.settings.seeds]
+        seeds = [seed for _ in prompts for seed in self.settings.seeds]
+        self.pipeline.scheduler = self.engine.base.schedulers.get(self.settings.scheduler)
+        with torch.inference_mode():
+            return self.pipeline(
+                texts,
+                width=self.settings.size,
+                height=self.settings.size,
+                num_inference_steps=self.settings.num_inference_steps,
+                guidance_scale=self.settings.guidance_scale,
+                generator=[torch.Generator().manual_seed(seed) for seed in seeds],
+            ).images
+
+    def evaluate(self, weights: str | None = None) -> Fidelity:
+        """The metrics of the base model (`weights=None`) or of the base with a bundle."""
+        per_seed = len(self.settings.seeds)
+        subject_images = self.draw([subject_prompt(b) for b in SUBJECT_BACKGROUNDS], weights)
+        backgrounds = [b for b in SUBJECT_BACKGROUNDS for _ in range(per_seed)]
+        scene_images = self.draw([p.text for p in SCENE_PROMPTS], weights)
+        scenes = [p for p in SCENE_PROMPTS for _ in range(per_seed)]
+        pairs = list(zip(scene_images, self.reference, strict=True))
+        return Fidelity(
+            subject=_share(metrics.subject_present(i) for i in subject_images),
+            emblem=_share(metrics.emblem_quartered(i) for i in subject_images),
+            prompt=_share(
+                metrics.background_colour(i) == b.background_colour
+                for i, b in zip(subject_images, backgrounds, strict=True)
+            ),
+            pattern=_share(
+                metrics.background_colour(i) == b.background_colour
+                and metrics.background_pattern(i) == b.background
+                for i, b in zip(subject_images, backgrounds, strict=True)
+            ),
+            preserved=_share(_colours(image) == _colours(before) for image, before in pairs),
+            drift=float(np.mean([metrics.drift(image, before) for image, before in pairs])),
+            leak=_share(metrics.subject_present(i) for i in scene_images),
+            scene=_share(
+                _colours(i) == (p.background_colour, p.colour)
+                for i, p in zip(scene_images, scenes, strict=True)
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class TrainedBundle:
+    path: Path  # the weights tarball
+    seconds: float  # wall time of train(), preprocessing and bundle writing included
+
+
+def train_subject(subject_zip: Path, base_model: str, out_dir: Path, **inputs) -> TrainedBundle:
+    """Run the Cog `train()` on `subject_zip` as Cog would: the declared defaults for every
+    input not in `inputs`, each checked against its declaration. The tarball is moved to
+    `out_dir`."""
+    from train import train  # the Cog entry; imported late, it sets up logging
+
+    kwargs = parse_inputs(
+        [f"input_images=@{subject_zip}"],
+        json.dumps({"base_model": base_model, **inputs}),
+        inspect_entry(TRAINER_REF),
+    )
+    started = time.perf_counter()
+    bundle = Path(train(**kwargs))
+    seconds = time.perf_counter() - started
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = Path(tempfile.mkdtemp(prefix="bundle-", dir=out_dir)) / bundle.name
+    shutil.move(bundle, target)
+    shutil.rmtree(bundle.parent, ignore_errors=True)  # train()'s work folder
+    return TrainedBundle(target, seconds)
+
+
+def _colours(image) -> tuple[str, str | None]:
+    return metrics.background_colour(image), metrics.object_colour(image)
+
+
+def _share(hits) -> float:
+    hits = list(hits)
+    return float(np.mean(hits)) if hits else 0.0
