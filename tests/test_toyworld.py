@@ -3,10 +3,11 @@
 import zipfile
 
 import numpy as np
+from PIL import Image, ImageDraw
 
 from toyworld import metrics
 from toyworld.scenes import render, scenes
-from toyworld.subject import subject_images, write_subject_zip
+from toyworld.subject import EMBLEM_COLOURS, subject_images, write_subject_zip
 
 
 def test_scenes_are_deterministic_and_captioned_by_the_grammar():
@@ -27,6 +28,10 @@ def test_metrics_read_back_what_the_renderer_drew():
     object_hits = [metrics.object_colour(i) == s.colour for i, s in zip(images, drawn, strict=True)]
     assert np.mean(background_hits) >= 0.95
     assert np.mean(object_hits) >= 0.9
+    readable = [
+        (i, s) for i, s in zip(images, drawn, strict=True) if s.background_colour != "white"
+    ]
+    assert all(metrics.background_pattern(i) == s.background for i, s in readable)
     assert not any(metrics.subject_present(i) for i in images)
     assert metrics.drift(images[0], images[0]) == 0.0 < metrics.drift(images[0], images[1])
 
@@ -34,6 +39,12 @@ def test_metrics_read_back_what_the_renderer_drew():
 def test_subject_is_detected_in_its_photos_and_packed_like_a_users_zip(tmp_path):
     photos = subject_images(8, seed=0)
     assert all(metrics.subject_present(image) for image, _ in photos)
+    assert all(metrics.emblem_quartered(image) for image, _ in photos)
+    halves = Image.new("RGB", (64, 64), (40, 80, 220))  # both colours, in halves, not quarters
+    draw = ImageDraw.Draw(halves)
+    draw.rectangle([8, 8, 31, 55], fill=EMBLEM_COLOURS[0])
+    draw.rectangle([32, 8, 55, 55], fill=EMBLEM_COLOURS[1])
+    assert metrics.subject_present(halves) and not metrics.emblem_quartered(halves)
     assert all("TOK" in caption for _, caption in photos)
 
     first = write_subject_zip(tmp_path / "a.zip").read_bytes()

@@ -1,0 +1,143 @@
+"""Fine-tuning quality in the toy world: LoRA, textual inversion, pivotal tuning and full
+fine-tuning of the emblem at a few step counts, against the base model (step 0).
+
+    .venv/bin/python benchmarks/quality/run.py                  # base model `toy`
+    .venv/bin/python benchmarks/quality/run.py --quick          # fewer steps and seeds
+    .venv/bin/python benchmarks/quality/run.py --set lora_lr=1e-3 --steps 100 200
+
+Every run is the Cog `train()` on the emblem zip (`toyworld.subject`) with the declared
+defaults except resolution 64, the step count, seed 0, no checkpoints, and what `--set` gives;
+each method changes only the inputs listed in METHODS. The metrics are `toyworld.evaluate`'s
+(see its docstring). Prints a markdown table; writes the plot and the figures as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from training.__main__ import parse_settings  # noqa: E402 (after the path set-up)
+
+HERE = Path(__file__).resolve().parent
+# The train() inputs each method changes from the declared defaults.
+METHODS = {
+    "LoRA": {"ti_lr": 0},
+    "textual inversion": {"lora_lr": 0},
+    "pivotal tuning": {},  # LoRA + textual inversion: the default
+    "full fine-tune": {"is_lora": False},  # + textual inversion, as by default
+}
+STEPS = (100, 200, 400)
+QUICK_STEPS = (50, 150)
+QUICK_SEEDS = (0, 1)
+COLUMNS = ("subject", "emblem", "prompt", "pattern", "preserved", "drift", "leak", "scene")
+PLOTTED = (
+    ("subject", "subject fidelity"),
+    ("prompt", "prompt fidelity"),
+    ("preserved", "preservation"),
+)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--base-model", default="toy")
+    parser.add_argument("--steps", type=int, nargs="+", default=None)
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    parser.add_argument("--quick", action="store_true", help=f"steps {QUICK_STEPS}, 2 seeds")
+    parser.add_argument("--set", action="append", default=[], metavar="INPUT=VALUE",
+                        help="a train() input for every run (value parsed as JSON)")  # fmt: skip
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: fastest here)")
+    parser.add_argument("--out", type=Path, default=HERE, help="folder for the plot and JSON")
+    args = parser.parse_args()
+
+    os.environ.setdefault("SDXL_TUNER_CACHE", str(Path.home() / ".cache" / "sdxl-tuner"))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    from toyworld.evaluate import EvaluationSettings, ToyEvaluator, train_subject
+    from toyworld.subject import write_subject_zip
+
+    torch.set_num_threads(args.threads)
+    steps = args.steps or (QUICK_STEPS if args.quick else STEPS)
+    evaluation = EvaluationSettings()
+    if args.quick:
+        evaluation = replace(evaluation, seeds=QUICK_SEEDS)
+    extra = parse_settings(args.set)  # checked against train()'s declarations by each run
+    cache = Path(os.environ["SDXL_TUNER_CACHE"])
+
+    # 1. The base model's own row.
+    evaluator = ToyEvaluator(args.base_model, cache, evaluation)
+    rows = [{"method": "base model", "steps": 0, "seconds": 0.0, **evaluator.evaluate().as_dict()}]
+    print(table(rows), flush=True)
+
+    # 2. Each method at each step count, trained from scratch through train().
+    with tempfile.TemporaryDirectory(prefix="quality-") as work:
+        subject_zip = write_subject_zip(Path(work) / "emblem.zip")
+        for method in args.methods:
+            for count in steps:
+                inputs = dict(resolution=64, seed=0, max_train_steps=count,
+                              checkpointing_steps=0, verbose=False)  # fmt: skip
+                inputs.update(extra)
+                inputs.update(METHODS[method])
+                trained = train_subject(subject_zip, args.base_model, Path(work), **inputs)
+                scores = evaluator.evaluate(str(trained.path))
+                rows.append({"method": method, "steps": count, "seconds": trained.seconds,
+                             **scores.as_dict()})  # fmt: skip
+                trained.path.unlink()
+                print(table(rows[-1:], header=False), flush=True)
+
+    print("\n" + table(rows))
+    args.out.mkdir(parents=True, exist_ok=True)
+    record = {"base_model": args.base_model, "steps": list(steps), "set": args.set,
+              "seeds": list(evaluation.seeds), "rows": rows}  # fmt: skip
+    (args.out / "results.json").write_text(json.dumps(record, indent=1) + "\n")
+    plot(rows, args.out / "quality.png", args.base_model)
+    print(f"Wrote {args.out / 'results.json'} and {args.out / 'quality.png'}")
+
+
+def table(rows: list[dict], header: bool = True) -> str:
+    names = ("method", "steps", "train s", *COLUMNS)
+    lines = []
+    if header:
+        lines += ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
+    for row in rows:
+        cells = [row["method"], str(row["steps"]), f"{row['seconds']:.0f}"]
+        cells += [f"{row[c]:.3f}" if c == "drift" else f"{row[c]:.2f}" for c in COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], file: Path, base_model: str) -> None:
+    """The three metrics against steps (top) and training wall time (bottom), per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    base = rows[0]
+    methods = list(dict.fromkeys(row["method"] for row in rows[1:]))
+    figure, axes = pyplot.subplots(2, len(PLOTTED), figsize=(12, 7), squeeze=False)
+    for column, (key, title) in enumerate(PLOTTED):
+        for line, x_key in enumerate(("steps", "seconds")):
+            axis = axes[line][column]
+            for method in methods:
+                points = [base] + [row for row in rows[1:] if row["method"] == method]
+                axis.plot([p[x_key] for p in points], [p[key] for p in points], "o-", label=method)
+            axis.set_ylim(-0.05, 1.05)
+            axis.set_xlabel("training steps" if x_key == "steps" else "train() wall time (s)")
+            axis.set_title(title)
+    axes[0][0].legend(fontsize=8)
+    figure.suptitle(f"Emblem fine-tuning on BASE_MODEL={base_model}, 64x64 (step 0: base model)")
+    figure.tight_layout()
+    figure.savefig(file, dpi=80)
+
+
+if __name__ == "__main__":
+    main()
