@@ -119,6 +119,18 @@ class Fidelity:
         return dataclasses.asdict(self)
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    fidelity: Fidelity
+    subject_images: list[Image.Image]  # prompt-major: every seed of the first prompt, ...
+    scene_images: list[Image.Image]
+
+    def first_seed(self) -> list[Image.Image]:
+        """One image per prompt (the first seed's), subject prompts then scene prompts."""
+        seeds = len(self.subject_images) // len(SUBJECT_BACKGROUNDS)
+        return self.subject_images[::seeds] + self.scene_images[::seeds]
+
+
 class ToyEvaluator:
     """Draws the prompt sets with one base model and any number of trained bundles."""
 
@@ -161,7 +173,7 @@ class ToyEvaluator:
                 generator=[torch.Generator().manual_seed(seed) for seed in seeds],
             ).images
 
-    def evaluate(self, weights: str | None = None) -> Fidelity:
+    def evaluate(self, weights: str | None = None) -> Evaluation:
         """The metrics of the base model (`weights=None`) or of the base with a bundle."""
         per_seed = len(self.settings.seeds)
         subject_images = self.draw([subject_prompt(b) for b in SUBJECT_BACKGROUNDS], weights)
@@ -169,7 +181,7 @@ class ToyEvaluator:
         scene_images = self.draw([p.text for p in SCENE_PROMPTS], weights)
         scenes = [p for p in SCENE_PROMPTS for _ in range(per_seed)]
         pairs = list(zip(scene_images, self.reference, strict=True))
-        return Fidelity(
+        fidelity = Fidelity(
             subject=_share(metrics.subject_present(i) for i in subject_images),
             emblem=_share(metrics.emblem_quartered(i) for i in subject_images),
             prompt=_share(
@@ -189,6 +201,7 @@ class ToyEvaluator:
                 for i, p in zip(scene_images, scenes, strict=True)
             ),
         )
+        return Evaluation(fidelity, subject_images, scene_images)
 
 
 @dataclass(frozen=True)

@@ -74,7 +74,9 @@ def main() -> None:
 
     # 1. The base model's own row.
     evaluator = ToyEvaluator(args.base_model, cache, evaluation)
-    rows = [{"method": "base model", "steps": 0, "seconds": 0.0, **evaluator.evaluate().as_dict()}]
+    base = evaluator.evaluate()
+    rows = [{"method": "base model", "steps": 0, "seconds": 0.0, **base.fidelity.as_dict()}]
+    samples = {"base model": base.first_seed()}
     print(table(rows), flush=True)
 
     # 2. Each method at each step count, trained from scratch through train().
@@ -89,7 +91,8 @@ def main() -> None:
                 trained = train_subject(subject_zip, args.base_model, Path(work), **inputs)
                 scores = evaluator.evaluate(str(trained.path))
                 rows.append({"method": method, "steps": count, "seconds": trained.seconds,
-                             **scores.as_dict()})  # fmt: skip
+                             **scores.fidelity.as_dict()})  # fmt: skip
+                samples[f"{method}, {count} steps"] = scores.first_seed()
                 trained.path.unlink()
                 print(table(rows[-1:], header=False), flush=True)
 
@@ -99,7 +102,8 @@ def main() -> None:
               "seeds": list(evaluation.seeds), "rows": rows}  # fmt: skip
     (args.out / "results.json").write_text(json.dumps(record, indent=1) + "\n")
     plot(rows, args.out / "quality.png", args.base_model)
-    print(f"Wrote {args.out / 'results.json'} and {args.out / 'quality.png'}")
+    sample_sheet(samples, steps[-1]).save(args.out / "samples.png")
+    print(f"Wrote results.json, quality.png and samples.png to {args.out}")
 
 
 def table(rows: list[dict], header: bool = True) -> str:
@@ -137,6 +141,25 @@ def plot(rows: list[dict], file: Path, base_model: str) -> None:
     figure.suptitle(f"Emblem fine-tuning on BASE_MODEL={base_model}, 64x64 (step 0: base model)")
     figure.tight_layout()
     figure.savefig(file, dpi=80)
+
+
+def sample_sheet(samples: dict[str, list], last_steps: int):
+    """One row per model (the base, each method at its last step count): the first seed's
+    image of every subject prompt, then of every scene prompt."""
+    from PIL import Image, ImageDraw
+
+    rows = {
+        k: v for k, v in samples.items() if k == "base model" or k.endswith(f", {last_steps} steps")
+    }
+    tile, label = 64, 150
+    columns = max(len(images) for images in rows.values())
+    sheet = Image.new("RGB", (label + columns * tile, len(rows) * tile), "white")
+    draw = ImageDraw.Draw(sheet)
+    for row, (name, images) in enumerate(rows.items()):
+        draw.text((4, row * tile + tile // 2 - 6), name, fill="black")
+        for column, image in enumerate(images):
+            sheet.paste(image.resize((tile, tile)), (label + column * tile, row * tile))
+    return sheet
 
 
 if __name__ == "__main__":
