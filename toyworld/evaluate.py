@@ -18,6 +18,10 @@ From those images (`toyworld.metrics` reads them):
 - scene fidelity: share of scene images whose background and object colours are the prompted
   ones (how well the model draws the world at all; the base model's value is its ceiling).
 
+Subject fidelity has a ceiling of its own: `subject_ceiling` is the share of the emblem photos
+that still show the emblem after the base model's VAE encodes and decodes them. A fine-tune
+trains the UNet on those latents, so it cannot draw more of the subject than the VAE can.
+
 Bundles are trained through the user's path: `train()` on the emblem zip (preprocessing,
 training loop, weights tarball) with the declared defaults except where a caller overrides.
 """
@@ -43,7 +47,7 @@ from serving.cli import parse_inputs
 from serving.schema import TRAINER_REF, inspect_entry
 from toyworld import metrics
 from toyworld.scenes import SIZE, setting
-from toyworld.subject import TRIGGER
+from toyworld.subject import TRIGGER, subject_images
 from weights.settings import TINY, ModelSettings
 
 REQUEST_DEFAULTS = GenerationRequest()  # the predictor's defaults: guidance, LoRA scale, scheduler
@@ -154,6 +158,17 @@ class ToyEvaluator:
         self.pipeline = self.engine.base.txt2img
         self.pipeline.set_progress_bar_config(disable=True)
         self.reference = self.draw([p.text for p in SCENE_PROMPTS], weights=None)
+
+    @torch.inference_mode()
+    def subject_ceiling(self, count: int = 8) -> float:
+        """Share of `count` emblem photos in which the VAE's round trip keeps the emblem."""
+        vae = self.pipeline.vae
+        photos = [image for image, _ in subject_images(count, seed=0)]
+        pixels = torch.stack([torch.from_numpy(np.asarray(p, np.float32)) for p in photos])
+        pixels = (pixels.permute(0, 3, 1, 2) / 127.5 - 1).to(vae.device, vae.dtype)
+        decoded = vae.decode(vae.encode(pixels).latent_dist.mean).sample
+        decoded = ((decoded.float().clamp(-1, 1) + 1) * 127.5).permute(0, 2, 3, 1).cpu().numpy()
+        return _share(metrics.subject_present(image) for image in decoded)
 
     def draw(self, prompts: list[str], weights: str | None) -> list[Image.Image]:
         """Every prompt for every seed (prompt-major order), with `weights` active."""

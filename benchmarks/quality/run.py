@@ -77,6 +77,8 @@ def main() -> None:
     base = evaluator.evaluate()
     rows = [{"method": "base model", "steps": 0, "seconds": 0.0, **base.fidelity.as_dict()}]
     samples = {"base model": base.first_seed()}
+    ceiling = evaluator.subject_ceiling()
+    print(f"Subject ceiling (emblem photos that survive the VAE's round trip): {ceiling:.2f}")
     print(table(rows), flush=True)
 
     # 2. Each method at each step count, trained from scratch through train().
@@ -98,8 +100,14 @@ def main() -> None:
 
     print("\n" + table(rows))
     args.out.mkdir(parents=True, exist_ok=True)
-    record = {"base_model": args.base_model, "steps": list(steps), "set": args.set,
-              "seeds": list(evaluation.seeds), "rows": rows}  # fmt: skip
+    record = dict(
+        base_model=args.base_model,
+        steps=list(steps),
+        set=args.set,
+        seeds=list(evaluation.seeds),
+        subject_ceiling=ceiling,
+        rows=rows,
+    )
     (args.out / "results.json").write_text(json.dumps(record, indent=1) + "\n")
     plot(rows, args.out / "quality.png", args.base_model)
     sample_sheet(samples, steps[-1]).save(args.out / "samples.png")
