@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PORT ?= 5000
 
-.PHONY: setup demo test lint schema serve serve-train
+.PHONY: setup demo test lint schema serve serve-train toy-base
 
 setup: $(STAMP)
 
@@ -18,6 +18,11 @@ $(STAMP): requirements.txt requirements-nodeps.txt requirements-dev.txt
 
 demo: setup
 	$(PY) demo.py
+
+# Retrain the toy base (BASE_MODEL=toy) into toyworld/weights/ from seed 0. One torch thread:
+# the tiny models run several times faster than on two threads of busy shared cores.
+toy-base: setup
+	OMP_NUM_THREADS=1 $(PY) -m toyworld.pretrain
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)

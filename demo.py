@@ -1,6 +1,8 @@
-"""The README's demo: train on the bundled example photos with the embedded tiny SDXL, then
-generate with the trained weights, in-process through the same entry points as `cog train` /
-`cog predict`. Uses the embedded tiny models unless BASE_MODEL etc. are already set."""
+"""The README's demo: train on the bundled emblem photos (a subject the toy base has never
+seen) on top of the toy base, then generate with the trained weights, in-process through the
+same entry points as `cog train` / `cog predict`. Uses `BASE_MODEL=toy` (the tiny SDXL
+pretrained on the toy world) and the embedded tiny refiner/preprocessors unless BASE_MODEL
+etc. are already set."""
 
 import os
 import time
@@ -8,24 +10,30 @@ from pathlib import Path
 
 OUTPUT_DIR = Path("outputs/demo")
 WEIGHTS = OUTPUT_DIR / "trained_model.tar"
+PROMPTS = [
+    "a photo of TOK on a plain blue background",  # the learnt subject, in a new setting
+    "a red star on a striped yellow background",  # the toy world the base already draws
+]
 TRAIN_INPUTS = {
-    "input_images": "@examples/cat_photos.zip",
+    "input_images": "@examples/emblem_photos.zip",
     "seed": 0,
-    "resolution": 64,  # the tiny model's size
-    "train_batch_size": 2,
-    "max_train_steps": 30,
+    "resolution": 64,  # the toy world's size
+    "train_batch_size": 4,
+    "max_train_steps": 150,
     "lr_warmup_steps": 0,
     "lora_rank": 8,
-    "checkpointing_steps": 15,
-    "sample_prompts": "a photo of TOK on the beach",
+    "lora_lr": 1e-3,
+    "ti_lr": 1e-3,
+    "checkpointing_steps": 0,
+    "sample_prompts": PROMPTS[0],
 }
 PREDICT_INPUTS = {
-    "prompt": "a photo of TOK on the beach",
     "width": 64,
     "height": 64,
     "num_outputs": 2,
-    "num_inference_steps": 4,
+    "num_inference_steps": 20,
     "seed": 42,
+    "disable_safety_checker": True,  # the tiny safety checker's verdicts are random
 }
 
 
@@ -34,8 +42,9 @@ def cog_arguments(inputs: dict) -> list[str]:
 
 
 def main() -> None:
-    from weights.settings import MODEL_VARIABLES, TINY
+    from weights.settings import MODEL_VARIABLES, TINY, TOY
 
+    os.environ.setdefault("BASE_MODEL", TOY)
     for variable in MODEL_VARIABLES:
         os.environ.setdefault(variable, TINY)
     from serving.cli import main as cog  # after the models are chosen
@@ -46,12 +55,18 @@ def main() -> None:
         raise SystemExit("Training failed (see above).")
     trained = time.perf_counter()
     os.chdir(OUTPUT_DIR)  # `cog predict` writes output.0.png, ... into the current folder
-    if cog(["predict", "--weights", WEIGHTS.name, *cog_arguments(PREDICT_INPUTS)]):
-        raise SystemExit("Generation failed (see above).")
+    for index, prompt in enumerate(PROMPTS):
+        inputs = {"prompt": prompt, **PREDICT_INPUTS}
+        if cog(["predict", "--weights", WEIGHTS.name, *cog_arguments(inputs)]):
+            raise SystemExit("Generation failed (see above).")
+        for path in Path().glob("output.*.png"):
+            path.rename(f"prompt{index}-{path.name}")
     print(f"Trained in {trained - started:.1f}s: {WEIGHTS}")
     print(f"Generated with the trained weights in {time.perf_counter() - trained:.1f}s:")
-    for path in sorted(Path().glob("output.*.png")):
-        print(f"  {OUTPUT_DIR / path}")
+    for index, prompt in enumerate(PROMPTS):
+        print(f"  {prompt!r}:")
+        for path in sorted(Path().glob(f"prompt{index}-output.*.png")):
+            print(f"    {OUTPUT_DIR / path}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 A reference is one of:
 - `tiny` / `tiny-sd15`: the embedded tiny SDXL / SD 1.5 (built on first use);
+- `toy`: the tiny SDXL pretrained on the toy world (assembled on first use);
 - a Hugging Face repo id: only what the pipeline needs is downloaded (configs, tokenizers,
   safetensors weights of the components in model_index.json; the fp16 variant when running
   in half precision), under HF_HOME, honouring HF_HUB_OFFLINE;
@@ -23,9 +24,10 @@ import torch
 
 from families import detect_family
 from weights.runtime import Runtime
-from weights.settings import TINY, TINY_SD15, HubSettings, ModelSettings
+from weights.settings import TINY, TINY_SD15, TOY, HubSettings, ModelSettings
 from weights.store import ModelStore, is_remote
 from weights.tiny import build_folder_once, ensure_tiny_model
+from weights.toy import ensure_toy_model
 from weights.trained import refuse_pickle
 
 FP16_VARIANT = "fp16"
@@ -50,6 +52,8 @@ def resolve_model(
         return ensure_tiny_model(role, cache_dir)
     if reference == TINY_SD15:
         return ensure_tiny_model(role, cache_dir, family="sd15")
+    if reference == TOY:
+        return ensure_toy_model(role, cache_dir)
     refuse_pickle(reference)
     if is_remote(reference):
         settings = dataclasses.replace(ModelSettings.from_env(), cache_dir=Path(cache_dir))

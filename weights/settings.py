@@ -10,6 +10,7 @@ from families import SDXL
 
 TINY = "tiny"  # BASE_MODEL / REFINER_MODEL / SAFETY_CHECKER_MODEL: the embedded tiny models
 TINY_SD15 = "tiny-sd15"  # BASE_MODEL: the embedded tiny SD 1.5
+TOY = "toy"  # BASE_MODEL: the tiny SDXL pretrained on the toy world (weights/toy.py)
 DEFAULT_SAFETY_CHECKER = "CompVis/stable-diffusion-safety-checker"
 GIB = 1 << 30
 # Every variable that names a model; `tiny` in each gives the fully offline, embedded setup.

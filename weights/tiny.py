@@ -218,10 +218,12 @@ def build_refiner_unet() -> UNet2DConditionModel:
     )
 
 
-def build_vae(scaling_factor: float) -> AutoencoderKL:
+def build_vae(
+    scaling_factor: float, block_out_channels: tuple[int, ...] = (32, 32, 64, 64)
+) -> AutoencoderKL:
     torch.manual_seed(3)
     return AutoencoderKL(
-        block_out_channels=(32, 32, 64, 64),  # four levels: 8x downsampling as in SDXL
+        block_out_channels=block_out_channels,  # four levels: 8x downsampling as in SDXL
         down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4,
         latent_channels=4,

@@ -1,0 +1,244 @@
+"""Pretrain the toy base (`BASE_MODEL=toy`): the tiny SDXL's VAE and UNet trained on toy scenes.
+
+    python -m toyworld.pretrain                 # `make toy-base`: both stages, from seed 0
+    python -m toyworld.pretrain --stage unet    # the UNet again, on the shipped VAE
+    python -m toyworld.pretrain --stage unet --resume   # continue a killed UNet run
+
+1. The VAE (the tiny SDXL architecture) learns to reconstruct freshly rendered scenes with an
+   L1 loss and a small KL term, in its own small loop: it is no part of the user-facing trainer.
+   Its latent scaling factor is then set so that scaled latents have unit variance, as SD's is.
+2. Rendered scenes and their grammar captions are written as a prepared dataset folder.
+3. The UNet trains from random initialisation through the project's own full fine-tuning path
+   (`run_training`, is_lora=False, no new tokens, frozen tiny CLIP encoders), with the toy VAE
+   in place. Captions are dropped 10% of the time so classifier-free guidance has an
+   unconditional prediction to push against.
+4. Both are stored in fp16 under toyworld/weights/, which `weights.toy` assembles into a full
+   pipeline folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from PIL import Image
+from safetensors.torch import load_file
+from tqdm.auto import tqdm
+
+from dataset_and_utils import CAPTION_COLUMNS, CAPTIONS_FILE
+from toyworld.scenes import SIZE, render, scenes, shape_mask
+from training.config import TrainingConfig
+from training.loop import latest_checkpoint, run_training
+from weights.runtime import pick_runtime
+from weights.tiny import SDXL_VAE_SCALING, build_tiny_pipeline, build_vae
+from weights.toy import TOY_WEIGHTS_DIR, save_toy_part, toy_pipeline
+from weights.trained import UNET_FILE
+
+WORK_DIR = Path("outputs/toy-base")
+VAE_SEED_OFFSET = 1_000_000  # VAE scenes come from other seeds than the UNet's dataset
+# The tiny SDXL VAE's four levels, narrower at full resolution, where most of its compute is.
+TOY_VAE_CHANNELS = (16, 32, 64, 64)
+INITIAL_LOGVAR = -8.0
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    seed: int = 0
+    vae_steps: int = 1500
+    vae_batch_size: int = 8
+    vae_lr: float = 1e-3
+    kl_weight: float = 1e-6
+    vae_save_every: int = 100  # an interrupted run still leaves a usable VAE
+    vae_crop: int = 32  # most VAE steps see random crops: a quarter of the compute per image
+    vae_full_fraction: float = 0.15  # the last steps see whole images
+    vae_object_weight: float = 4.0  # extra L1 weight on the object's pixels
+    vae_init: str = ""  # continue from this VAE folder instead of a fresh initialisation
+    unet_images: int = 4000
+    unet_steps: int = 3000
+    unet_batch_size: int = 16
+    unet_lr: float = 1e-3
+    caption_dropout: float = 0.1
+    checkpointing_steps: int = 500
+
+
+# --- 1. the VAE --------------------------------------------------------------------------------
+
+
+def scene_batch(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`count` freshly rendered scenes as [count, 3, 64, 64] pixels in -1..1, and their
+    objects' masks [count, 1, 64, 64] in 0..1."""
+    drawn = scenes(count, seed)
+    images = [np.asarray(render(s), dtype=np.float32) for s in drawn]
+    masks = [np.asarray(object_mask(s), dtype=np.float32) for s in drawn]
+    pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2) / 127.5 - 1.0
+    return pixels, torch.from_numpy(np.stack(masks))[:, None] / 255.0
+
+
+def object_mask(scene) -> Image.Image:
+    return shape_mask(scene.shape, scene.centre, scene.radius).resize(
+        (SIZE, SIZE), Image.Resampling.BOX
+    )
+
+
+def train_vae(config: PretrainConfig, weights_dir: Path, log_every: int = 10) -> AutoencoderKL:
+    torch.manual_seed(config.seed)
+    if config.vae_init:
+        vae = AutoencoderKL.from_pretrained(config.vae_init, dtype=torch.float32)
+    else:
+        vae = build_vae(SDXL_VAE_SCALING, TOY_VAE_CHANNELS)
+        # Start from a nearly deterministic posterior (std ~0.02): from a std of 1 the
+        # encoder would spend most of a short run learning to shrink the noise on its latents.
+        with torch.no_grad():
+            vae.quant_conv.bias[vae.config.latent_channels :] = INITIAL_LOGVAR
+    vae.train()
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr, weight_decay=0.0)
+    warmup = 50
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: (
+            min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / config.vae_steps))
+        ),
+    )
+    bar = tqdm(range(config.vae_steps), desc="VAE", unit="step")
+    for step in bar:
+        seed = VAE_SEED_OFFSET + config.seed * 100_000 + step
+        pixels, masks = scene_batch(config.vae_batch_size, seed)
+        if step < config.vae_steps * (1 - config.vae_full_fraction):
+            box = crop_box(pixels.shape[-1], config.vae_crop, random.Random(step))
+            pixels, masks = pixels[box], masks[box]
+        posterior = vae.encode(pixels).latent_dist
+        reconstruction = vae.decode(posterior.sample()).sample
+        # Objects cover a small share of each image but carry the shape and its colour.
+        weight = 1.0 + config.vae_object_weight * masks
+        l1 = (weight * (reconstruction - pixels).abs()).mean() / weight.mean()
+        loss = l1 + config.kl_weight * posterior.kl().mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step % log_every == 0 or step == config.vae_steps - 1:
+            bar.set_postfix(l1=f"{l1.item():.4f}")
+            print(f"vae step {step} l1 {l1.item():.4f}", flush=True)
+        if (step + 1) % config.vae_save_every == 0 or step + 1 == config.vae_steps:
+            save_vae(vae, config.seed, weights_dir)
+    return vae
+
+
+def save_vae(vae: AutoencoderKL, seed: int, weights_dir: Path) -> None:
+    vae.eval()
+    vae.register_to_config(scaling_factor=latent_scaling_factor(vae, seed))
+    save_toy_part(vae, "vae", weights_dir)
+    vae.train()
+
+
+def crop_box(full: int, size: int, rng: random.Random) -> tuple[slice, ...]:
+    """A random square crop on the latent grid (multiples of 8 pixels)."""
+    top, left = (rng.randrange(0, full - size + 1, 8) for _ in range(2))
+    return (..., slice(top, top + size), slice(left, left + size))
+
+
+@torch.no_grad()
+def latent_scaling_factor(vae: AutoencoderKL, seed: int) -> float:
+    """1 / std of the latents of held-out scenes (SD's recipe): noise and latents then have
+    comparable scales, as the noise schedule assumes."""
+    latents = vae.encode(scene_batch(64, seed + 7)[0]).latent_dist.mean
+    return float(1.0 / latents.std())
+
+
+# --- 2. the dataset ----------------------------------------------------------------------------
+
+
+def write_scene_dataset(folder: Path, count: int, seed: int) -> Path:
+    """`count` scenes as the trainer's prepared dataset: PNGs and captions.csv, no masks."""
+    if (folder / CAPTIONS_FILE).is_file():
+        return folder
+    staging = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    with (staging / CAPTIONS_FILE).open("w", newline="", encoding="utf-8") as file:
+        writer = csv.writer(file)
+        writer.writerow(CAPTION_COLUMNS)
+        for index, scene in enumerate(tqdm(scenes(count, seed), desc="scenes", unit="image")):
+            name = f"{index:05d}.png"
+            render(scene).save(staging / name)
+            writer.writerow([name, "", scene.caption])
+    staging.rename(folder)
+    return folder
+
+
+# --- 3. the UNet -------------------------------------------------------------------------------
+
+
+def unet_training_config(config: PretrainConfig) -> TrainingConfig:
+    return TrainingConfig(
+        seed=config.seed,
+        resolution=64,
+        train_batch_size=config.unet_batch_size,
+        max_train_steps=config.unet_steps,
+        is_lora=False,
+        unet_learning_rate=config.unet_lr,
+        ti_lr=0.0,  # no new tokens: the grammar's words are plain text
+        caption_prefix="",
+        use_masks=False,
+        caption_dropout=config.caption_dropout,
+        lr_scheduler="cosine",
+        lr_warmup_steps=100,
+        weight_decay=0.0,
+        checkpointing_steps=config.checkpointing_steps,
+    )
+
+
+def train_unet(
+    config: PretrainConfig, work_dir: Path, weights_dir: Path, resume: bool
+) -> UNet2DConditionModel:
+    """The UNet, trained from random initialisation with the toy VAE in place."""
+    start = work_dir / "start-model"
+    if not (start / "model_index.json").is_file():
+        # The tiny SDXL with the toy VAE and the tiny UNet's random initialisation.
+        tiny = build_tiny_pipeline("base")
+        vae = AutoencoderKL.from_pretrained(weights_dir / "vae", dtype=torch.float32)
+        toy_pipeline(tiny, vae, tiny.unet).save_pretrained(start, safe_serialization=True)
+    dataset = write_scene_dataset(work_dir / "dataset", config.unet_images, config.seed)
+    runs = work_dir / "unet-run"
+    resume_from = latest_checkpoint(runs) if resume else None
+    if not resume:
+        shutil.rmtree(runs, ignore_errors=True)
+    runtime = pick_runtime(None, None)
+    run_training(unet_training_config(config), dataset, start, runs, runtime, resume_from)
+    unet = UNet2DConditionModel.from_pretrained(start, subfolder="unet")
+    unet.load_state_dict(load_file(runs / "weights" / UNET_FILE))
+    return unet
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--stage", choices=("all", "vae", "unet"), default="all")
+    parser.add_argument("--work-dir", type=Path, default=WORK_DIR)
+    parser.add_argument("--resume", action="store_true", help="continue the UNet run")
+    parser.add_argument("--weights-dir", type=Path, default=TOY_WEIGHTS_DIR)
+    for name, default in vars(PretrainConfig()).items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
+    args = parser.parse_args(argv)
+    config = PretrainConfig(**{k: getattr(args, k) for k in vars(PretrainConfig())})
+    started = time.perf_counter()
+    if args.stage in ("all", "vae"):
+        train_vae(config, args.weights_dir)
+        print(f"VAE done after {time.perf_counter() - started:.0f}s", flush=True)
+    if args.stage in ("all", "unet"):
+        unet = train_unet(config, args.work_dir, args.weights_dir, args.resume)
+        save_toy_part(unet, "unet", args.weights_dir)
+    print(f"Wrote {args.weights_dir} in {time.perf_counter() - started:.0f}s")
+
+
+if __name__ == "__main__":
+    main()
