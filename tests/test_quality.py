@@ -2,9 +2,7 @@
 except resolution 64 and a short run, on the toy base, brings the emblem into `TOK` prompts
 while other prompts keep what the base model drew. A reduced `benchmarks/quality/run.py`.
 
-The thresholds come from measured values with a margin (README, "Quality"): they fail when
-learning breaks (no gradient into the LoRA, the trigger left as plain text in the captions),
-not when a seed shifts.
+The thresholds and the values they were set from are in README.md ("Quality").
 """
 
 import pytest
@@ -19,31 +17,35 @@ STEPS = 150
 TRAIN_INPUTS = dict(resolution=64, seed=0, max_train_steps=STEPS, checkpointing_steps=0,
                     verbose=False)  # fmt: skip
 EVALUATION = EvaluationSettings(seeds=(0, 1), num_inference_steps=10)
-MIN_SUBJECT_GAIN = 0.0  # subject fidelity above the base model's, at least
-MIN_PRESERVED = 0.0  # share of non-TOK images whose colours are the base model's
-MAX_DRIFT = 1.0  # mean absolute pixel difference from the base model's images
+MIN_SUBJECT_CEILING = 0.75  # emblem photos that survive the base's VAE round trip
+MIN_SUBJECT_GAIN = 0.5  # subject fidelity above the base model's
+MIN_PRESERVED = 0.5  # share of non-TOK images whose colours are the base model's (0.75)
+MAX_DRIFT = 0.03  # mean absolute pixel difference from the base model's images (0.0075)
 
 
 @pytest.fixture(scope="module")
-def toy_env(model_cache):
+def evaluator(model_cache):
     with pytest.MonkeyPatch.context() as env:
         for name, value in tiny_variables(model_cache).items():
             env.setenv(name, value)
         env.setenv("BASE_MODEL", TOY)
-        yield model_cache
-
-
-@pytest.fixture(scope="module")
-def evaluator(toy_env):
-    return ToyEvaluator(TOY, toy_env, EVALUATION)
+        yield ToyEvaluator(TOY, model_cache, EVALUATION)
 
 
 @pytest.fixture(scope="module")
 def scores(evaluator, tmp_path_factory):
     work = tmp_path_factory.mktemp("quality")
-    subject_zip = write_subject_zip(work / "emblem.zip")
-    trained = train_subject(subject_zip, TOY, work, **TRAIN_INPUTS)
+    trained = train_subject(write_subject_zip(work / "emblem.zip"), TOY, work, **TRAIN_INPUTS)
     return evaluator.evaluate().fidelity, evaluator.evaluate(str(trained.path)).fidelity
+
+
+def test_the_base_model_can_draw_the_subject(evaluator):
+    ceiling = evaluator.subject_ceiling()
+    assert ceiling >= MIN_SUBJECT_CEILING, (
+        f"Only {ceiling:.0%} of the emblem photos keep the emblem through the toy base's VAE: "
+        "no fine-tune can draw what the VAE cannot decode. Train the toy VAE on colours beyond "
+        "the scene palette."
+    )
 
 
 def test_the_trigger_brings_the_subject_in(scores):
