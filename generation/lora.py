@@ -18,8 +18,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import diffusers
 import torch
-from diffusers import StableDiffusionXLPipeline
 from diffusers.utils import (
     convert_state_dict_to_diffusers,
     convert_state_dict_to_peft,
@@ -30,6 +30,7 @@ from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
 from peft.utils.other import get_pattern_key
 
+from families import ModelFamily
 from weights.runtime import Runtime
 
 # The pipeline components a LoRA file may address, by their key prefix.
@@ -64,12 +65,15 @@ class PreparedLora:
         )
 
 
-def read_lora(file: Path, runtime: Runtime, source: str | None = None) -> PreparedLora:
+def read_lora(
+    file: Path, runtime: Runtime, family: ModelFamily, source: str | None = None
+) -> PreparedLora:
     """Read a LoRA `.safetensors` in any supported layout into canonical form, on the
     runtime's device and in its dtype (so a slot can use the tensors as they are).
-    Conversion and alpha handling follow diffusers' `load_lora_weights`."""
+    Conversion and alpha handling follow the family pipeline's `load_lora_weights`."""
     source = source or Path(file).name
-    state_dict, alphas, metadata = StableDiffusionXLPipeline.lora_state_dict(
+    pipeline_class = getattr(diffusers, family.txt2img_pipeline)
+    state_dict, alphas, metadata = pipeline_class.lora_state_dict(
         str(file), return_lora_metadata=True
     )
     if not any(key.startswith(tuple(f"{c}." for c in COMPONENTS)) for key in state_dict):
