@@ -11,7 +11,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-
 # Pipeline component names of the text encoders and their tokenizers, in pipeline order; a
 # family with n text encoders uses the first n.
 TEXT_ENCODER_NAMES = ("text_encoder", "text_encoder_2")

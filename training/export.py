@@ -35,7 +35,6 @@ from weights.trained import (
     UNET_FILE,
 )
 
-
 # The kohya prefixes diffusers' converter writes (SDXL's); mapped to the family's own.
 DIFFUSERS_KOHYA_PREFIXES = ("lora_unet", "lora_te1", "lora_te2")
 
