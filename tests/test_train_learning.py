@@ -298,6 +298,11 @@ def test_lora_formats_load_in_stock_diffusers_and_agree(dataset, base, tmp_path)
     prefixes = {family.kohya_unet_prefix, *family.kohya_text_encoder_prefixes}
     assert {k.split("_")[0] + "_" + k.split("_")[1] for k in kohya} == prefixes
     assert all(v.item() == 2.0 for k, v in kohya.items() if k.endswith(".alpha"))
+    # Text-encoder modules under the names A1111, ComfyUI and older diffusers know.
+    first_te = f"{family.kohya_text_encoder_prefixes[0]}_text_model_encoder_layers_0_self_attn_"
+    assert f"{first_te}q_proj.lora_down.weight" in kohya
+    peft_keys = load_file(str(weights / LORA_FILE))
+    assert "text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight" in peft_keys
 
     # lora.safetensors + Replicate's recipe for the tokens: the reference
     reference = generate(base.pipeline(weights))

@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from dataset_and_utils import TokenEmbeddingsHandler
 from families import ModelFamily
+from generation.lora import TEXT_MODEL
 from training.config import TrainingConfig
 from training.models import TrainingComponents
 from weights.trained import (
@@ -77,6 +78,10 @@ def save_lora(folder: Path, family: ModelFamily, unet, text_encoders: dict, dtyp
     for name, model in parts.items():
         if model is not None:
             state = get_peft_model_state_dict(model)
+            if name != "unet" and not hasattr(model, TEXT_MODEL):
+                # transformers 5 flattened CLIPTextModel; A1111, ComfyUI and older diffusers
+                # know its modules as `text_model.encoder.…` (kohya: `lora_te_text_model_…`).
+                state = {f"{TEXT_MODEL}.{k}": v for k, v in state.items()}
             arguments[f"{name}_lora_layers"] = {k: v.to(dtype) for k, v in state.items()}
             arguments[f"{name}_lora_adapter_metadata"] = model.peft_config["default"].to_dict()
     pipeline_class = getattr(diffusers, family.txt2img_pipeline)
