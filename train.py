@@ -125,8 +125,8 @@ def train(
         choices=["zip", "tar", "infer"],
     ),
     optimizer: str = Input(
-        description="Optimizer. adamw8bit needs bitsandbytes (CUDA); with prodigy use learning "
-        "rates of 1.0",
+        description="Optimizer. adamw8bit: 8-bit AdamW (bitsandbytes, less optimizer memory); "
+        "with prodigy use learning rates of 1.0",
         default="adamw",
         choices=list(OPTIMIZERS),
     ),

@@ -170,7 +170,10 @@ class TrainingConfig:
         if self.optimizer not in OPTIMIZERS:
             yield f"optimizer={self.optimizer!r}: use one of {', '.join(OPTIMIZERS)}."
         elif self.optimizer == "adamw8bit" and importlib.util.find_spec("bitsandbytes") is None:
-            yield "optimizer='adamw8bit' needs bitsandbytes (CUDA only): use adamw or adafactor."
+            yield (
+                "optimizer='adamw8bit' needs bitsandbytes (`make setup` installs it): "
+                "use adamw or adafactor."
+            )
         if self.lora_type not in LORA_TYPES:
             yield f"lora_type={self.lora_type!r}: use one of {', '.join(LORA_TYPES)}."
         if self.lr_warmup_steps < 0:
