@@ -78,7 +78,7 @@ class TrainedWeights:
     token_map: dict[str, str] | None = None  # special_params.json, e.g. {"TOK": "<s0><s1>"}
     training_config: Path | None = None
     lora_kohya: Path | None = None  # the same LoRA with kohya keys (this project's bundles)
-    embeddings: Path | None = None  # the same vectors as clip_l / clip_g (A1111 / ComfyUI)
+    embeddings: Path | None = None  # the same vectors in the A1111 / ComfyUI layout
     # The family the weights were trained for: as training_config.json records it, else told
     # from the tensor names; None when neither tells.
     family: ModelFamily | None = None
@@ -143,7 +143,8 @@ def _recorded_family(training_config: Path | None) -> ModelFamily | None:
         record = json.loads(training_config.read_text())
     except (ValueError, OSError):
         return None  # another trainer's file: the tensors tell instead
-    return FAMILIES.get(record.get("family")) if isinstance(record, dict) else None
+    name = record.get("family") if isinstance(record, dict) else None
+    return FAMILIES.get(name) if isinstance(name, str) else None
 
 
 def _family_from_files(*files: Path | None) -> ModelFamily | None:
