@@ -46,7 +46,7 @@ from generation.switcher import Selection
 from serving.cli import parse_inputs
 from serving.schema import TRAINER_REF, inspect_entry
 from toyworld import metrics
-from toyworld.scenes import SIZE, setting
+from toyworld.scenes import SIZE, article, setting
 from toyworld.subject import TRIGGER, subject_images
 from weights.settings import TINY, ModelSettings
 
@@ -68,7 +68,7 @@ class ScenePrompt:
 
     @property
     def text(self) -> str:
-        return f"a {self.colour} {self.shape} on {setting(self)}"
+        return f"{article(self.colour)} {self.colour} {self.shape} on {setting(self)}"
 
 
 # White is left out: its two tones are too alike for the pattern to be read back.
