@@ -4,14 +4,15 @@
     python -m toyworld.pretrain --stage unet    # the UNet again, on the shipped VAE
     python -m toyworld.pretrain --stage unet --resume   # continue a killed UNet run
 
-1. The VAE (the tiny SDXL architecture) learns to reconstruct freshly rendered scenes with an
-   L1 loss and a small KL term, in its own small loop: it is no part of the user-facing trainer.
-   Its latent scaling factor is then set so that scaled latents have unit variance, as SD's is.
+1. The VAE (the tiny SDXL VAE's classes and 8x scale, narrower at full resolution) learns to
+   reconstruct freshly rendered scenes with an L1 loss and a small KL term, in two phases
+   (`VAE_PHASES`) of its own small loop: it is no part of the user-facing trainer. Its latent
+   scaling factor is then set so that scaled latents have unit variance, as SD's is.
 2. Rendered scenes and their grammar captions are written as a prepared dataset folder.
 3. The UNet trains from random initialisation through the project's own full fine-tuning path
    (`run_training`, is_lora=False, no new tokens, frozen tiny CLIP encoders), with the toy VAE
-   in place. Captions are dropped 10% of the time so classifier-free guidance has an
-   unconditional prediction to push against.
+   in place, offset noise and Min-SNR weighting. Captions are dropped 10% of the time so
+   classifier-free guidance has an unconditional prediction to push against.
 4. Both are stored in fp16 under toyworld/weights/, which `weights.toy` assembles into a full
    pipeline folder.
 """
@@ -51,26 +52,37 @@ INITIAL_LOGVAR = -8.0
 
 
 @dataclass(frozen=True)
+class VAEPhase:
+    steps: int
+    lr: float
+    batch_size: int
+    crop_fraction: float  # share of the steps on random crops (a quarter of the compute each)
+    object_weight: float  # extra L1 weight on the object's pixels
+
+
+# 1. Backgrounds and rough shapes, mostly on 32x32 crops; 2. whole images with the objects'
+# pixels weighted, so small shapes keep their colour.
+VAE_PHASES = (
+    VAEPhase(steps=1000, lr=5e-4, batch_size=16, crop_fraction=0.85, object_weight=0.0),
+    VAEPhase(steps=800, lr=3e-4, batch_size=8, crop_fraction=0.0, object_weight=4.0),
+)
+
+
+@dataclass(frozen=True)
 class PretrainConfig:
     seed: int = 0
-    vae_steps: int = 1500
-    vae_batch_size: int = 8
-    vae_lr: float = 1e-3
     kl_weight: float = 1e-6
+    vae_crop: int = 32
     vae_save_every: int = 100  # an interrupted run still leaves a usable VAE
-    vae_crop: int = 32  # most VAE steps see random crops: a quarter of the compute per image
-    vae_full_fraction: float = 0.15  # the last steps see whole images
-    vae_object_weight: float = 4.0  # extra L1 weight on the object's pixels
-    vae_init: str = ""  # continue from this VAE folder instead of a fresh initialisation
     unet_images: int = 4000
     unet_steps: int = 3000
     unet_batch_size: int = 16
-    unet_lr: float = 1e-3
+    unet_lr: float = 5e-4
     caption_dropout: float = 0.1
     # Offset noise: SDXL's schedule leaves ~7% of the image at the last timestep, so without it
     # the UNet reads the overall colour from that residue instead of the prompt, and samples
     # from pure noise come out pale and alike. In an 8x8 latent the overall colour is the scene.
-    noise_offset: float = 0.1
+    noise_offset: float = 0.3
     min_snr_gamma: float = 5.0  # Min-SNR weighting: faster convergence
     checkpointing_steps: int = 500
 
@@ -94,36 +106,40 @@ def object_mask(scene) -> Image.Image:
     )
 
 
-def train_vae(config: PretrainConfig, weights_dir: Path, log_every: int = 10) -> AutoencoderKL:
-    torch.manual_seed(config.seed)
-    if config.vae_init:
-        vae = AutoencoderKL.from_pretrained(config.vae_init, dtype=torch.float32)
-    else:
-        vae = build_vae(SDXL_VAE_SCALING, TOY_VAE_CHANNELS)
-        # Start from a nearly deterministic posterior (std ~0.02): from a std of 1 the
-        # encoder would spend most of a short run learning to shrink the noise on its latents.
-        with torch.no_grad():
-            vae.quant_conv.bias[vae.config.latent_channels :] = INITIAL_LOGVAR
+def train_vae(config: PretrainConfig, weights_dir: Path) -> AutoencoderKL:
+    vae = build_vae(SDXL_VAE_SCALING, TOY_VAE_CHANNELS)
+    # Start from a nearly deterministic posterior (std ~0.02): from a std of 1 the encoder
+    # would spend most of a short run learning to shrink the noise on its latents.
+    with torch.no_grad():
+        vae.quant_conv.bias[vae.config.latent_channels :] = INITIAL_LOGVAR
+    for index, phase in enumerate(VAE_PHASES):
+        train_vae_phase(vae, phase, config, config.seed + index, weights_dir)
+    return vae
+
+
+def train_vae_phase(
+    vae: AutoencoderKL, phase: VAEPhase, config: PretrainConfig, seed: int, weights_dir: Path
+) -> None:
+    """One phase: AdamW with a short warm-up and a cosine decay, L1 + a small KL term."""
+    torch.manual_seed(seed)
     vae.train()
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=phase.lr, weight_decay=0.0)
     warmup = 50
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
         lambda step: (
-            min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / config.vae_steps))
+            min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / phase.steps))
         ),
     )
-    bar = tqdm(range(config.vae_steps), desc="VAE", unit="step")
+    bar = tqdm(range(phase.steps), desc=f"VAE phase {seed - config.seed + 1}", unit="step")
     for step in bar:
-        seed = VAE_SEED_OFFSET + config.seed * 100_000 + step
-        pixels, masks = scene_batch(config.vae_batch_size, seed)
-        if step < config.vae_steps * (1 - config.vae_full_fraction):
+        pixels, masks = scene_batch(phase.batch_size, VAE_SEED_OFFSET + seed * 100_000 + step)
+        if step < phase.steps * phase.crop_fraction:
             box = crop_box(pixels.shape[-1], config.vae_crop, random.Random(step))
             pixels, masks = pixels[box], masks[box]
         posterior = vae.encode(pixels).latent_dist
         reconstruction = vae.decode(posterior.sample()).sample
-        # Objects cover a small share of each image but carry the shape and its colour.
-        weight = 1.0 + config.vae_object_weight * masks
+        weight = 1.0 + phase.object_weight * masks
         l1 = (weight * (reconstruction - pixels).abs()).mean() / weight.mean()
         loss = l1 + config.kl_weight * posterior.kl().mean()
         loss.backward()
@@ -131,12 +147,9 @@ def train_vae(config: PretrainConfig, weights_dir: Path, log_every: int = 10) ->
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
-        if step % log_every == 0 or step == config.vae_steps - 1:
-            bar.set_postfix(l1=f"{l1.item():.4f}")
-            print(f"vae step {step} l1 {l1.item():.4f}", flush=True)
-        if (step + 1) % config.vae_save_every == 0 or step + 1 == config.vae_steps:
+        bar.set_postfix(l1=f"{l1.item():.4f}", refresh=False)
+        if (step + 1) % config.vae_save_every == 0 or step + 1 == phase.steps:
             save_vae(vae, config.seed, weights_dir)
-    return vae
 
 
 def save_vae(vae: AutoencoderKL, seed: int, weights_dir: Path) -> None:
@@ -209,12 +222,11 @@ def train_unet(
     config: PretrainConfig, work_dir: Path, weights_dir: Path, resume: bool
 ) -> UNet2DConditionModel:
     """The UNet, trained from random initialisation with the toy VAE in place."""
+    # The tiny SDXL with the toy VAE and the tiny UNet's random initialisation.
     start = work_dir / "start-model"
-    if not (start / "model_index.json").is_file():
-        # The tiny SDXL with the toy VAE and the tiny UNet's random initialisation.
-        tiny = build_tiny_pipeline("base")
-        vae = AutoencoderKL.from_pretrained(weights_dir / "vae", dtype=torch.float32)
-        toy_pipeline(tiny, vae, tiny.unet).save_pretrained(start, safe_serialization=True)
+    tiny = build_tiny_pipeline("base")
+    vae = AutoencoderKL.from_pretrained(weights_dir / "vae", dtype=torch.float32)
+    toy_pipeline(tiny, vae, tiny.unet).save_pretrained(start, safe_serialization=True)
     dataset = write_scene_dataset(work_dir / "dataset", config.unet_images, config.seed)
     runs = work_dir / "unet-run"
     resume_from = latest_checkpoint(runs) if resume else None
