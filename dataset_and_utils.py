@@ -10,8 +10,9 @@ Replicate's published recipe for using SDXL fine-tunes in plain diffusers does
 
 and then prompts with `<s0><s1>`; that usage works unchanged with this project's bundles.
 `embeddings.pti` is a safetensors file with one [n_tokens, hidden] tensor per text encoder
-under `text_encoders_0`, `text_encoders_1`. A `None` encoder (the SDXL refiner has no first
-text encoder) is skipped.
+under `text_encoders_0`, `text_encoders_1` (an SD 1.5 bundle: `text_encoders_0` only, loaded
+with `TokenEmbeddingsHandler([pipe.text_encoder], [pipe.tokenizer])`). A `None` encoder (the
+SDXL refiner has no first text encoder) is skipped.
 """
 
 from __future__ import annotations

@@ -11,13 +11,26 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+# Pipeline component names of the text encoders and their tokenizers, in pipeline order; a
+# family with n text encoders uses the first n.
+TEXT_ENCODER_NAMES = ("text_encoder", "text_encoder_2")
+TOKENIZER_NAMES = ("tokenizer", "tokenizer_2")
+
 
 @dataclass(frozen=True)
 class ModelFamily:
     name: str
+    title: str  # for messages
     # Hidden size of each text encoder of the real model, in pipeline order.
     text_encoder_dims: tuple[int, ...]
+    # transformers class of each text encoder, in pipeline order.
+    text_encoder_classes: tuple[str, ...]
+    # Prompt embeddings: the encoders' penultimate hidden states (SDXL) or the last one after
+    # the final layer norm (SD 1.5), as the family's pipelines compute them.
+    prompt_from_penultimate_layer: bool
     native_resolution: int
+    # Training resolution when the user gives none (SDXL: 768, Replicate's trainer default).
+    training_resolution: int
     default_base_model: str
     default_refiner_model: str | None
     # diffusers pipeline class names, by generation mode.
@@ -39,11 +52,28 @@ class ModelFamily:
     # Text-encoder attention projections a text-encoder LoRA trains.
     text_encoder_lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "out_proj")
 
+    @property
+    def text_encoder_names(self) -> tuple[str, ...]:
+        return TEXT_ENCODER_NAMES[: len(self.text_encoder_dims)]
+
+    @property
+    def tokenizer_names(self) -> tuple[str, ...]:
+        return TOKENIZER_NAMES[: len(self.text_encoder_dims)]
+
+    @property
+    def uses_text_time(self) -> bool:
+        """Whether the UNet takes the pooled text embedding and time ids (`added_cond_kwargs`)."""
+        return self.base_time_ids is not None
+
 
 SDXL = ModelFamily(
     name="sdxl",
+    title="SDXL",
     text_encoder_dims=(768, 1280),
+    text_encoder_classes=("CLIPTextModel", "CLIPTextModelWithProjection"),
+    prompt_from_penultimate_layer=True,
     native_resolution=1024,
+    training_resolution=768,
     default_base_model="stabilityai/stable-diffusion-xl-base-1.0",
     default_refiner_model="stabilityai/stable-diffusion-xl-refiner-1.0",
     txt2img_pipeline="StableDiffusionXLPipeline",
@@ -59,8 +89,12 @@ SDXL = ModelFamily(
 
 SD15 = ModelFamily(
     name="sd15",
+    title="SD 1.5",
     text_encoder_dims=(768,),
+    text_encoder_classes=("CLIPTextModel",),
+    prompt_from_penultimate_layer=False,
     native_resolution=512,
+    training_resolution=512,
     default_base_model="stable-diffusion-v1-5/stable-diffusion-v1-5",
     default_refiner_model=None,
     txt2img_pipeline="StableDiffusionPipeline",
@@ -124,6 +158,43 @@ def _single_file_family(checkpoint: Path) -> ModelFamily:
         f"{checkpoint} is not a checkpoint of a supported family ({', '.join(FAMILIES)}): "
         f"no tensor names start with {' or '.join(SINGLE_FILE_TEXT_ENCODER_PREFIXES)}."
     )
+
+
+# Tensor-name fragments that only one family's trained weights have (LoRAs in the diffusers,
+# kohya or Replicate layouts, full UNets): SDXL's second text encoder, its added embedding and
+# its deeper transformer blocks; SD 1.5's lone text encoder (kohya `lora_te_`) and the attention
+# of its first down block (SDXL's first down block has none).
+WEIGHT_NAME_MARKERS = {
+    SDXL: (
+        "text_encoder_2.",
+        "lora_te2_",
+        "add_embedding.",
+        "transformer_blocks.1.",
+        "transformer_blocks_1_",
+    ),
+    SD15: (
+        "lora_te_",
+        "down_blocks.0.attentions.",
+        "down_blocks_0_attentions_",
+        "input_blocks_1_1_",
+    ),
+}
+
+
+def family_from_weight_names(names) -> ModelFamily | None:
+    """The family trained weights were made for, told from the tensor names of one file (for
+    weights that do not record it); None when the names do not tell. A textual-inversion file
+    tells by holding exactly the family's keys (one table per text encoder)."""
+    names = set(names)
+    for family in FAMILIES.values():
+        if names in (set(family.pti_keys), set(family.embedding_keys)):
+            return family
+    found = {
+        family
+        for family, markers in WEIGHT_NAME_MARKERS.items()
+        if any(marker in name for name in names for marker in markers)
+    }
+    return found.pop() if len(found) == 1 else None
 
 
 def _read_json(path: Path) -> dict:

@@ -43,8 +43,17 @@ class Predictor(BasePredictor):
             "white areas will be inpainted.",
             default=None,
         ),
-        width: int = Input(description="Width of output image", default=1024),
-        height: int = Input(description="Height of output image", default=1024),
+        # Empty sizes follow the base model's family: Replicate's 1024 on SDXL, 512 on SD 1.5.
+        width: Optional[int] = Input(
+            description="Width of output image. Empty: the base model's native size "
+            "(1024 for SDXL, 512 for SD 1.5)",
+            default=None,
+        ),
+        height: Optional[int] = Input(
+            description="Height of output image. Empty: the base model's native size "
+            "(1024 for SDXL, 512 for SD 1.5)",
+            default=None,
+        ),
         num_outputs: int = Input(
             description="Number of images to output.", ge=1, le=MAX_OUTPUTS, default=1
         ),

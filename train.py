@@ -11,6 +11,7 @@ from typing import Optional
 
 from cog import Input, Path
 
+from families import detect_family
 from preprocess import PreprocessConfig, preprocess
 from training.bundle import write_bundle, write_dry_run_report
 from training.config import LORA_TYPES, LR_SCHEDULERS, OPTIMIZERS, TrainingConfig
@@ -34,9 +35,10 @@ def train(
         description="Random seed for reproducible training. Leave empty to use a random seed",
         default=None,
     ),
-    resolution: int = Input(
-        description="Square pixel resolution which your images will be resized to for training",
-        default=768,
+    resolution: Optional[int] = Input(
+        description="Square pixel resolution which your images will be resized to for training. "
+        "Empty: the base model family's default, 768 for SDXL and 512 for SD 1.5",
+        default=None,
     ),
     train_batch_size: int = Input(description="Batch size (per device) for training", default=4),
     num_train_epochs: int = Input(
@@ -123,8 +125,8 @@ def train(
         choices=["zip", "tar", "infer"],
     ),
     optimizer: str = Input(
-        description="Optimizer. adamw8bit needs bitsandbytes (CUDA); with prodigy use learning "
-        "rates of 1.0",
+        description="Optimizer. adamw8bit: 8-bit AdamW (bitsandbytes, less optimizer memory); "
+        "with prodigy use learning rates of 1.0",
         default="adamw",
         choices=list(OPTIMIZERS),
     ),
@@ -193,8 +195,9 @@ def train(
         description="Render the samples every N steps (0: at the end only)", default=0, ge=0
     ),
     base_model: Optional[str] = Input(
-        description="Base model: a Hugging Face repo id or a local diffusers folder. "
-        "Empty: the deployment's BASE_MODEL",
+        description="Base model, SDXL or SD 1.5 (told from its config): a Hugging Face repo "
+        "id, a local diffusers folder or a single-file .safetensors checkpoint. Empty: the "
+        "deployment's BASE_MODEL",
         default=None,
     ),
     dry_run: bool = Input(
@@ -204,7 +207,6 @@ def train(
     ),
 ) -> Path:
     inputs = {k: v for k, v in locals().items() if k != "input_images"}
-    started = time.perf_counter()
 
     # 1. Settings: every input checked before any work.
     if seed is None:
@@ -253,7 +255,18 @@ def train(
     work = Path(tempfile.mkdtemp(prefix="sdxl-train-"))
 
     try:
-        # 2. Unpack, load, caption, mask and crop the images.
+        # 2. The base model; its family fills the inputs left empty (resolution).
+        model_folder = diffusers_folder(
+            resolve_model(base, "base", settings.cache_dir),
+            settings.cache_dir,
+            settings.single_file_config,
+        )
+        family = detect_family(model_folder)
+        config = config.for_family(family)
+        print(f"Base model: {base} ({family.title}), training at {config.resolution}px")
+
+        # 3. Unpack, load, caption, mask and crop the images.
+        started = time.perf_counter()
         prepared = preprocess(
             PreprocessConfig(
                 input_path=Path(str(input_images)),
@@ -269,13 +282,6 @@ def train(
             )
         )
         preprocess_seconds = time.perf_counter() - started
-
-        # 3. The base model.
-        model_folder = diffusers_folder(
-            resolve_model(base, "base", settings.cache_dir),
-            settings.cache_dir,
-            settings.single_file_config,
-        )
 
         # 4. Dry run: time a few steps and report the plan instead of training.
         if dry_run:

@@ -3,6 +3,7 @@ tiny model: input checks, the (no-op) weights switch, prompt substitution, sched
 selection, safety checker, watermark and writing the files.
 
     .venv/bin/python benchmarks/bench_predict_overhead.py [--repeats 15] [--steps 20]
+        [--base-model tiny-sd15]   # any BASE_MODEL: an SD 1.5 base has no refiner
 """
 
 from __future__ import annotations
@@ -27,9 +28,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--base-model", help="BASE_MODEL (default: $BASE_MODEL, else tiny)")
     args = parser.parse_args()
     for variable in MODEL_VARIABLES:
         os.environ.setdefault(variable, TINY)
+    if args.base_model:
+        os.environ["BASE_MODEL"] = args.base_model
     os.environ.setdefault("SDXL_TUNER_CACHE", str(Path(tempfile.gettempdir()) / "bench-cache"))
     torch.set_num_threads(1)  # steadier timings on shared cores
     from predict import Predictor
@@ -38,8 +42,10 @@ def main() -> None:
     predictor = Predictor()
     predictor.setup()
     pipeline = predictor.engine.base.txt2img
-    for pipe in (pipeline, predictor.engine.refiner.img2img):
-        pipe.set_progress_bar_config(disable=True)
+    refiner = predictor.engine.refiner
+    for pipe in (pipeline, refiner.img2img if refiner else None):
+        if pipe is not None:
+            pipe.set_progress_bar_config(disable=True)
     request = dict(
         declared_defaults(),
         prompt="a photo of a cat",
@@ -94,7 +100,11 @@ def main() -> None:
     type(pipeline).__call__ = pipeline_call
 
     baseline = statistics.median(times["direct pipeline call"])
-    print(f"\n{args.size}x{args.size}, {args.steps} steps, median of {args.repeats}, 1 thread\n")
+    family = predictor.engine.family.title
+    print(
+        f"\n{family}, {args.size}x{args.size}, {args.steps} steps, median of {args.repeats}, "
+        "1 thread\n"
+    )
     print(f"| {'call':<45} | seconds | vs direct | outside the pipeline call |")
     print(f"|{'-' * 47}|---------|-----------|---------------------------|")
     for name, samples in times.items():

@@ -33,6 +33,7 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from families import SDXL  # noqa: E402
 from generation.switcher import Selection, WeightsSwitcher  # noqa: E402
 from generation.trained_weights import prepare_weights  # noqa: E402
 from weights.runtime import Runtime  # noqa: E402
@@ -147,7 +148,7 @@ def run(unet, folder: Path, repeats: int) -> None:
     # Ours.
     switcher = WeightsSwitcher({"unet": unet}, token_targets=[])
     runtime = Runtime(torch.device("cpu"), DTYPE)
-    read = {f: lambda f=f: prepare_weights(inspect_weights(f), runtime) for f in files}
+    read = {f: lambda f=f: prepare_weights(inspect_weights(f), runtime, SDXL) for f in files}
     prepared = {f: read[f]() for f in files}
     first = timed(lambda: switcher.activate(Selection(prepared[files[0]])))
     rows.append(("ours: first load (builds the LoRA layers)", first))

@@ -12,7 +12,7 @@ from PIL import Image
 
 from generation.lora import PreparedLora
 from generation.outputs import Watermarker, save_images
-from generation.pipelines import load_base, load_refiner, text_encoder_names, tokenizer_names
+from generation.pipelines import load_base, load_refiner
 from generation.request import GenerationRequest, InvalidRequestError, load_image, validate
 from generation.safety import SafetyChecker, resolve_safety_checker
 from generation.switcher import Selection, TokenTarget, WeightsSwitcher
@@ -50,10 +50,12 @@ class GenerationEngine:
         self.watermarker = Watermarker()
         self.output_dir = Path(tempfile.mkdtemp(prefix="sdxl-tuner-outputs-"))
 
-        self.weights_cache = WeightsCache(self.runtime, ModelStore.from_settings(settings))
+        self.weights_cache = WeightsCache(
+            self.runtime, ModelStore.from_settings(settings), self.family
+        )
         txt2img = self.base.txt2img
-        encoders = {name: getattr(txt2img, name) for name in text_encoder_names(self.family)}
-        tokenizers = [getattr(txt2img, name) for name in tokenizer_names(self.family)]
+        encoders = {name: getattr(txt2img, name) for name in self.family.text_encoder_names}
+        tokenizers = [getattr(txt2img, name) for name in self.family.tokenizer_names]
         token_targets = [TokenTarget(list(encoders.values()), tokenizers, self.base.set_tokenizers)]
         if self.refiner is not None:
             token_targets.append(

@@ -18,8 +18,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import diffusers
 import torch
-from diffusers import StableDiffusionXLPipeline
 from diffusers.utils import (
     convert_state_dict_to_diffusers,
     convert_state_dict_to_peft,
@@ -30,10 +30,13 @@ from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
 from peft.utils.other import get_pattern_key
 
+from families import ModelFamily
 from weights.runtime import Runtime
 
 # The pipeline components a LoRA file may address, by their key prefix.
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+# The CLIP text model's module prefix in LoRA files (transformers 4 names); see export.py.
+TEXT_MODEL = "text_model"
 
 
 class LoraFormatError(ValueError):
@@ -64,12 +67,15 @@ class PreparedLora:
         )
 
 
-def read_lora(file: Path, runtime: Runtime, source: str | None = None) -> PreparedLora:
+def read_lora(
+    file: Path, runtime: Runtime, family: ModelFamily, source: str | None = None
+) -> PreparedLora:
     """Read a LoRA `.safetensors` in any supported layout into canonical form, on the
     runtime's device and in its dtype (so a slot can use the tensors as they are).
-    Conversion and alpha handling follow diffusers' `load_lora_weights`."""
+    Conversion and alpha handling follow the family pipeline's `load_lora_weights`."""
     source = source or Path(file).name
-    state_dict, alphas, metadata = StableDiffusionXLPipeline.lora_state_dict(
+    pipeline_class = getattr(diffusers, family.txt2img_pipeline)
+    state_dict, alphas, metadata = pipeline_class.lora_state_dict(
         str(file), return_lora_metadata=True
     )
     if not any(key.startswith(tuple(f"{c}." for c in COMPONENTS)) for key in state_dict):
@@ -98,6 +104,10 @@ def _canonical(state_dict, alphas, metadata, component, runtime) -> dict[str, Mo
             state_dict = convert_unet_state_dict_to_peft(state_dict)
     else:
         state_dict = convert_state_dict_to_peft(convert_state_dict_to_diffusers(state_dict))
+        # Module names without CLIP's `text_model.`: files have it or not (transformers 5
+        # flattened CLIPTextModel, not CLIPTextModelWithProjection); each slot puts it back
+        # where its model has it.
+        state_dict = {k.removeprefix(f"{TEXT_MODEL}."): v for k, v in state_dict.items()}
     if any("lora_magnitude_vector" in k or k.endswith("lora_B.bias") for k in state_dict):
         raise LoraFormatError("DoRA and LoRA-bias weights are not supported.")
     ranks = {k: v.shape[1] for k, v in state_dict.items() if "lora_B" in k and v.ndim > 1}
@@ -127,12 +137,15 @@ class LoraSlot:
     def __init__(self, component: torch.nn.Module, name: str):
         self.component = component
         self.name = name
+        # Canonical text-encoder module names leave out `text_model.`; this model may have it.
+        self._module_prefix = f"{TEXT_MODEL}." if hasattr(component, TEXT_MODEL) else ""
         self.layers: dict[str, LoraLayer] = {}  # module name -> PEFT layer holding this slot
         self._targets: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.loaded: PreparedLora | None = None
 
     def check(self, lora: dict[str, ModuleLora]) -> None:
         """Raise a clear error, before anything changes, if `lora` does not fit the model."""
+        lora = self._in_model_names(lora)
         if self._shapes(lora) == self._current_shapes():
             return  # the slot already holds these exact shapes, so they fit
         for name, module in lora.items():
@@ -148,6 +161,7 @@ class LoraSlot:
         """Make this slot hold `lora`: its tensors become the LoRA parameters when it targets
         the same modules (of any rank: a linear or conv layer takes its sizes from its
         weight); otherwise the slot's layers are rebuilt first. Returns whether they were."""
+        lora = self._in_model_names(lora)
         layout = {name: m.down.ndim for name, m in lora.items()}
         rebuilt = layout != {name: a.ndim for name, (a, _) in self._targets.items()}
         if rebuilt:
@@ -159,6 +173,9 @@ class LoraSlot:
             down.data, up.data = module.down, module.up
         self.loaded = owner
         return rebuilt
+
+    def _in_model_names(self, lora: dict[str, ModuleLora]) -> dict[str, ModuleLora]:
+        return {self._module_prefix + name: module for name, module in lora.items()}
 
     @staticmethod
     def _shapes(lora: dict[str, ModuleLora]) -> dict:

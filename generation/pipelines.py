@@ -10,13 +10,11 @@ from pathlib import Path
 
 import diffusers
 
-from families import SDXL, ModelFamily, detect_family
+from families import SDXL, TOKENIZER_NAMES, ModelFamily, detect_family
 from generation.schedulers import SchedulerCache
 from weights.base_models import load_pipeline
 from weights.runtime import Runtime
 
-TEXT_ENCODER_NAMES = ("text_encoder", "text_encoder_2")
-TOKENIZER_NAMES = ("tokenizer", "tokenizer_2")
 # Loading options by family: no invisible watermark in the pipelines (outputs.Watermarker
 # marks after the safety check) and no SD 1.5 safety checker inside them (safety.py runs one).
 LOAD_OPTIONS = {
@@ -44,14 +42,6 @@ class ModelPipelines:
         for pipeline in self.all():
             for name, tokenizer in zip(TOKENIZER_NAMES, tokenizers, strict=False):
                 setattr(pipeline, name, tokenizer)
-
-
-def text_encoder_names(family: ModelFamily) -> tuple[str, ...]:
-    return TEXT_ENCODER_NAMES[: len(family.text_encoder_dims)]
-
-
-def tokenizer_names(family: ModelFamily) -> tuple[str, ...]:
-    return TOKENIZER_NAMES[: len(family.text_encoder_dims)]
 
 
 def load_base(

@@ -17,7 +17,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from families import SDXL
+from families import ModelFamily
 from generation.lora import PreparedLora, read_lora
 from weights.runtime import Runtime
 from weights.store import ModelStore, fetch_trained_weights
@@ -43,21 +43,24 @@ class PreparedWeights:
         return lora + unet
 
 
-def prepare_weights(weights: TrainedWeights, runtime: Runtime) -> PreparedWeights:
-    """Read every tensor a bundle needs into memory, checking the files on the way: LoRA
-    tensors on the runtime's device (a switch uses them as they are), a full fine-tune's UNet
-    on the CPU (it is copied in)."""
-    lora = read_lora(weights.lora, runtime, weights.source) if weights.lora else None
+def prepare_weights(
+    weights: TrainedWeights, runtime: Runtime, family: ModelFamily
+) -> PreparedWeights:
+    """Read every tensor a bundle needs into memory, checking the files on the way (first of
+    all that they were made for the base model's `family`): LoRA tensors on the runtime's
+    device (a switch uses them as they are), a full fine-tune's UNet on the CPU (copied in)."""
+    weights.check_family(family)
+    lora = read_lora(weights.lora, runtime, family, weights.source) if weights.lora else None
     unet = _read_tensors(weights.unet, weights.source, runtime.dtype) if weights.unet else None
     vectors = None
     if weights.embeddings_pti:
         pti = _read_tensors(weights.embeddings_pti, weights.source, torch.float32)
-        missing = [key for key in SDXL.pti_keys if key not in pti]
+        missing = [key for key in family.pti_keys if key not in pti]
         if missing:
             raise UnrecognisedWeightsError(
                 f"{weights.source}: {weights.embeddings_pti.name} lacks {', '.join(missing)}."
             )
-        vectors = {index: pti[key] for index, key in enumerate(SDXL.pti_keys)}
+        vectors = {index: pti[key] for index, key in enumerate(family.pti_keys)}
     token_map = dict(weights.token_map or {})
     if token_map and vectors is None:
         raise UnrecognisedWeightsError(
@@ -80,8 +83,15 @@ def _read_tensors(file: Path, source: str, dtype: torch.dtype) -> dict[str, torc
 class WeightsCache:
     """Recently used `PreparedWeights`, least recently used dropped first, bounded in bytes."""
 
-    def __init__(self, runtime: Runtime, store: ModelStore, max_bytes: int = DEFAULT_CACHE_BYTES):
+    def __init__(
+        self,
+        runtime: Runtime,
+        store: ModelStore,
+        family: ModelFamily,
+        max_bytes: int = DEFAULT_CACHE_BYTES,
+    ):
         self.runtime = runtime
+        self.family = family  # the base model's: weights made for another are refused
         self.store = store  # fetches URLs / data URIs / archives to disk (and caches them there)
         self.max_bytes = max_bytes
         self._entries: OrderedDict[str, PreparedWeights] = OrderedDict()
@@ -91,7 +101,7 @@ class WeightsCache:
             self._entries.move_to_end(reference)
         else:
             weights = fetch_trained_weights(reference, self.store)
-            self._entries[reference] = prepare_weights(weights, self.runtime)
+            self._entries[reference] = prepare_weights(weights, self.runtime, self.family)
         prepared = self._entries[reference]
         # Drop the least recently used; the one just asked for stays even if over budget.
         while len(self._entries) > 1 and self.nbytes > self.max_bytes:

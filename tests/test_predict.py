@@ -212,8 +212,9 @@ def test_inputs_match_replicates_sdxl_model():
     expected = {
         "prompt": "An astronaut riding a rainbow unicorn",
         "negative_prompt": "",
-        "width": 1024,
-        "height": 1024,
+        # Empty: the family's native size, 1024 on SDXL as Replicate's default (see below).
+        "width": None,
+        "height": None,
         "num_outputs": 1,
         "scheduler": "K_EULER",
         "num_inference_steps": 50,
@@ -236,6 +237,11 @@ def test_inputs_match_replicates_sdxl_model():
     assert inputs["lora_scale"].le > 1
     assert set(inputs["scheduler"].choices) == set(SCHEDULERS)
     assert inputs["output_format"].choices == ["png", "webp", "jpg"]
+
+
+def test_empty_size_is_replicates_1024_on_sdxl(predictor):
+    (image,) = predict_arrays(predictor, width=None, height=None, disable_safety_checker=True)
+    assert image.shape[:2] == (1024, 1024)
 
 
 def test_unavailable_safety_checker_fails_fast_with_guidance(monkeypatch, tmp_path):

@@ -50,3 +50,6 @@ def test_size_defaults_to_the_family_native_resolution(predictor):
     request = GenerationRequest(num_inference_steps=1, seed=3, disable_safety_checker=True)
     (path,) = predictor.engine.generate(request).paths
     assert Image.open(path).size == (512, 512)
+    # The same through the Cog inputs left at their declared defaults.
+    (image,) = predict_arrays(predictor, width=None, height=None, disable_safety_checker=True)
+    assert image.shape[:2] == (512, 512)

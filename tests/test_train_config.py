@@ -177,3 +177,11 @@ def test_masked_loss_is_averaged_over_the_mask_and_min_snr_weights_it():
     snr = compute_snr(schedule, timesteps)
     assert weighted.item() == pytest.approx((4.0 * snr.clamp(max=5) / snr).mean().item())
     assert weighted < 4.0  # the low-noise step (high SNR) is down-weighted
+
+
+def test_resolution_left_empty_follows_the_family_and_a_given_one_stays():
+    from families import SD15, SDXL
+
+    assert TrainingConfig(seed=0).for_family(SD15).resolution == 512
+    assert TrainingConfig(seed=0).for_family(SDXL).resolution == 768  # Replicate's default
+    assert TrainingConfig(seed=0, resolution=1024).for_family(SD15).resolution == 1024

@@ -7,11 +7,13 @@ import tarfile
 import pytest
 from cog import Path as CogPath
 
+from families import SD15, SDXL
 from serving.cli import parse_inputs
 from serving.schema import TRAINER_REF, inspect_entry
 from tests.train_helpers import one_thread  # noqa: F401 (autouse fixture)
 from training.config import InvalidTrainingConfig
 from weights.archive import unpack_archive
+from weights.settings import TINY, TINY_SD15
 from weights.trained import (
     EMBEDDINGS_PTI_FILE,
     LORA_FILE,
@@ -32,9 +34,10 @@ def train_with(**inputs):
     return train(**parse_inputs(pairs, None, inspect_entry(TRAINER_REF)))
 
 
-def test_train_turns_the_example_zip_into_a_bundle(tiny_env, tmp_path):
-    bundle = train_with(seed=0, resolution=64, train_batch_size=2, max_train_steps=4,
-                        lr_warmup_steps=0, lora_rank=4)  # fmt: skip
+@pytest.mark.parametrize("base_model, family", [(TINY, SDXL), (TINY_SD15, SD15)])
+def test_train_turns_the_example_zip_into_a_bundle(tiny_env, tmp_path, base_model, family):
+    bundle = train_with(base_model=base_model, seed=0, resolution=64, train_batch_size=2,
+                        max_train_steps=4, lr_warmup_steps=0, lora_rank=4)  # fmt: skip
     assert isinstance(bundle, CogPath) and bundle.name == "trained_model.tar"
     with tarfile.open(bundle) as tar:
         names = set(tar.getnames())
@@ -44,8 +47,10 @@ def test_train_turns_the_example_zip_into_a_bundle(tiny_env, tmp_path):
     assert record["plan"]["images"] == 6 and record["plan"]["steps"] == 4
     assert record["inputs"]["seed"] == 0 and record["config"]["seed"] == 0
     assert "preprocess" in record["phase_seconds"]
+    assert record["family"] == family.name and record["base_model"] == base_model
     described = inspect_weights(tmp_path / "bundle")
     assert described.token_map == {"TOK": "<s0><s1>"} and described.lora is not None
+    assert described.family is family
 
 
 def test_dry_run_reports_the_plan_without_training(tiny_env):
@@ -56,6 +61,29 @@ def test_dry_run_reports_the_plan_without_training(tiny_env):
     assert plan["steps"] == 300 and len(plan["images"]) == 6
     assert all("TOK" in image["caption"] for image in plan["images"])
     assert plan["estimated_training_seconds"] > 0
+
+
+def test_resolution_left_empty_is_the_base_model_family_default(tiny_env, monkeypatch):
+    import train as entry
+
+    class Stop(Exception):
+        pass
+
+    asked = []
+
+    def record_resolution(config):
+        asked.append(config.resolution)
+        raise Stop  # the images need not be cropped to see the size they would get
+
+    monkeypatch.setattr(entry, "preprocess", record_resolution)
+    for inputs in (
+        {"base_model": TINY_SD15},
+        {"base_model": TINY},
+        {"base_model": TINY_SD15, "resolution": 640},
+    ):
+        with pytest.raises(Stop):
+            train_with(**inputs)
+    assert asked == [SD15.training_resolution, SDXL.training_resolution, 640] == [512, 768, 640]
 
 
 def test_invalid_combinations_fail_before_any_work(tiny_env, monkeypatch):

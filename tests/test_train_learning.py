@@ -1,20 +1,26 @@
 """The trainer learns: LoRA + pivotal tuning, full fine-tune and pure textual inversion, on
-the tiny SDXL and a synthetic subject; and what it writes loads in stock diffusers."""
+the tiny SDXL and the tiny SD 1.5 (tests taking `base` run for both families) and a synthetic
+subject; and what it writes loads in stock diffusers."""
 
 import json
 import tarfile
+from dataclasses import dataclass
+from pathlib import Path
 from types import SimpleNamespace
 
+import diffusers
 import numpy as np
 import pytest
 import torch
-from diffusers import DDPMScheduler, StableDiffusionXLPipeline
+from diffusers import DDPMScheduler
 from safetensors.torch import load_file
 
 from dataset_and_utils import TokenEmbeddingsHandler, load_pixels, read_captions
+from families import FAMILIES, SDXL, ModelFamily
 from tests.train_helpers import make_dataset, one_thread, small_config  # noqa: F401 (autouse)
 from training.bundle import write_bundle, write_dry_run_report
 from training.loop import STATE_DIR, TrainingDivergedError, run_training
+from weights.archive import unpack_archive
 from weights.runtime import pick_runtime
 from weights.trained import (
     BUNDLE_FILE,
@@ -36,6 +42,40 @@ CPU = pick_runtime("cpu")
 TRIGGER_PROMPT = "a photo of <s0><s1>"
 
 
+@dataclass(frozen=True)
+class Base:
+    """A tiny base model and its family, with stock diffusers pipelines built on it."""
+
+    folder: Path
+    family: ModelFamily
+
+    def pipeline(self, weights=None, unet_file=None):
+        """The family's stock pipeline, with a bundle's LoRA and tokens loaded the documented
+        way (load_lora_weights, Replicate's TokenEmbeddingsHandler recipe)."""
+        pipe = getattr(diffusers, self.family.txt2img_pipeline).from_pretrained(self.folder)
+        pipe.set_progress_bar_config(disable=True)
+        if weights is not None and (weights / LORA_FILE).is_file():
+            pipe.load_lora_weights(weights, weight_name=LORA_FILE)
+        if weights is not None and (weights / EMBEDDINGS_PTI_FILE).is_file():
+            handler = TokenEmbeddingsHandler(self.encoders(pipe), self.tokenizers(pipe))
+            handler.load_embeddings(weights / EMBEDDINGS_PTI_FILE)
+        if unet_file is not None:
+            pipe.unet.load_state_dict(load_file(str(unet_file)))
+        return pipe
+
+    def encoders(self, pipe) -> list:
+        return [getattr(pipe, name) for name in self.family.text_encoder_names]
+
+    def tokenizers(self, pipe) -> list:
+        return [getattr(pipe, name) for name in self.family.tokenizer_names]
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def base(request, tiny_models, tiny_sd15_model) -> Base:
+    folder = tiny_models["base"] if request.param == SDXL.name else tiny_sd15_model
+    return Base(folder, FAMILIES[request.param])
+
+
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     return make_dataset(tmp_path_factory.mktemp("dataset"))
@@ -46,10 +86,10 @@ def train(dataset, base, work, **overrides):
 
 
 @pytest.fixture(scope="module")
-def lora_run(dataset, tiny_models, tmp_path_factory):
+def lora_run(dataset, base, tmp_path_factory):
     return train(
         dataset,
-        tiny_models["base"],
+        base.folder,
         tmp_path_factory.mktemp("lora-run"),
         max_train_steps=40,
         lora_lr=3e-2,
@@ -61,21 +101,6 @@ def lora_run(dataset, tiny_models, tmp_path_factory):
         sample_prompts=("a photo of TOK",),
         sample_steps=2,
     )
-
-
-def pipeline(tiny_models, weights=None, unet_file=None):
-    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_models["base"])
-    pipe.set_progress_bar_config(disable=True)
-    if weights is not None and (weights / LORA_FILE).is_file():
-        pipe.load_lora_weights(weights, weight_name=LORA_FILE)
-    if weights is not None and (weights / EMBEDDINGS_PTI_FILE).is_file():
-        handler = TokenEmbeddingsHandler(
-            [pipe.text_encoder, pipe.text_encoder_2], [pipe.tokenizer, pipe.tokenizer_2]
-        )
-        handler.load_embeddings(weights / EMBEDDINGS_PTI_FILE)
-    if unet_file is not None:
-        pipe.unet.load_state_dict(load_file(str(unet_file)))
-    return pipe
 
 
 def generate(pipe, prompt=TRIGGER_PROMPT, seed=0, output_type="np", steps=6):
@@ -112,17 +137,24 @@ def denoising_loss(pipe, latents, prompt, count=32):
     latents = latents[torch.arange(count) % len(latents)]
     noise = torch.randn(latents.shape, generator=generator)
     timesteps = torch.randint(0, 1000, (count,), generator=generator)
-    embeds, _, pooled, _ = pipe.encode_prompt([prompt] * count, do_classifier_free_guidance=False)
-    time_ids = torch.tensor([[64, 64, 0, 0, 64, 64]] * count, dtype=torch.float32)
     noisy = DDPMScheduler.from_config(pipe.scheduler.config).add_noise(latents, noise, timesteps)
+    embeds, added = pipeline_conditioning(pipe, prompt, count)
     with torch.no_grad():
-        prediction = pipe.unet(
-            noisy,
-            timesteps,
-            embeds,
-            added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids},
-        ).sample
+        prediction = pipe.unet(noisy, timesteps, embeds, added_cond_kwargs=added).sample
     return (prediction - noise).pow(2).mean().item()
+
+
+def pipeline_conditioning(pipe, prompt, count):
+    """The UNet's text conditioning as the stock pipeline computes it (SDXL: plus the pooled
+    embedding and the 64x64 micro-conditioning)."""
+    if isinstance(pipe, diffusers.StableDiffusionXLPipeline):
+        embeds, _, pooled, _ = pipe.encode_prompt(
+            [prompt] * count, do_classifier_free_guidance=False
+        )
+        time_ids = torch.tensor([[64, 64, 0, 0, 64, 64]] * count, dtype=torch.float32)
+        return embeds, {"text_embeds": pooled, "time_ids": time_ids}
+    embeds, _ = pipe.encode_prompt([prompt] * count, "cpu", 1, do_classifier_free_guidance=False)
+    return embeds, None
 
 
 def distance_to_training(pipe, target, prompt):
@@ -130,30 +162,29 @@ def distance_to_training(pipe, target, prompt):
     return (sampled - target.mean(0, keepdim=True)).pow(2).mean().item()
 
 
-def test_lora_with_pivotal_tuning_learns_the_subject(lora_run, tiny_models, dataset):
-    base = pipeline(tiny_models)
-    tuned = pipeline(tiny_models, lora_run.weights_dir)
-    target = training_latents(dataset, base)
+def test_lora_with_pivotal_tuning_learns_the_subject(lora_run, base, dataset):
+    assert lora_run.family is base.family
+    tuned = base.pipeline(lora_run.weights_dir)
+    base_pipe = base.pipeline()
+    target = training_latents(dataset, base_pipe)
 
     # (a) the loss falls
     assert len(losses(lora_run)) == 40
-    before = denoising_loss(base, target, "a photo of TOK, a red square")
+    before = denoising_loss(base_pipe, target, "a photo of TOK, a red square")
     assert denoising_loss(tuned, target, f"{TRIGGER_PROMPT}, a red square") < 0.95 * before
 
     # (b) the new token rows moved from their initialisation; every other row is untouched
     state = load_file(
         str(lora_run.checkpoints[0] / STATE_DIR / "parameters.safetensors")
     )  # the whole embedding tables at step 20
-    fresh = pipeline(tiny_models)
-    handler = TokenEmbeddingsHandler(
-        [fresh.text_encoder, fresh.text_encoder_2], [fresh.tokenizer, fresh.tokenizer_2]
-    )
+    fresh = base.pipeline()
+    handler = TokenEmbeddingsHandler(base.encoders(fresh), base.tokenizers(fresh))
     handler.initialize_new_tokens(2, torch.Generator().manual_seed(0))  # the run's init
     initial = handler.token_vectors()
     trained = load_file(str(lora_run.weights_dir / EMBEDDINGS_PTI_FILE))
-    for index, (name, encoder) in enumerate(
-        [("text_encoder", base.text_encoder), ("text_encoder_2", base.text_encoder_2)]
-    ):
+    assert sorted(trained) == sorted(base.family.pti_keys)
+    names = base.family.text_encoder_names
+    for index, (name, encoder) in enumerate(zip(names, base.encoders(base_pipe), strict=True)):
         (table,) = [
             v for k, v in state.items() if k.startswith(f"{name}.") and "token_embedding" in k
         ]
@@ -163,18 +194,18 @@ def test_lora_with_pivotal_tuning_learns_the_subject(lora_run, tiny_models, data
         assert moved.abs().max() > 1e-3
 
     # (c) the trigger now draws something else than the base model with the same seed
-    assert differs(generate(tuned), generate(base))
+    assert differs(generate(tuned), generate(base_pipe))
 
     # (d) in latent space, samples with the trigger move toward the training images
     assert distance_to_training(tuned, target, TRIGGER_PROMPT) < 0.95 * distance_to_training(
-        base, target, "a photo of TOK"
+        base_pipe, target, "a photo of TOK"
     )
 
 
-def test_full_fine_tune_updates_the_unet_in_fp32(dataset, tiny_models, tmp_path):
+def test_full_fine_tune_updates_the_unet_in_fp32(dataset, base, tmp_path):
     result = train(
         dataset,
-        tiny_models["base"],
+        base.folder,
         tmp_path,
         is_lora=False,
         unet_learning_rate=2e-4,
@@ -183,39 +214,43 @@ def test_full_fine_tune_updates_the_unet_in_fp32(dataset, tiny_models, tmp_path)
     )
     files = sorted(p.name for p in result.weights_dir.iterdir())
     assert files == [SPECIAL_PARAMS_FILE, UNET_FILE]
-    base = pipeline(tiny_models)
+    base_pipe = base.pipeline()
     tuned_state = load_file(str(result.weights_dir / UNET_FILE))
     changed = [
         name
-        for name, tensor in base.unet.state_dict().items()
+        for name, tensor in base_pipe.unet.state_dict().items()
         if not torch.equal(tensor, tuned_state[name])
     ]
     assert len(changed) > 0.9 * len(tuned_state)  # really the UNet, not a no-op
     assert all(t.dtype == torch.float32 for t in tuned_state.values())
-    tuned = pipeline(tiny_models, unet_file=result.weights_dir / UNET_FILE)
+    tuned = base.pipeline(unet_file=result.weights_dir / UNET_FILE)
     prompt = "a photo of TOK"
-    target = training_latents(dataset, base)
-    assert denoising_loss(tuned, target, prompt) < 0.95 * denoising_loss(base, target, prompt)
-    assert differs(generate(tuned, prompt), generate(base, prompt))
+    target = training_latents(dataset, base_pipe)
+    before = denoising_loss(base_pipe, target, prompt)
+    assert denoising_loss(tuned, target, prompt) < 0.95 * before
+    assert differs(generate(tuned, prompt), generate(base_pipe, prompt))
 
 
-def test_pure_textual_inversion_trains_only_the_tokens(dataset, tiny_models, tmp_path):
-    result = train(dataset, tiny_models["base"], tmp_path, lora_lr=0, ti_lr=3e-2,
+def test_pure_textual_inversion_trains_only_the_tokens(dataset, base, tmp_path):
+    result = train(dataset, base.folder, tmp_path, lora_lr=0, ti_lr=3e-2,
                    max_train_steps=20)  # fmt: skip
     assert result.plan.pivot_step == 20  # tokens train to the end
     files = {p.name for p in result.weights_dir.iterdir()}
     assert LORA_FILE not in files and UNET_FILE not in files
     assert {EMBEDDINGS_PTI_FILE, EMBEDDINGS_FILE, SPECIAL_PARAMS_FILE} <= files
+    base_pipe = base.pipeline()
+    encoders = base.encoders(base_pipe)
     assert result.summary["trainable_parameters"] == sum(
-        e.get_input_embeddings().weight.numel()
-        for e in (pipeline(tiny_models).text_encoder, pipeline(tiny_models).text_encoder_2)
-    ) + 2 * (32 + 64)  # the two enlarged embedding tables
-    tuned, base = pipeline(tiny_models, result.weights_dir), pipeline(tiny_models)
-    assert differs(generate(tuned, output_type="latent"), generate(base, output_type="latent"))
-    target = training_latents(dataset, base)
-    before = denoising_loss(base, target, "a photo of TOK, a red square")
+        e.get_input_embeddings().weight.numel() + 2 * e.config.hidden_size  # 2 new rows
+        for e in encoders
+    )
+    tuned = base.pipeline(result.weights_dir)
+    assert differs(generate(tuned, output_type="latent"), generate(base_pipe, output_type="latent"))
+    target = training_latents(dataset, base_pipe)
+    before = denoising_loss(base_pipe, target, "a photo of TOK, a red square")
     assert denoising_loss(tuned, target, f"{TRIGGER_PROMPT}, a red square") < before
-    assert inspect_weights(result.weights_dir).embeddings_pti is not None
+    described = inspect_weights(result.weights_dir)
+    assert described.embeddings_pti is not None and described.family is base.family
 
 
 def test_same_seed_same_tensors_and_seed_zero_is_a_seed(dataset, tiny_models, tmp_path):
@@ -245,10 +280,10 @@ def test_nan_loss_stops_the_run_without_writing_weights(dataset, tiny_models, tm
     assert not (tmp_path / "weights").exists()
 
 
-def test_lora_formats_load_in_stock_diffusers_and_agree(dataset, tiny_models, tmp_path):
+def test_lora_formats_load_in_stock_diffusers_and_agree(dataset, base, tmp_path):
     result = train(
         dataset,
-        tiny_models["base"],
+        base.folder,
         tmp_path,
         lora_lr=5e-3,
         lora_rank=4,
@@ -259,37 +294,48 @@ def test_lora_formats_load_in_stock_diffusers_and_agree(dataset, tiny_models, tm
     )
     weights = result.weights_dir
     kohya = load_file(str(weights / LORA_KOHYA_FILE))
-    assert {k.split("_")[1] for k in kohya} == {"unet", "te1", "te2"}
+    family = base.family  # SDXL: lora_unet_, lora_te1_, lora_te2_; SD 1.5: lora_unet_, lora_te_
+    prefixes = {family.kohya_unet_prefix, *family.kohya_text_encoder_prefixes}
+    assert {k.split("_")[0] + "_" + k.split("_")[1] for k in kohya} == prefixes
     assert all(v.item() == 2.0 for k, v in kohya.items() if k.endswith(".alpha"))
+    # Text-encoder modules under the names A1111, ComfyUI and older diffusers know.
+    first_te = f"{family.kohya_text_encoder_prefixes[0]}_text_model_encoder_layers_0_self_attn_"
+    assert f"{first_te}q_proj.lora_down.weight" in kohya
+    peft_keys = load_file(str(weights / LORA_FILE))
+    assert "text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight" in peft_keys
 
-    reference = generate(pipeline(tiny_models, weights))
-    from_kohya = pipeline(tiny_models)
+    # lora.safetensors + Replicate's recipe for the tokens: the reference
+    reference = generate(base.pipeline(weights))
+    assert differs(reference, generate(base.pipeline()))
+    from_kohya = base.pipeline()
     from_kohya.load_lora_weights(weights, weight_name=LORA_KOHYA_FILE)
-    TokenEmbeddingsHandler(
-        [from_kohya.text_encoder, from_kohya.text_encoder_2],
-        [from_kohya.tokenizer, from_kohya.tokenizer_2],
-    ).load_embeddings(weights / EMBEDDINGS_PTI_FILE)
+    TokenEmbeddingsHandler(base.encoders(from_kohya), base.tokenizers(from_kohya)).load_embeddings(
+        weights / EMBEDDINGS_PTI_FILE
+    )
     np.testing.assert_allclose(generate(from_kohya), reference, atol=1e-4)
 
-    # embeddings.safetensors, one text encoder at a time with diffusers' textual inversion
-    from_ti = pipeline(tiny_models)
+    # embeddings.safetensors with diffusers' textual inversion
+    from_ti = base.pipeline()
     from_ti.load_lora_weights(weights, weight_name=LORA_FILE)
-    vectors = load_file(str(weights / EMBEDDINGS_FILE))
-    for key, encoder, tokenizer in (
-        ("clip_l", from_ti.text_encoder, from_ti.tokenizer),
-        ("clip_g", from_ti.text_encoder_2, from_ti.tokenizer_2),
-    ):
-        from_ti.load_textual_inversion(
-            vectors[key], token=["<s0>", "<s1>"], text_encoder=encoder, tokenizer=tokenizer
-        )
-    np.testing.assert_allclose(generate(from_ti), reference, atol=1e-5)
-    assert differs(reference, generate(pipeline(tiny_models)))
+    if len(family.text_encoder_dims) == 1:
+        # The A1111 way: the file under a name of one's choosing, that name in the prompt.
+        from_ti.load_textual_inversion(weights / EMBEDDINGS_FILE, token="mysubject")
+        prompt = "a photo of mysubject"
+    else:  # one text encoder at a time
+        vectors = load_file(str(weights / EMBEDDINGS_FILE))
+        pairs = zip(base.encoders(from_ti), base.tokenizers(from_ti), strict=True)
+        for key, (encoder, tokenizer) in zip(family.embedding_keys, pairs, strict=True):
+            from_ti.load_textual_inversion(
+                vectors[key], token=["<s0>", "<s1>"], text_encoder=encoder, tokenizer=tokenizer
+            )
+        prompt = TRIGGER_PROMPT
+    np.testing.assert_allclose(generate(from_ti, prompt), reference, atol=1e-5)
 
 
-def test_bundle_holds_every_promised_file(lora_run, tmp_path):
+def test_bundle_holds_every_promised_file(lora_run, base, tmp_path):
     preview = tmp_path / "preview.png"
     preview.write_bytes((lora_run.work_dir / "samples").glob("*.png").__next__().read_bytes())
-    bundle = write_bundle(lora_run, tmp_path / BUNDLE_FILE, "tiny", preview=preview)
+    bundle = write_bundle(lora_run, tmp_path / BUNDLE_FILE, str(base.folder), preview=preview)
     with tarfile.open(bundle) as tar:
         names = set(tar.getnames())
         record = json.load(tar.extractfile(TRAINING_CONFIG_FILE))
@@ -314,6 +360,12 @@ def test_bundle_holds_every_promised_file(lora_run, tmp_path):
     assert "diffusers" in record["libraries"]
     assert "<s0><s1>" in card and "load_lora_weights" in card
     assert not list(tmp_path.glob("*.partial"))
+    # The family is recorded, and the model card's snippet is the family's.
+    assert record["family"] == base.family.name
+    assert f"{base.family.txt2img_pipeline}.from_pretrained" in card
+    assert all(f"pipe.{name}" in card for name in base.family.text_encoder_names)
+    unpack_archive(bundle, tmp_path / "unpacked")
+    assert inspect_weights(tmp_path / "unpacked").family is base.family
 
 
 def test_dry_run_times_a_few_steps_and_reports_the_plan(dataset, tiny_models, tmp_path):

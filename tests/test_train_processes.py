@@ -10,20 +10,22 @@ import tarfile
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from tests.train_helpers import make_dataset, one_thread, small_config  # noqa: F401 (autouse)
 from training.loop import latest_checkpoint, run_training
 from weights.runtime import pick_runtime
+from weights.settings import TINY, TINY_SD15
 from weights.trained import BUNDLE_FILE, EMBEDDINGS_PTI_FILE, LORA_FILE, TRAINING_CONFIG_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = {"max_train_steps": 12, "checkpointing_steps": 3, "lora_lr": 1e-3}
 
 
-def cli_environment(model_cache) -> dict:
-    env = dict(os.environ, BASE_MODEL="tiny", SDXL_TUNER_CACHE=str(model_cache))
+def cli_environment(model_cache, base_model: str = TINY) -> dict:
+    env = dict(os.environ, BASE_MODEL=base_model, SDXL_TUNER_CACHE=str(model_cache))
     env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     return env
 
@@ -35,11 +37,15 @@ def cli_settings(settings: dict) -> list[str]:
     return [arg for k, v in pairs.items() for arg in ("--set", f"{k}={json.dumps(v)}")]
 
 
-def test_resume_after_kill_equals_an_uninterrupted_run(tiny_models, tiny_env, tmp_path):
+@pytest.mark.parametrize("base_model", [TINY, TINY_SD15])
+def test_resume_after_kill_equals_an_uninterrupted_run(
+    base_model, tiny_models, tiny_sd15_model, tiny_env, tmp_path
+):
+    folder = tiny_sd15_model if base_model == TINY_SD15 else tiny_models["base"]
     dataset = make_dataset(tmp_path / "dataset")
     killed_dir = tmp_path / "killed"
     command = [sys.executable, "-m", "training", str(dataset), str(killed_dir), *cli_settings(RUN)]
-    process = subprocess.Popen(command, cwd=ROOT, env=cli_environment(tiny_env),
+    process = subprocess.Popen(command, cwd=ROOT, env=cli_environment(tiny_env, base_model),
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
     deadline = time.monotonic() + 240
     while latest_checkpoint(killed_dir) is None:
@@ -53,12 +59,8 @@ def test_resume_after_kill_equals_an_uninterrupted_run(tiny_models, tiny_env, tm
     assert int(checkpoint.name.split("-")[1]) < RUN["max_train_steps"]
 
     runtime = pick_runtime("cpu")
-    resumed = run_training(
-        small_config(**RUN), dataset, tiny_models["base"], killed_dir, runtime, checkpoint
-    )
-    straight = run_training(
-        small_config(**RUN), dataset, tiny_models["base"], tmp_path / "straight", runtime
-    )
+    resumed = run_training(small_config(**RUN), dataset, folder, killed_dir, runtime, checkpoint)
+    straight = run_training(small_config(**RUN), dataset, folder, tmp_path / "straight", runtime)
     for name in (LORA_FILE, EMBEDDINGS_PTI_FILE):
         a, b = (load_file(str(r.weights_dir / name)) for r in (resumed, straight))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name

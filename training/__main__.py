@@ -18,7 +18,7 @@ from pathlib import Path
 from training.bundle import write_bundle
 from training.config import TrainingConfig
 from training.loop import latest_checkpoint, run_training
-from weights.base_models import resolve_model
+from weights.base_models import diffusers_folder, resolve_model
 from weights.runtime import pick_runtime
 from weights.settings import ModelSettings
 from weights.trained import BUNDLE_FILE
@@ -54,7 +54,11 @@ def main(argv=None) -> None:
     resume = latest_checkpoint(args.work_dir) if args.resume else None
     if args.resume and resume is None:
         parser.error(f"--resume: {args.work_dir} has no checkpoint yet.")
-    model_folder = resolve_model(base, "base", model_settings.cache_dir)
+    model_folder = diffusers_folder(
+        resolve_model(base, "base", model_settings.cache_dir),
+        model_settings.cache_dir,
+        model_settings.single_file_config,
+    )
     result = run_training(config, args.dataset, model_folder, args.work_dir, runtime, resume)
     if result.is_main_process:
         bundle = write_bundle(result, args.work_dir / BUNDLE_FILE, base, inputs=settings)

@@ -77,6 +77,7 @@ def training_record(result: TrainingResult, config: TrainingConfig, base_model, 
         "inputs": inputs,
         "config": config.to_json(),
         "base_model": base_model,
+        "family": result.family.name,  # read back by weights.trained.inspect_weights
         "mode": config.mode,
         "token_map": result.token_map,
         "plan": {
@@ -121,10 +122,13 @@ def plot_loss(metrics_file: Path, image: Path) -> None:
 
 def model_card(result: TrainingResult, config: TrainingConfig, base_model: str) -> str:
     tokens = result.token_map.get(config.token_string)
-    weights = result.weights_dir
+    weights, family = result.weights_dir, result.family
     prompt = f"a photo of {tokens or config.token_string}"
+    pipeline_class = family.txt2img_pipeline
+    encoders = ", ".join(f"pipe.{name}" for name in family.text_encoder_names)
+    tokenizers = ", ".join(f"pipe.{name}" for name in family.tokenizer_names)
     lines = [
-        f"# SDXL fine-tune ({config.mode})",
+        f"# {family.title} fine-tune ({config.mode})",
         "",
         f"Base model: `{base_model}`. Trained {result.plan.max_train_steps} steps on "
         f"{result.plan.num_images} images at {config.resolution}px, seed {config.seed}.",
@@ -136,12 +140,12 @@ def model_card(result: TrainingResult, config: TrainingConfig, base_model: str) 
             f"predictor; elsewhere write `{tokens}` (the trained tokens).",
             "",
         ]
-    lines += ["## diffusers", "", "```python", "from diffusers import StableDiffusionXLPipeline"]
+    lines += ["## diffusers", "", "```python", f"from diffusers import {pipeline_class}"]
     if tokens:
         lines.append("from dataset_and_utils import TokenEmbeddingsHandler  # from this project")
     lines += [
         "",
-        f'pipe = StableDiffusionXLPipeline.from_pretrained("{base_model}").to("cuda")',
+        f'pipe = {pipeline_class}.from_pretrained("{base_model}").to("cuda")',
     ]
     if (weights / LORA_FILE).is_file():
         lines.append(f'pipe.load_lora_weights(".", weight_name="{LORA_FILE}")')
@@ -152,8 +156,7 @@ def model_card(result: TrainingResult, config: TrainingConfig, base_model: str) 
         ]
     if tokens:
         lines += [
-            "handler = TokenEmbeddingsHandler([pipe.text_encoder, pipe.text_encoder_2],",
-            "                                 [pipe.tokenizer, pipe.tokenizer_2])",
+            f"handler = TokenEmbeddingsHandler([{encoders}], [{tokenizers}])",
             'handler.load_embeddings("embeddings.pti")',
         ]
     lines += [f'image = pipe("{prompt}").images[0]', "```", ""]
@@ -164,8 +167,9 @@ def model_card(result: TrainingResult, config: TrainingConfig, base_model: str) 
             "`models/Lora/` in A1111)."
         )
     if (weights / EMBEDDINGS_FILE).is_file():
+        keys = ", ".join(f"`{key}`" for key in family.embedding_keys)
         lines.append(
-            f"- `{EMBEDDINGS_FILE}`: the token vectors as an SDXL embedding (`clip_l`, `clip_g`); "
+            f"- `{EMBEDDINGS_FILE}`: the token vectors as an {family.title} embedding ({keys}); "
             "put it in `embeddings/` under a name such as `mysubject.safetensors` and write "
             "that name where the trigger goes."
         )

@@ -10,6 +10,8 @@ import importlib.util
 import math
 from dataclasses import asdict, dataclass, field, replace
 
+from families import ModelFamily
+
 OPTIMIZERS = ("adamw", "adamw8bit", "adafactor", "prodigy")
 LR_SCHEDULERS = (
     "constant",
@@ -37,7 +39,8 @@ class InvalidTrainingConfig(ValueError):
 @dataclass(frozen=True)
 class TrainingConfig:
     seed: int
-    resolution: int = 768
+    # None: the base model family's training resolution (SDXL 768, SD 1.5 512); see for_family.
+    resolution: int | None = None
     train_batch_size: int = 4
     num_train_epochs: int = 4000
     max_train_steps: int | None = 1000  # takes precedence over num_train_epochs
@@ -96,6 +99,12 @@ class TrainingConfig:
             use_masks=False,  # a style lives in the whole picture
         )
 
+    def for_family(self, family: ModelFamily) -> TrainingConfig:
+        """The config with the inputs left to the base model's family filled in."""
+        if self.resolution is not None:
+            return self
+        return replace(self, resolution=family.training_resolution)
+
     # --- what trains ----------------------------------------------------------------------
 
     @property
@@ -139,7 +148,7 @@ class TrainingConfig:
     # --- validation -----------------------------------------------------------------------
 
     def _problems(self):
-        if self.resolution < 64 or self.resolution % 64:
+        if self.resolution is not None and (self.resolution < 64 or self.resolution % 64):
             yield f"resolution={self.resolution}: use a multiple of 64 (e.g. 768 or 1024)."
         for name in ("train_batch_size", "num_train_epochs", "num_repeats"):
             if getattr(self, name) < 1:
@@ -161,7 +170,10 @@ class TrainingConfig:
         if self.optimizer not in OPTIMIZERS:
             yield f"optimizer={self.optimizer!r}: use one of {', '.join(OPTIMIZERS)}."
         elif self.optimizer == "adamw8bit" and importlib.util.find_spec("bitsandbytes") is None:
-            yield "optimizer='adamw8bit' needs bitsandbytes (CUDA only): use adamw or adafactor."
+            yield (
+                "optimizer='adamw8bit' needs bitsandbytes (`make setup` installs it): "
+                "use adamw or adafactor."
+            )
         if self.lora_type not in LORA_TYPES:
             yield f"lora_type={self.lora_type!r}: use one of {', '.join(LORA_TYPES)}."
         if self.lr_warmup_steps < 0:

@@ -1,5 +1,7 @@
-"""The training loop, top to bottom: load SDXL, cache the latents, add the new tokens and the
-adapters, then step; save checkpoints and samples on the way and the final weights at the end.
+"""The training loop, top to bottom: load the base model (SDXL or SD 1.5), cache the latents,
+add the new tokens and the adapters, then step; save checkpoints and samples on the way and
+the final weights at the end. The family's facts (text encoders, conditioning, key layouts)
+come from `families.py`; nothing here is specific to one family.
 
 One optimizer and one learning-rate scheduler drive every trained parameter for the whole run;
 the token embeddings stop at the pivot (`ti_frac`) through their scheduler lambda, not through
@@ -26,17 +28,16 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from dataset_and_utils import CachedLatentsDataset, TokenEmbeddingsHandler, read_captions
-from families import SDXL
+from families import ModelFamily
 from training.captions import apply_token_map, caption_for_step
 from training.config import NUM_TOKENS, TrainingConfig
 from training.export import save_trained_weights
 from training.models import (
-    TEXT_ENCODER_NAMES,
-    SDXLComponents,
+    TrainingComponents,
     add_lora,
+    added_conditions,
     encode_prompts,
     load_components,
-    time_ids,
     trainable_parameters,
 )
 from training.samples import render_samples
@@ -62,7 +63,8 @@ class TrainingDivergedError(RuntimeError):
 
 @dataclass
 class TrainingResult:
-    config: TrainingConfig
+    config: TrainingConfig  # with the resolution resolved for the family
+    family: ModelFamily
     work_dir: Path
     plan: TrainingPlan
     token_map: dict[str, str]
@@ -126,8 +128,10 @@ def run_training(
     device, is_main = accelerator.device, accelerator.is_main_process
     torch.manual_seed(config.seed)
 
-    # 2. Models.
+    # 2. Models; the family fills the inputs left to it (resolution).
     models = load_components(base_model, device, runtime.dtype, config.trains_full_unet)
+    family = models.family
+    config = config.for_family(family)
     phase_done("model load")
 
     # 3. Latents, once per image (and per flip). Captions get the trigger's token string.
@@ -137,10 +141,10 @@ def run_training(
         models.vae = None  # not needed any more
     phase_done("latent caching")
 
-    # 4. New tokens <s0><s1> in both tokenizers and encoders (pivotal tuning).
+    # 4. New tokens <s0><s1> in every tokenizer and text encoder (pivotal tuning).
     handler, token_map = None, {}
     if config.trains_tokens:
-        handler = TokenEmbeddingsHandler(models.text_encoders, models.tokenizers)
+        handler = TokenEmbeddingsHandler(models.text_encoders, models.tokenizers, family.pti_keys)
         handler.initialize_new_tokens(NUM_TOKENS, torch.Generator().manual_seed(config.seed))
         for encoder in models.text_encoders:
             encoder.get_input_embeddings().to(torch.float32).requires_grad_(True)
@@ -151,28 +155,24 @@ def run_training(
     groups = []
     if config.trains_unet_lora:
         add_lora(
-            models.unet, config.lora_rank, config.effective_lora_alpha, SDXL.lora_target_modules
+            models.unet, config.lora_rank, config.effective_lora_alpha, family.lora_target_modules
         )
         groups.append(("unet_lora", models.unet, config.lora_lr))
     if config.trains_full_unet:
         models.unet.requires_grad_(True)
         groups.append(("unet", models.unet, config.unet_learning_rate))
     if config.train_text_encoder:
-        for name, encoder in zip(TEXT_ENCODER_NAMES, models.text_encoders, strict=True):
+        for name, encoder in models.named_text_encoders().items():
             add_lora(
                 encoder,
                 config.lora_rank,
                 config.effective_lora_alpha,
-                SDXL.text_encoder_lora_target_modules,
+                family.text_encoder_lora_target_modules,
             )
             groups.append((f"{name}_lora", encoder, config.text_encoder_lr))
     if config.gradient_checkpointing:
         models.unet.enable_gradient_checkpointing()
-    named_models = {
-        "unet": models.unet,
-        "text_encoder": models.text_encoders[0],
-        "text_encoder_2": models.text_encoders[1],
-    }
+    named_models = {"unet": models.unet, **models.named_text_encoders()}
     trainable = trainable_parameters(named_models)
     param_groups = [
         {
@@ -211,12 +211,12 @@ def run_training(
     if resume_from is not None:
         start_step = _load_state(Path(resume_from), trainable, optimizer, lr_scheduler)
         _truncate_metrics(work_dir / METRICS_FILE, start_step)
-    summary = _summary(config, plan, dataset, trainable, device, runtime, accelerator)
+    summary = _summary(config, plan, dataset, trainable, device, runtime, accelerator, family)
     if is_main and not timing_steps:
         print(_format_summary(summary))
 
     # The loss of one micro-batch (steps 8a-8c of the loop below).
-    text_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    text_cache: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
     def micro_batch_loss(indices, generator, rng, text_trains: bool) -> torch.Tensor:
         # 8a. The batch: cached latents (flipped or not), masks, captions.
@@ -227,7 +227,9 @@ def run_training(
         # 8b. Text conditioning: through the encoders while anything on the text side
         #     trains, else encoded once per distinct caption and reused.
         if text_trains:
-            prompt_embeds, pooled = encode_prompts(text_encoders, models.tokenizers, texts, device)
+            prompt_embeds, pooled = encode_prompts(
+                family, text_encoders, models.tokenizers, texts, device
+            )
         else:
             prompt_embeds, pooled = _cached_prompts(text_cache, models, texts, device)
         # 8c. Noise, timesteps, prediction, loss.
@@ -242,14 +244,12 @@ def run_training(
             0, schedule.config.num_train_timesteps, (len(indices),), generator=generator
         ).to(device)
         noisy = schedule.add_noise(latents, noise, timesteps)
+        pixel_sizes = [dataset.pixel_sizes[i] for i in indices]
         prediction = unet(
             noisy,
             timesteps,
             prompt_embeds,
-            added_cond_kwargs={
-                "text_embeds": pooled,
-                "time_ids": time_ids([dataset.pixel_sizes[i] for i in indices], device),
-            },
+            added_cond_kwargs=added_conditions(family, pooled, pixel_sizes, device),
         ).sample
         target = (
             noise
@@ -361,7 +361,16 @@ def run_training(
     bar.close()
 
     result = TrainingResult(
-        config, work_dir, plan, token_map, summary, phases, step_seconds, loss_value, is_main
+        config,
+        family,
+        work_dir,
+        plan,
+        token_map,
+        summary,
+        phases,
+        step_seconds,
+        loss_value,
+        is_main,
     )
     if timing_steps:
         return result
@@ -409,18 +418,22 @@ def _due(every: int, done: int, total: int) -> bool:
     return bool(every) and done % every == 0 and done < total
 
 
-def _is_embedding(parameter, models: SDXLComponents) -> bool:
+def _is_embedding(parameter, models: TrainingComponents) -> bool:
     return any(parameter is e.get_input_embeddings().weight for e in models.text_encoders)
 
 
 @torch.no_grad()
-def _cached_prompts(cache, models: SDXLComponents, texts, device):
+def _cached_prompts(cache, models: TrainingComponents, texts, device):
     missing = [t for t in dict.fromkeys(texts) if t not in cache]
     if missing:
-        embeds, pooled = encode_prompts(models.text_encoders, models.tokenizers, missing, device)
+        embeds, pooled = encode_prompts(
+            models.family, models.text_encoders, models.tokenizers, missing, device
+        )
         for index, text in enumerate(missing):
-            cache[text] = (embeds[index], pooled[index])
-    return torch.stack([cache[t][0] for t in texts]), torch.stack([cache[t][1] for t in texts])
+            cache[text] = (embeds[index], None if pooled is None else pooled[index])
+    embeds = torch.stack([cache[t][0] for t in texts])
+    pooled = None if cache[texts[0]][1] is None else torch.stack([cache[t][1] for t in texts])
+    return embeds, pooled
 
 
 def _save_weights(folder, config, models, handler, token_map, runtime) -> None:
@@ -428,9 +441,7 @@ def _save_weights(folder, config, models, handler, token_map, runtime) -> None:
     staging = folder.with_name(folder.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     dtype = torch.float32 if runtime.device.type == "cpu" else torch.float16
-    save_trained_weights(
-        staging, config, models.unet, models.text_encoders, handler, token_map, dtype
-    )
+    save_trained_weights(staging, config, models, handler, token_map, dtype)
     shutil.rmtree(folder, ignore_errors=True)
     staging.rename(folder)
 
@@ -492,9 +503,11 @@ def _truncate_metrics(file: Path, step: int) -> None:
         file.write_text("".join(row + "\n" for row in rows))
 
 
-def _summary(config, plan, dataset, trainable, device, runtime, accelerator) -> dict:
+def _summary(config, plan, dataset, trainable, device, runtime, accelerator, family) -> dict:
     return {
+        "family": family.name,
         "mode": config.mode,
+        "resolution": config.resolution,
         "images": len(dataset),
         "steps": plan.max_train_steps,
         "epochs": plan.epochs,

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import diffusers
 import torch
-from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+from diffusers import EulerDiscreteScheduler
 
+from generation.pipelines import LOAD_OPTIONS
 from training.captions import apply_token_map
 from training.config import TrainingConfig
+from training.models import TrainingComponents
 
 
 def sample_file(folder: Path, step: int, index: int) -> Path:
@@ -16,17 +19,19 @@ def sample_file(folder: Path, step: int, index: int) -> Path:
 
 
 @torch.no_grad()
-def render_samples(models, config: TrainingConfig, token_map, folder: Path, step: int, accelerator):
+def render_samples(
+    models: TrainingComponents, config: TrainingConfig, token_map, folder: Path, step, accelerator
+):
     """One image per sample prompt at the training resolution, same seed every time, so the
     images of successive steps show how the training moves."""
-    pipeline = StableDiffusionXLPipeline(
+    family = models.family
+    pipeline = getattr(diffusers, family.txt2img_pipeline)(
         vae=models.vae,
-        text_encoder=models.text_encoders[0],
-        text_encoder_2=models.text_encoders[1],
-        tokenizer=models.tokenizers[0],
-        tokenizer_2=models.tokenizers[1],
         unet=models.unet,
         scheduler=EulerDiscreteScheduler.from_pretrained(models.folder, subfolder="scheduler"),
+        **models.named_text_encoders(),
+        **dict(zip(family.tokenizer_names, models.tokenizers, strict=True)),
+        **LOAD_OPTIONS[family.name],
     )
     pipeline.set_progress_bar_config(disable=True)
     folder.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 def save_state(state: Any, folder: Path, name: str) -> None:
     """Write `state` as `name.json` + `name.safetensors` in `folder`."""
     tensors: dict[str, torch.Tensor] = {}
-    structure = _encode(state, tensors)
+    structure = _encode(state, tensors, {})
     save_file(tensors, str(Path(folder) / f"{name}.safetensors"))
     (Path(folder) / f"{name}.json").write_text(json.dumps(structure))
 
@@ -28,17 +28,25 @@ def load_state(folder: Path, name: str) -> Any:
     return _decode(json.loads((Path(folder) / f"{name}.json").read_text()), tensors)
 
 
-def _encode(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
+def _encode(value: Any, tensors: dict[str, torch.Tensor], seen: dict[tuple, str]) -> Any:
     if isinstance(value, torch.Tensor):
-        key = str(len(tensors))
-        tensors[key] = value.detach().cpu().contiguous()
-        return {"tensor": key}
+        # One tensor referenced from several places (8-bit AdamW shares its quantisation maps
+        # between parameters) is stored once and comes back shared.
+        identity = (value.device, value.data_ptr(), value.dtype, tuple(value.shape))
+        if identity not in seen:
+            seen[identity] = str(len(tensors))
+            tensors[seen[identity]] = value.detach().cpu().contiguous()
+        return {"tensor": seen[identity]}
     if isinstance(value, dict):  # keys may be ints (parameter ids): keep their type
-        return {"dict": [[_encode(k, tensors), _encode(v, tensors)] for k, v in value.items()]}
+        return {
+            "dict": [
+                [_encode(k, tensors, seen), _encode(v, tensors, seen)] for k, v in value.items()
+            ]
+        }
     if isinstance(value, tuple):
-        return {"tuple": [_encode(v, tensors) for v in value]}
+        return {"tuple": [_encode(v, tensors, seen) for v in value]}
     if isinstance(value, list):
-        return {"list": [_encode(v, tensors) for v in value]}
+        return {"list": [_encode(v, tensors, seen) for v in value]}
     if value is None or isinstance(value, bool | int | float | str):
         return {"value": value}
     raise TypeError(f"Cannot store a {type(value).__name__} in training state without pickle.")

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from safetensors import safe_open
 
+from families import FAMILIES, ModelFamily, family_from_weight_names
+
 # The weights tarball (see DESIGN.md).
 LORA_FILE = "lora.safetensors"
 LORA_KOHYA_FILE = "lora_kohya.safetensors"
@@ -45,6 +47,10 @@ class UnrecognisedWeightsError(ValueError):
     """The files are not trained weights in any supported layout."""
 
 
+class WrongFamilyError(ValueError):
+    """Trained weights made for another model family (SDXL, SD 1.5) than the base model."""
+
+
 class UnsafeFormatError(ValueError):
     """A pickle-based weights file: refused, because loading it could run code."""
 
@@ -72,7 +78,23 @@ class TrainedWeights:
     token_map: dict[str, str] | None = None  # special_params.json, e.g. {"TOK": "<s0><s1>"}
     training_config: Path | None = None
     lora_kohya: Path | None = None  # the same LoRA with kohya keys (this project's bundles)
-    embeddings: Path | None = None  # the same vectors as clip_l / clip_g (A1111 / ComfyUI)
+    embeddings: Path | None = None  # the same vectors in the A1111 / ComfyUI layout
+    # The family the weights were trained for: as training_config.json records it, else told
+    # from the tensor names; None when neither tells.
+    family: ModelFamily | None = None
+
+    def check_family(self, family: ModelFamily) -> None:
+        """Raise a clear error when these weights were made for another family than `family`."""
+        if self.family is None or self.family is family:
+            return
+        made_for = self.family
+        raise WrongFamilyError(
+            f"{self.source} holds weights trained for {made_for.title} ({made_for.name}), but "
+            f"this model runs an {family.title} ({family.name}) base model, which they cannot "
+            f"load into. Use them with an {made_for.title} base model (BASE_MODEL="
+            f"{made_for.default_base_model} or another {made_for.title} checkpoint), or train "
+            f"them again on an {family.title} base."
+        )
 
 
 def inspect_weights(path: Path, source: str | None = None) -> TrainedWeights:
@@ -81,7 +103,7 @@ def inspect_weights(path: Path, source: str | None = None) -> TrainedWeights:
     source = source or str(path)
     if path.is_file():
         refuse_pickle(str(path))
-        return TrainedWeights(source, lora_key_format(path), lora=path)
+        return _bare_lora(path, source)
     if not path.is_dir():
         raise UnrecognisedWeightsError(f"{source}: no such file or folder.")
     folder = _bundle_root(path)
@@ -94,17 +116,47 @@ def inspect_weights(path: Path, source: str | None = None) -> TrainedWeights:
         return _bare_lora_in(folder, source)
     special = optional(SPECIAL_PARAMS_FILE)
     legacy = lora is not None and lora_key_format(lora) is WeightsFormat.REPLICATE_LEGACY
+    pti, training_config = optional(EMBEDDINGS_PTI_FILE), optional(TRAINING_CONFIG_FILE)
     return TrainedWeights(
         source=source,
         format=WeightsFormat.REPLICATE_LEGACY if legacy else WeightsFormat.BUNDLE,
         lora=lora,
         unet=unet,
-        embeddings_pti=optional(EMBEDDINGS_PTI_FILE),
+        embeddings_pti=pti,
         token_map=json.loads(special.read_text()) if special else None,
-        training_config=optional(TRAINING_CONFIG_FILE),
+        training_config=training_config,
         lora_kohya=optional(LORA_KOHYA_FILE),
         embeddings=optional(EMBEDDINGS_FILE),
+        family=_recorded_family(training_config) or _family_from_files(lora, unet, pti),
     )
+
+
+def _bare_lora(file: Path, source: str) -> TrainedWeights:
+    return TrainedWeights(source, lora_key_format(file), lora=file, family=_family_from_files(file))
+
+
+def _recorded_family(training_config: Path | None) -> ModelFamily | None:
+    """The family this project's trainer records in training_config.json."""
+    if training_config is None:
+        return None
+    try:
+        record = json.loads(training_config.read_text())
+    except (ValueError, OSError):
+        return None  # another trainer's file: the tensors tell instead
+    name = record.get("family") if isinstance(record, dict) else None
+    return FAMILIES.get(name) if isinstance(name, str) else None
+
+
+def _family_from_files(*files: Path | None) -> ModelFamily | None:
+    told = set()
+    for file in files:
+        if file is not None:
+            try:
+                told.add(family_from_weight_names(_tensor_names(file)))
+            except UnrecognisedWeightsError:
+                continue  # reading the weights reports it, with its context
+    told.discard(None)
+    return told.pop() if len(told) == 1 else None
 
 
 def _bare_lora_in(folder: Path, source: str) -> TrainedWeights:
@@ -112,7 +164,7 @@ def _bare_lora_in(folder: Path, source: str) -> TrainedWeights:
     files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
     tensors = [p for p in files if p.suffix == ".safetensors"]
     if len(tensors) == 1:
-        return TrainedWeights(source, lora_key_format(tensors[0]), lora=tensors[0])
+        return _bare_lora(tensors[0], source)
     pickles = [p.name for p in files if p.suffix in PICKLE_SUFFIXES]
     if pickles:
         raise UnrecognisedWeightsError(
@@ -128,13 +180,7 @@ def _bare_lora_in(folder: Path, source: str) -> TrainedWeights:
 
 def lora_key_format(file: Path) -> WeightsFormat:
     """Which key layout a LoRA safetensors file uses, judged from its keys."""
-    try:
-        with safe_open(str(file), framework="pt") as tensors:
-            keys = list(tensors.keys())
-    except Exception as error:  # safetensors raises its own error types for bad headers
-        raise UnrecognisedWeightsError(
-            f"{file.name} is not a readable safetensors file: {error}"
-        ) from None
+    keys = _tensor_names(file)
     if any(k.startswith(("lora_unet_", "lora_te")) for k in keys):
         return WeightsFormat.LORA_KOHYA
     if any("_lora.down." in k or "_lora.up." in k for k in keys):
@@ -142,6 +188,16 @@ def lora_key_format(file: Path) -> WeightsFormat:
     if any(".lora_A." in k or ".lora.down." in k or ".lora_down." in k for k in keys):
         return WeightsFormat.LORA_DIFFUSERS
     raise UnrecognisedWeightsError(f"{file.name} has no LoRA keys in a known layout.")
+
+
+def _tensor_names(file: Path) -> list[str]:
+    try:
+        with safe_open(str(file), framework="pt") as tensors:
+            return list(tensors.keys())
+    except Exception as error:  # safetensors raises its own error types for bad headers
+        raise UnrecognisedWeightsError(
+            f"{file.name} is not a readable safetensors file: {error}"
+        ) from None
 
 
 def _bundle_root(folder: Path) -> Path:

@@ -1,0 +1,93 @@
+"""Training options beyond the defaults, each in a real run on the tiny SDXL: every optimizer
+trains and resumes exactly from its saved state, gradient checkpointing changes memory but not
+the result, and aspect buckets of different sizes train in one run."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from tests.train_helpers import make_dataset, one_thread, small_config  # noqa: F401 (autouse)
+from training.loop import CHECKPOINTS_DIR, run_training
+from weights.runtime import pick_runtime
+from weights.trained import LORA_FILE
+
+CPU = pick_runtime("cpu")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("dataset"))
+
+
+def lora_weights(result) -> dict[str, torch.Tensor]:
+    return load_file(str(result.weights_dir / LORA_FILE))
+
+
+def losses(result) -> list[float]:
+    return [json.loads(line)["loss"] for line in result.metrics_file.read_text().splitlines()]
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "learning_rates"),
+    [
+        ("adamw8bit", {}),
+        ("adafactor", {}),
+        # Prodigy adapts its own step size: its learning rates are multipliers, 1.0 by advice.
+        ("prodigy", {"lora_lr": 1.0, "ti_lr": 1.0}),
+    ],
+)
+def test_each_optimizer_trains_and_resumes_exactly(
+    optimizer, learning_rates, dataset, tiny_models, tmp_path
+):
+    config = small_config(
+        optimizer=optimizer, max_train_steps=4, checkpointing_steps=2, **learning_rates
+    )
+    whole = run_training(config, dataset, tiny_models["base"], tmp_path / "whole", CPU)
+    assert all(np.isfinite(losses(whole)))
+    trained = lora_weights(whole)
+    lora_b = [v for k, v in trained.items() if "lora_B" in k]
+    assert any(v.abs().max() > 0 for v in lora_b), "the LoRA did not move from its zero init"
+
+    # The second half again, from the step-2 checkpoint's optimizer state.
+    checkpoint = whole.work_dir / CHECKPOINTS_DIR / "checkpoint-000002"
+    resumed = run_training(
+        config, dataset, tiny_models["base"], tmp_path / "resumed", CPU, resume_from=checkpoint
+    )
+    again = lora_weights(resumed)
+    assert again.keys() == trained.keys()
+    for key, value in trained.items():
+        assert torch.equal(again[key], value), f"{optimizer}: {key} differs after resume"
+
+
+def test_gradient_checkpointing_gives_the_same_weights(dataset, tiny_models, tmp_path):
+    plain = run_training(
+        small_config(max_train_steps=3), dataset, tiny_models["base"], tmp_path / "a", CPU
+    )
+    checkpointed = run_training(
+        small_config(max_train_steps=3, gradient_checkpointing=True),
+        dataset,
+        tiny_models["base"],
+        tmp_path / "b",
+        CPU,
+    )
+    expected, got = lora_weights(plain), lora_weights(checkpointed)
+    for key, value in expected.items():
+        torch.testing.assert_close(got[key], value, rtol=1e-5, atol=1e-6)
+
+
+def test_aspect_buckets_of_different_sizes_train_in_one_run(tiny_models, tmp_path):
+    """Portrait and landscape crops (as preprocessing's aspect buckets write them) each
+    batch with their own size; the run covers both and finishes."""
+    folder = make_dataset(tmp_path / "dataset", count=4)
+    for index, size in ((0, (64, 128)), (1, (64, 128)), (2, (128, 64)), (3, (128, 64))):
+        for name in (f"{index}.src.png", f"{index}.mask.png"):
+            Image.open(folder / name).resize(size).save(folder / name)
+    result = run_training(
+        small_config(max_train_steps=4), folder, tiny_models["base"], tmp_path / "work", CPU
+    )
+    assert result.plan.micro_batches_per_epoch == 2  # one batch of 2 per bucket
+    assert len(losses(result)) == 4 and all(np.isfinite(losses(result)))
