@@ -1,7 +1,7 @@
 """How recognisably the toy base (`BASE_MODEL=toy`) draws prompted scenes, against the
 untrained tiny SDXL (`tiny`, chance level), and how faithfully the toy VAE reconstructs scenes.
 
-    .venv/bin/python benchmarks/bench_toy_base.py [--prompts 24] [--seeds 2] [--steps 20]
+    .venv/bin/python benchmarks/bench_toy_base.py [--prompts 16] [--seeds 2] [--steps 20]
 
 Generation: held-out grammar prompts x seeds at 64x64 with the SDXL Euler scheduler; a hit is
 an image whose border colour (background) / dominant other colour (object) is the prompted one
@@ -33,7 +33,7 @@ from weights.settings import TINY, TOY  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prompts", type=int, default=24)
+    parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=7.5)
