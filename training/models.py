@@ -60,9 +60,7 @@ def load_components(
         ],
         text_encoders=[encoder.to(device) for encoder in text_encoders],
         vae=vae.to(device),
-        # Channels-last is the layout oneDNN (CPU) and cuDNN (GPU) convolve fastest: about a
-        # fifth off each UNet step on CPU (benchmarks/bench_train.py).
-        unet=unet.to(device, memory_format=torch.channels_last),
+        unet=unet.to(device),
         noise_scheduler=DDPMScheduler.from_pretrained(folder, subfolder="scheduler"),
     )
 
