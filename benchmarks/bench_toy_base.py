@@ -25,7 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from diffusers import AutoencoderKL, StableDiffusionXLPipeline  # noqa: E402
 
 from toyworld import metrics  # noqa: E402
-from toyworld.recognition import follow_rates, generate, held_out_prompts  # noqa: E402
+from toyworld.recognition import (  # noqa: E402
+    follow_rates,
+    generate,
+    held_out_prompts,
+    vae_round_trip,
+)
 from toyworld.scenes import render  # noqa: E402
 from weights.base_models import resolve_model  # noqa: E402
 from weights.settings import TINY, TOY  # noqa: E402
@@ -73,13 +78,9 @@ def main() -> None:
         )
 
 
-@torch.no_grad()
 def reconstruction_row(vae: AutoencoderKL, prompted) -> tuple:
     originals = [render(s) for s in prompted]
-    pixels = torch.from_numpy(np.stack([np.asarray(i, np.float32) for i in originals]))
-    pixels = pixels.permute(0, 3, 1, 2) / 127.5 - 1
-    decoded = vae.decode(vae.encode(pixels).latent_dist.mean).sample
-    arrays = ((decoded.clamp(-1, 1) + 1) * 127.5).permute(0, 2, 3, 1).numpy()
+    arrays = vae_round_trip(vae, originals)
     same = [
         np.mean(
             np.array(metrics.nearest_colour_names(metrics.pixels(o).reshape(-1, 3)))

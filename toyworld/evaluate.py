@@ -46,7 +46,8 @@ from generation.switcher import Selection
 from serving.cli import parse_inputs
 from serving.schema import TRAINER_REF, inspect_entry
 from toyworld import metrics
-from toyworld.scenes import SIZE, article, setting
+from toyworld.recognition import vae_round_trip
+from toyworld.scenes import SIZE, describe, setting
 from toyworld.subject import TRIGGER, subject_images
 from weights.settings import TINY, ModelSettings
 
@@ -68,7 +69,7 @@ class ScenePrompt:
 
     @property
     def text(self) -> str:
-        return f"{article(self.colour)} {self.colour} {self.shape} on {setting(self)}"
+        return describe(self)
 
 
 # White is left out: its two tones are too alike for the pattern to be read back.
@@ -159,15 +160,10 @@ class ToyEvaluator:
         self.pipeline.set_progress_bar_config(disable=True)
         self.reference = self.draw([p.text for p in SCENE_PROMPTS], weights=None)
 
-    @torch.inference_mode()
     def subject_ceiling(self, count: int = 8) -> float:
         """Share of `count` emblem photos in which the VAE's round trip keeps the emblem."""
-        vae = self.pipeline.vae
         photos = [image for image, _ in subject_images(count, seed=0)]
-        pixels = torch.stack([torch.from_numpy(np.asarray(p, np.float32)) for p in photos])
-        pixels = (pixels.permute(0, 3, 1, 2) / 127.5 - 1).to(vae.device, vae.dtype)
-        decoded = vae.decode(vae.encode(pixels).latent_dist.mean).sample
-        decoded = ((decoded.float().clamp(-1, 1) + 1) * 127.5).permute(0, 2, 3, 1).cpu().numpy()
+        decoded = vae_round_trip(self.pipeline.vae, photos)
         return _share(metrics.subject_present(image) for image in decoded)
 
     def draw(self, prompts: list[str], weights: str | None) -> list[Image.Image]:

@@ -36,6 +36,7 @@ from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from dataset_and_utils import CAPTION_COLUMNS, CAPTIONS_FILE
+from toyworld.recognition import pixel_batch
 from toyworld.scenes import SIZE, render, scenes, shape_mask
 from training.config import TrainingConfig
 from training.loop import latest_checkpoint, run_training
@@ -94,9 +95,8 @@ def scene_batch(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """`count` freshly rendered scenes as [count, 3, 64, 64] pixels in -1..1, and their
     objects' masks [count, 1, 64, 64] in 0..1."""
     drawn = scenes(count, seed)
-    images = [np.asarray(render(s), dtype=np.float32) for s in drawn]
     masks = [np.asarray(object_mask(s), dtype=np.float32) for s in drawn]
-    pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2) / 127.5 - 1.0
+    pixels = pixel_batch(render(s) for s in drawn)
     return pixels, torch.from_numpy(np.stack(masks))[:, None] / 255.0
 
 

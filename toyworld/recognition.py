@@ -40,6 +40,21 @@ def follow_rates(images, prompted: list[Scene]) -> FollowRates:
     )
 
 
+def pixel_batch(images) -> torch.Tensor:
+    """RGB images (PIL or H x W x 3 arrays, 0..255) as a [N, 3, H, W] float batch in -1..1."""
+    arrays = np.stack([np.asarray(image, dtype=np.float32) for image in images])
+    return torch.from_numpy(arrays).permute(0, 3, 1, 2) / 127.5 - 1.0
+
+
+@torch.no_grad()
+def vae_round_trip(vae, images) -> np.ndarray:
+    """`images` encoded (posterior mean) and decoded by `vae`: N x H x W x 3 floats, 0..255.
+    What a model on this VAE can draw at best: its UNet trains on those latents."""
+    pixels = pixel_batch(images).to(vae.device, vae.dtype)
+    decoded = vae.decode(vae.encode(pixels).latent_dist.mean).sample.float().clamp(-1, 1)
+    return ((decoded + 1) * 127.5).permute(0, 2, 3, 1).cpu().numpy()
+
+
 @torch.no_grad()
 def generate(pipeline, prompted: list[Scene], seeds: list[int], steps: int, guidance: float):
     """One image per (scene, seed), in that order, at the toy world's size."""

@@ -41,11 +41,16 @@ class Scene:
 
     @property
     def caption(self) -> str:
-        return f"{article(self.colour)} {self.colour} {self.shape} on {setting(self)}"
+        return describe(self)
 
 
 def article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
+
+
+def describe(scene) -> str:
+    """'a red star on a striped blue background': a scene's caption in the grammar."""
+    return f"{article(scene.colour)} {scene.colour} {scene.shape} on {setting(scene)}"
 
 
 def setting(scene) -> str:
