@@ -125,7 +125,7 @@ def train(
         choices=["zip", "tar", "infer"],
     ),
     optimizer: str = Input(
-        description="Optimizer. adamw8bit: 8-bit AdamW (bitsandbytes, less optimizer memory); "
+        description="Optimizer. adamw8bit: 8-bit AdamW, less memory (needs bitsandbytes); "
         "with prodigy use learning rates of 1.0",
         default="adamw",
         choices=list(OPTIMIZERS),

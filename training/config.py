@@ -171,8 +171,8 @@ class TrainingConfig:
             yield f"optimizer={self.optimizer!r}: use one of {', '.join(OPTIMIZERS)}."
         elif self.optimizer == "adamw8bit" and importlib.util.find_spec("bitsandbytes") is None:
             yield (
-                "optimizer='adamw8bit' needs bitsandbytes (`make setup` installs it): "
-                "use adamw or adafactor."
+                "optimizer='adamw8bit' needs bitsandbytes (`pip install bitsandbytes==0.50.2`, "
+                "or add it to requirements.txt before `cog build`): use adamw or adafactor."
             )
         if self.lora_type not in LORA_TYPES:
             yield f"lora_type={self.lora_type!r}: use one of {', '.join(LORA_TYPES)}."
