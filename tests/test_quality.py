@@ -1,7 +1,11 @@
-"""Fine-tuning does not damage the base (issue 9): `train()` on the emblem zip, with the
-default settings except resolution 64 and a short run, on the toy base, leaves prompts without
-`TOK` drawing what the base model drew. A reduced `benchmarks/quality/run.py`; it fails, for
-example, when the trigger is not substituted in the captions (README, "Quality").
+"""Fine-tuning learns and does not damage the base (issue 9): `train()` on the emblem zip, with
+the default settings except resolution 64 and a short run, on the toy base. A reduced
+`benchmarks/quality/run.py` (README, "Quality"):
+
+- prompts without `TOK` still draw what the base model drew; this fails, for example, when the
+  trigger is not substituted in the captions;
+- the LoRA carries part of what `TOK` draws: the subject prompts' images change when its scale
+  goes from 0 to the predictor's default; this fails when the LoRA gets no gradient.
 
 Subject fidelity is not asserted yet: the shipped toy VAE cannot decode the emblem's colours
 (`benchmarks/quality/run.py` prints that ceiling), so no fine-tune can draw it on this base.
@@ -21,6 +25,7 @@ TRAIN_INPUTS = dict(resolution=64, seed=0, max_train_steps=STEPS, checkpointing_
 EVALUATION = EvaluationSettings(seeds=(0, 1), num_inference_steps=10)
 MIN_PRESERVED = 0.5  # share of non-TOK images whose colours are the base model's (0.69)
 MAX_DRIFT = 0.05  # mean absolute pixel difference from the base model's images (0.030)
+MIN_LORA_EFFECT = 0.01  # drift of TOK images between LoRA scale 0 and the default (?)
 
 
 @pytest.fixture(scope="module")
@@ -33,13 +38,24 @@ def evaluator(model_cache):
 
 
 @pytest.fixture(scope="module")
-def scores(evaluator, tmp_path_factory):
+def trained(tmp_path_factory) -> str:
     work = tmp_path_factory.mktemp("quality")
-    trained = train_subject(write_subject_zip(work / "emblem.zip"), TOY, work, **TRAIN_INPUTS)
-    return evaluator.evaluate().fidelity, evaluator.evaluate(str(trained.path)).fidelity
+    return str(
+        train_subject(write_subject_zip(work / "emblem.zip"), TOY, work, **TRAIN_INPUTS).path
+    )
+
+
+@pytest.fixture(scope="module")
+def scores(evaluator, trained):
+    return evaluator.evaluate().fidelity, evaluator.evaluate(trained).fidelity
 
 
 def test_prompts_without_the_trigger_keep_what_the_base_drew(scores):
     base, tuned = scores
     assert tuned.preserved >= MIN_PRESERVED, (base, tuned)
     assert tuned.drift <= MAX_DRIFT, (base, tuned)
+
+
+def test_the_lora_carries_part_of_the_subject(evaluator, trained):
+    effect = evaluator.lora_effect(trained)
+    assert effect >= MIN_LORA_EFFECT, effect

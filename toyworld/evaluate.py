@@ -166,10 +166,14 @@ class ToyEvaluator:
         decoded = vae_round_trip(self.pipeline.vae, photos)
         return _share(metrics.subject_present(image) for image in decoded)
 
-    def draw(self, prompts: list[str], weights: str | None) -> list[Image.Image]:
-        """Every prompt for every seed (prompt-major order), with `weights` active."""
+    def draw(
+        self, prompts: list[str], weights: str | None, lora_scale: float | None = None
+    ) -> list[Image.Image]:
+        """Every prompt for every seed (prompt-major order), with `weights` active at
+        `lora_scale` (by default the settings')."""
         prepared = self.engine.weights_cache.get(str(weights)) if weights else None
-        self.engine.switcher.activate(Selection(prepared, self.settings.lora_scale))
+        scale = self.settings.lora_scale if lora_scale is None else lora_scale
+        self.engine.switcher.activate(Selection(prepared, scale))
         token_map = prepared.token_map if prepared else {}
         texts = [substitute_tokens(p, token_map) for p in prompts for _ in self.settings.seeds]
         seeds = [seed for _ in prompts for seed in self.settings.seeds]
@@ -213,6 +217,16 @@ class ToyEvaluator:
             ),
         )
         return Evaluation(fidelity, subject_images, scene_images)
+
+    def lora_effect(self, weights: str) -> float:
+        """How much a bundle's LoRA changes what the subject prompts draw: the mean drift
+        between their images at the settings' LoRA scale and at scale 0 (its tokens alone).
+        0 when the LoRA learnt nothing."""
+        prompts = [subject_prompt(b) for b in SUBJECT_BACKGROUNDS]
+        with_lora = self.draw(prompts, weights)
+        tokens_only = self.draw(prompts, weights, lora_scale=0.0)
+        pairs = zip(with_lora, tokens_only, strict=True)
+        return float(np.mean([metrics.drift(a, b) for a, b in pairs]))
 
 
 @dataclass(frozen=True)
