@@ -2,13 +2,15 @@
 the default settings except resolution 64 and a short run, on the toy base. A reduced
 `benchmarks/quality/run.py` (README, "Quality"):
 
-- prompts without `TOK` still draw what the base model drew; this fails, for example, when the
-  trigger is not substituted in the captions;
+- the base's VAE can draw the subject at all (the ceiling of what a fine-tune can reach);
+- prompts without `TOK` still draw what the base model drew; this fails when the subject
+  spreads to every caption (the trigger not substituted);
 - the LoRA carries part of what `TOK` draws: the subject prompts' images change when its scale
   goes from 0 to the predictor's default; this fails when the LoRA gets no gradient.
 
-Subject fidelity is not asserted yet: the shipped toy VAE cannot decode the emblem's colours
-(`benchmarks/quality/run.py` prints that ceiling), so no fine-tune can draw it on this base.
+Subject fidelity after training is not asserted yet: the toy VAE draws the emblem, but no
+method draws it within a few hundred steps on this base (README, "Quality"); a bound on it
+could only fail, whatever the trainer does.
 """
 
 import pytest
@@ -23,9 +25,11 @@ STEPS = 150
 TRAIN_INPUTS = dict(resolution=64, seed=0, max_train_steps=STEPS, checkpointing_steps=0,
                     verbose=False)  # fmt: skip
 EVALUATION = EvaluationSettings(seeds=(0, 1), num_inference_steps=10)
-MIN_PRESERVED = 0.5  # share of non-TOK images whose colours are the base model's (0.69)
-MAX_DRIFT = 0.05  # mean absolute pixel difference from the base model's images (0.030)
-MIN_LORA_EFFECT = 0.01  # drift of TOK images between LoRA scale 0 and the default (?)
+MIN_PRESERVED = 0.5  # share of non-TOK images whose colours are the base model's (0.75)
+# Mean absolute pixel difference from the base's images (0.061; trigger not substituted: 0.081).
+MAX_DRIFT = 0.07
+MIN_LORA_EFFECT = 0.02  # drift of TOK images between LoRA scale 0 and the default (0.081)
+MIN_CEILING = 0.75  # share of emblem photos that survive the toy VAE's round trip (1.0)
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +52,11 @@ def trained(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def scores(evaluator, trained):
     return evaluator.evaluate().fidelity, evaluator.evaluate(trained).fidelity
+
+
+def test_the_base_can_draw_the_subject(evaluator):
+    ceiling = evaluator.subject_ceiling()
+    assert ceiling >= MIN_CEILING, ceiling
 
 
 def test_prompts_without_the_trigger_keep_what_the_base_drew(scores):

@@ -5,7 +5,8 @@
     python -m toyworld.pretrain --stage unet --resume   # continue a killed UNet run
 
 1. The VAE (the tiny SDXL VAE's classes and 8x scale, narrower at full resolution) learns to
-   reconstruct freshly rendered scenes with an L1 loss and a small KL term, in two phases
+   reconstruct freshly drawn images (grammar scenes, and shapes and sectors in random
+   colours) with an L1 loss and a small KL term, in three phases
    (`VAE_PHASES`) of its own small loop: it is no part of the user-facing trainer. Its latent
    scaling factor is then set so that scaled latents have unit variance, as SD's is.
 2. Rendered scenes and their grammar captions are written as a prepared dataset folder.
@@ -37,7 +38,18 @@ from tqdm.auto import tqdm
 
 from dataset_and_utils import CAPTION_COLUMNS, CAPTIONS_FILE
 from toyworld.recognition import pixel_batch
-from toyworld.scenes import SIZE, render, scenes, shape_mask
+from toyworld.scenes import (
+    BACKGROUNDS,
+    SHAPES,
+    SIZE,
+    downsample,
+    draw_background,
+    paint_sector,
+    paint_shape,
+    render,
+    scenes,
+    shape_mask,
+)
 from training.config import TrainingConfig
 from training.loop import latest_checkpoint, run_training
 from weights.runtime import pick_runtime
@@ -59,13 +71,18 @@ class VAEPhase:
     batch_size: int
     crop_fraction: float  # share of the steps on random crops (a quarter of the compute each)
     object_weight: float  # extra L1 weight on the object's pixels
+    any_colour_share: float  # share of `any_colour_image`s instead of grammar scenes
 
 
-# 1. Backgrounds and rough shapes, mostly on 32x32 crops; 2. whole images with the objects'
-# pixels weighted, so small shapes keep their colour.
+# 1. Backgrounds and rough shapes, mostly on 32x32 crops; 2. and 3. whole images with the
+# objects' pixels weighted, so small shapes keep their colour, then at a lower learning rate.
+# Half of the images have random colours and several shapes, some cut into coloured sectors: a
+# real VAE draws any colour and detail, and a user's subject rarely has the grammar's colours
+# or a single one. (On the palette alone the VAE decoded the emblem as a blue blob.)
 VAE_PHASES = (
-    VAEPhase(steps=1000, lr=5e-4, batch_size=16, crop_fraction=0.85, object_weight=0.0),
-    VAEPhase(steps=800, lr=3e-4, batch_size=8, crop_fraction=0.0, object_weight=4.0),
+    VAEPhase(1500, 5e-4, 16, crop_fraction=0.85, object_weight=0.0, any_colour_share=0.5),
+    VAEPhase(1500, 3e-4, 8, crop_fraction=0.0, object_weight=4.0, any_colour_share=0.5),
+    VAEPhase(3000, 2e-4, 8, crop_fraction=0.0, object_weight=4.0, any_colour_share=0.5),
 )
 
 
@@ -76,7 +93,7 @@ class PretrainConfig:
     vae_crop: int = 32
     vae_save_every: int = 100  # an interrupted run still leaves a usable VAE
     unet_images: int = 4000
-    unet_steps: int = 3000
+    unet_steps: int = 6000
     unet_batch_size: int = 16
     unet_lr: float = 5e-4
     caption_dropout: float = 0.1
@@ -91,19 +108,58 @@ class PretrainConfig:
 # --- 1. the VAE --------------------------------------------------------------------------------
 
 
-def scene_batch(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """`count` freshly rendered scenes as [count, 3, 64, 64] pixels in -1..1, and their
-    objects' masks [count, 1, 64, 64] in 0..1."""
-    drawn = scenes(count, seed)
-    masks = [np.asarray(object_mask(s), dtype=np.float32) for s in drawn]
-    pixels = pixel_batch(render(s) for s in drawn)
-    return pixels, torch.from_numpy(np.stack(masks))[:, None] / 255.0
+def scene_batch(
+    count: int, seed: int, any_colour_share: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`count` freshly drawn images as [count, 3, 64, 64] pixels in -1..1, and their objects'
+    masks [count, 1, 64, 64] in 0..1: grammar scenes, and a share `any_colour_share` of
+    `any_colour_image`s."""
+    rng = random.Random(seed)
+    drawn = [
+        any_colour_image(rng) if rng.random() < any_colour_share else scene_image(scene)
+        for scene in scenes(count, seed)
+    ]
+    masks = np.stack([np.asarray(mask, dtype=np.float32) for _, mask in drawn]) / 255.0
+    return pixel_batch(image for image, _ in drawn), torch.from_numpy(masks)[:, None]
 
 
-def object_mask(scene) -> Image.Image:
-    return shape_mask(scene.shape, scene.centre, scene.radius).resize(
-        (SIZE, SIZE), Image.Resampling.BOX
-    )
+def scene_image(scene) -> tuple[Image.Image, Image.Image]:
+    """A grammar scene and its object's mask."""
+    mask = shape_mask(scene.shape, scene.centre, scene.radius)
+    return render(scene), mask.resize((SIZE, SIZE), Image.Resampling.BOX)
+
+
+def any_colour_image(rng: random.Random) -> tuple[Image.Image, Image.Image]:
+    """A background and one to four shapes, overlapping, all in random RGB colours, and the
+    shapes' mask: colours, and colour edges inside objects, beyond what the grammar draws. Half
+    of the shapes are discs cut into sectors of their own colours."""
+    image = draw_background(rng.choice(BACKGROUNDS), random_rgb(rng))
+    mask = Image.new("L", image.size, 0)
+    for _ in range(rng.randint(1, 4)):
+        radius = rng.uniform(4, 24)
+        centre = (rng.uniform(0, SIZE), rng.uniform(0, SIZE))
+        if rng.random() < 0.5:
+            shape = paint_shape(image, rng.choice(SHAPES), centre, radius, random_rgb(rng))
+        else:
+            shape = paint_sectors(image, centre, radius, rng)
+        mask.paste(255, mask=shape)
+    return downsample(image), mask.resize((SIZE, SIZE), Image.Resampling.BOX)
+
+
+def paint_sectors(
+    image: Image.Image, centre: tuple[float, float], radius: float, rng: random.Random
+) -> Image.Image:
+    """A disc of 2 to 6 sectors in random colours, at a random angle; returns its mask."""
+    count, start = rng.randint(2, 6), rng.uniform(0, 360)
+    colours = [random_rgb(rng) for _ in range(rng.randint(2, count))]
+    for sector in range(count):
+        angles = [start + (sector + k) * 360 / count for k in (0, 1)]
+        paint_sector(image, centre, radius, angles, colours[sector % len(colours)])
+    return shape_mask("circle", centre, radius)
+
+
+def random_rgb(rng: random.Random) -> tuple[int, int, int]:
+    return tuple(rng.randrange(256) for _ in range(3))
 
 
 def train_vae(config: PretrainConfig, weights_dir: Path) -> AutoencoderKL:
@@ -133,7 +189,9 @@ def train_vae_phase(
     )
     bar = tqdm(range(phase.steps), desc=f"VAE phase {seed - config.seed + 1}", unit="step")
     for step in bar:
-        pixels, masks = scene_batch(phase.batch_size, VAE_SEED_OFFSET + seed * 100_000 + step)
+        pixels, masks = scene_batch(
+            phase.batch_size, VAE_SEED_OFFSET + seed * 100_000 + step, phase.any_colour_share
+        )
         if step < phase.steps * phase.crop_fraction:
             box = crop_box(pixels.shape[-1], config.vae_crop, random.Random(step))
             pixels, masks = pixels[box], masks[box]

@@ -83,10 +83,9 @@ def lighter(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
     return tuple(int(c + (255 - c) * 0.55) for c in rgb)
 
 
-def draw_background(kind: str, colour: str) -> Image.Image:
-    """The scene's background at the supersampled size."""
+def draw_background(kind: str, base: tuple[int, int, int]) -> Image.Image:
+    """A background of colour `base` at the supersampled size."""
     size = SIZE * SUPERSAMPLE
-    base = COLOURS[colour]
     light = lighter(base)
     image = Image.new("RGB", (size, size), base)
     draw = ImageDraw.Draw(image)
@@ -136,9 +135,41 @@ def shape_mask(shape: str, centre: tuple[float, float], radius: float) -> Image.
 
 
 def render(scene: Scene) -> Image.Image:
-    image = draw_background(scene.background, scene.background_colour)
-    fill = Image.new("RGB", image.size, COLOURS[scene.colour])
-    image.paste(fill, mask=shape_mask(scene.shape, scene.centre, scene.radius))
+    image = draw_background(scene.background, COLOURS[scene.background_colour])
+    paint_shape(image, scene.shape, scene.centre, scene.radius, COLOURS[scene.colour])
+    return downsample(image)
+
+
+def paint_shape(
+    image: Image.Image,
+    shape: str,
+    centre: tuple[float, float],
+    radius: float,
+    rgb: tuple[int, int, int],
+) -> Image.Image:
+    """Paint a grammar shape onto a supersampled image; returns the shape's mask."""
+    mask = shape_mask(shape, centre, radius)
+    image.paste(Image.new("RGB", image.size, rgb), mask=mask)
+    return mask
+
+
+def paint_sector(
+    image: Image.Image,
+    centre: tuple[float, float],
+    radius: float,
+    angles: tuple[float, float],
+    rgb: tuple[int, int, int],
+) -> None:
+    """Paint a disc's sector onto a supersampled image; angles in degrees, clockwise from
+    3 o'clock."""
+    cx, cy = (c * SUPERSAMPLE for c in centre)
+    r = radius * SUPERSAMPLE
+    box = [cx - r, cy - r, cx + r, cy + r]
+    ImageDraw.Draw(image).pieslice(box, start=angles[0], end=angles[1], fill=rgb)
+
+
+def downsample(image: Image.Image) -> Image.Image:
+    """A supersampled drawing at the final SIZE x SIZE, anti-aliased."""
     return image.resize((SIZE, SIZE), Image.Resampling.LANCZOS)
 
 

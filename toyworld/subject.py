@@ -13,9 +13,17 @@ import zipfile
 from dataclasses import replace
 from pathlib import Path
 
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from toyworld.scenes import SIZE, SUPERSAMPLE, draw_background, random_scene, setting
+from toyworld.scenes import (
+    COLOURS,
+    SIZE,
+    downsample,
+    draw_background,
+    paint_sector,
+    random_scene,
+    setting,
+)
 
 EMBLEM_COLOURS = ((225, 30, 200), (20, 200, 190))  # magenta, teal
 TRIGGER = "TOK"
@@ -24,13 +32,9 @@ FIXED_TIME = (2024, 1, 1, 0, 0, 0)
 
 def draw_emblem(image: Image.Image, centre: tuple[float, float], radius: float) -> None:
     """A disc split into four quarters of alternating colours, at the supersampled scale."""
-    draw = ImageDraw.Draw(image)
-    cx, cy = (c * SUPERSAMPLE for c in centre)
-    r = radius * SUPERSAMPLE
-    box = [cx - r, cy - r, cx + r, cy + r]
     for quarter in range(4):
-        colour = EMBLEM_COLOURS[quarter % 2]
-        draw.pieslice(box, start=quarter * 90, end=(quarter + 1) * 90, fill=colour)
+        angles = (quarter * 90, (quarter + 1) * 90)
+        paint_sector(image, centre, radius, angles, EMBLEM_COLOURS[quarter % 2])
 
 
 def subject_images(count: int, seed: int) -> list[tuple[Image.Image, str]]:
@@ -42,9 +46,9 @@ def subject_images(count: int, seed: int) -> list[tuple[Image.Image, str]]:
         scene = replace(scene, radius=rng.uniform(12, 18))
         margin = scene.radius + 2
         centre = (rng.uniform(margin, SIZE - margin), rng.uniform(margin, SIZE - margin))
-        image = draw_background(scene.background, scene.background_colour)
+        image = draw_background(scene.background, COLOURS[scene.background_colour])
         draw_emblem(image, centre, scene.radius)
-        image = image.resize((SIZE, SIZE), Image.Resampling.LANCZOS)
+        image = downsample(image)
         photos.append((image, f"a photo of {TRIGGER} on {setting(scene)}"))
     return photos
 
