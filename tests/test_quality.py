@@ -50,8 +50,14 @@ def trained(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def scores(evaluator, trained):
-    return evaluator.evaluate().fidelity, evaluator.evaluate(trained).fidelity
+def evaluations(evaluator, trained):
+    return evaluator.evaluate(), evaluator.evaluate(trained)
+
+
+@pytest.fixture(scope="module")
+def scores(evaluations):
+    base, tuned = evaluations
+    return base.fidelity, tuned.fidelity
 
 
 def test_the_base_can_draw_the_subject(evaluator):
@@ -65,6 +71,6 @@ def test_prompts_without_the_trigger_keep_what_the_base_drew(scores):
     assert tuned.drift <= MAX_DRIFT, (base, tuned)
 
 
-def test_the_lora_carries_part_of_the_subject(evaluator, trained):
-    effect = evaluator.lora_effect(trained)
+def test_the_lora_carries_part_of_the_subject(evaluator, trained, evaluations):
+    effect = evaluator.lora_effect(trained, evaluations[1])
     assert effect >= MIN_LORA_EFFECT, effect

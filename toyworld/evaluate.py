@@ -193,7 +193,9 @@ class ToyEvaluator:
         per_seed = len(self.settings.seeds)
         subject_images = self.draw([subject_prompt(b) for b in SUBJECT_BACKGROUNDS], weights)
         backgrounds = [b for b in SUBJECT_BACKGROUNDS for _ in range(per_seed)]
-        scene_images = self.draw([p.text for p in SCENE_PROMPTS], weights)
+        scene_images = (
+            self.draw([p.text for p in SCENE_PROMPTS], weights) if weights else self.reference
+        )
         scenes = [p for p in SCENE_PROMPTS for _ in range(per_seed)]
         pairs = list(zip(scene_images, self.reference, strict=True))
         fidelity = Fidelity(
@@ -218,14 +220,13 @@ class ToyEvaluator:
         )
         return Evaluation(fidelity, subject_images, scene_images)
 
-    def lora_effect(self, weights: str) -> float:
+    def lora_effect(self, weights: str, evaluation: Evaluation) -> float:
         """How much a bundle's LoRA changes what the subject prompts draw: the mean drift
-        between their images at the settings' LoRA scale and at scale 0 (its tokens alone).
-        0 when the LoRA learnt nothing."""
+        between their images in `evaluation` (the bundle's, at the settings' LoRA scale) and
+        at scale 0 (its tokens alone). 0 when the LoRA learnt nothing."""
         prompts = [subject_prompt(b) for b in SUBJECT_BACKGROUNDS]
-        with_lora = self.draw(prompts, weights)
         tokens_only = self.draw(prompts, weights, lora_scale=0.0)
-        pairs = zip(with_lora, tokens_only, strict=True)
+        pairs = zip(evaluation.subject_images, tokens_only, strict=True)
         return float(np.mean([metrics.drift(a, b) for a, b in pairs]))
 
 

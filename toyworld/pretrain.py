@@ -43,10 +43,12 @@ from toyworld.scenes import (
     SHAPES,
     SIZE,
     downsample,
+    downsample_mask,
     draw_background,
     paint_sector,
     paint_shape,
     render,
+    render_with_mask,
     scenes,
     shape_mask,
 )
@@ -116,17 +118,11 @@ def scene_batch(
     `any_colour_image`s."""
     rng = random.Random(seed)
     drawn = [
-        any_colour_image(rng) if rng.random() < any_colour_share else scene_image(scene)
+        any_colour_image(rng) if rng.random() < any_colour_share else render_with_mask(scene)
         for scene in scenes(count, seed)
     ]
     masks = np.stack([np.asarray(mask, dtype=np.float32) for _, mask in drawn]) / 255.0
     return pixel_batch(image for image, _ in drawn), torch.from_numpy(masks)[:, None]
-
-
-def scene_image(scene) -> tuple[Image.Image, Image.Image]:
-    """A grammar scene and its object's mask."""
-    mask = shape_mask(scene.shape, scene.centre, scene.radius)
-    return render(scene), mask.resize((SIZE, SIZE), Image.Resampling.BOX)
 
 
 def any_colour_image(rng: random.Random) -> tuple[Image.Image, Image.Image]:
@@ -143,7 +139,7 @@ def any_colour_image(rng: random.Random) -> tuple[Image.Image, Image.Image]:
         else:
             shape = paint_sectors(image, centre, radius, rng)
         mask.paste(255, mask=shape)
-    return downsample(image), mask.resize((SIZE, SIZE), Image.Resampling.BOX)
+    return downsample(image), downsample_mask(mask)
 
 
 def paint_sectors(
@@ -153,7 +149,7 @@ def paint_sectors(
     count, start = rng.randint(2, 6), rng.uniform(0, 360)
     colours = [random_rgb(rng) for _ in range(rng.randint(2, count))]
     for sector in range(count):
-        angles = [start + (sector + k) * 360 / count for k in (0, 1)]
+        angles = (start + sector * 360 / count, start + (sector + 1) * 360 / count)
         paint_sector(image, centre, radius, angles, colours[sector % len(colours)])
     return shape_mask("circle", centre, radius)
 

@@ -135,9 +135,14 @@ def shape_mask(shape: str, centre: tuple[float, float], radius: float) -> Image.
 
 
 def render(scene: Scene) -> Image.Image:
+    return render_with_mask(scene)[0]
+
+
+def render_with_mask(scene: Scene) -> tuple[Image.Image, Image.Image]:
+    """The scene at SIZE x SIZE, and its object's greyscale mask (255 inside) at that size."""
     image = draw_background(scene.background, COLOURS[scene.background_colour])
-    paint_shape(image, scene.shape, scene.centre, scene.radius, COLOURS[scene.colour])
-    return downsample(image)
+    mask = paint_shape(image, scene.shape, scene.centre, scene.radius, COLOURS[scene.colour])
+    return downsample(image), downsample_mask(mask)
 
 
 def paint_shape(
@@ -171,6 +176,11 @@ def paint_sector(
 def downsample(image: Image.Image) -> Image.Image:
     """A supersampled drawing at the final SIZE x SIZE, anti-aliased."""
     return image.resize((SIZE, SIZE), Image.Resampling.LANCZOS)
+
+
+def downsample_mask(mask: Image.Image) -> Image.Image:
+    """A supersampled mask at SIZE x SIZE: each pixel the covered share of its area."""
+    return mask.resize((SIZE, SIZE), Image.Resampling.BOX)
 
 
 def _polar(cx: float, cy: float, r: float, degrees: float) -> tuple[float, float]:
