@@ -62,10 +62,11 @@ class TokenEmbeddingsHandler:
         for index, encoder, tokenizer in self.pairs():
             self.train_ids = self._install_tokens(encoder, tokenizer)
             table = self._table(encoder)
-            std = table.std()
+            std = table.std().item()
+            # Drawn on the CPU so a seed gives the same tokens on every device.
             noise = torch.randn(count, table.shape[1], generator=generator)
             table[self.train_ids] = (noise * std).to(table.device, table.dtype)
-            keep = torch.ones(table.shape[0], dtype=torch.bool)
+            keep = torch.ones(table.shape[0], dtype=torch.bool, device=table.device)
             keep[self.train_ids] = False
             self._frozen_rows[index] = (keep, table[keep].clone())
 

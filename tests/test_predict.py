@@ -153,11 +153,12 @@ def _concept_scores(predictor, paths) -> list[float]:
     import torch
 
     pixels = checker.processor([Image.open(p) for p in paths], return_tensors="pt").pixel_values
+    pixels = pixels.to(checker.model.device, checker.model.dtype)
     with torch.no_grad():
         embeds = checker.model.visual_projection(checker.model.vision_model(pixels)[1])
         concepts = checker.model.concept_embeds
         cosine = torch.nn.functional.normalize(embeds) @ torch.nn.functional.normalize(concepts).T
-    return cosine.max(dim=1).values.tolist()
+    return cosine.max(dim=1).values.float().tolist()
 
 
 def test_safety_checker_filters_flagged_images_and_says_so(predictor, capsys):

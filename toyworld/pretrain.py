@@ -63,6 +63,14 @@ WORK_DIR = Path("outputs/toy-base")
 VAE_SEED_OFFSET = 1_000_000  # VAE scenes come from other seeds than the UNet's dataset
 # The tiny SDXL VAE's four levels, narrower at full resolution, where most of its compute is.
 TOY_VAE_CHANNELS = (16, 32, 64, 64)
+# SDXL has no attention at full latent resolution; at 1024px a subject spans dozens of latent
+# cells at its attention levels. At 64px the emblem's quarters are one or two cells of the 8x8
+# latent, so the toy UNet attends there too, or a LoRA on the attention projections (the
+# default targets) cannot draw them: only full-resolution convolutions could.
+TOY_UNET_BLOCKS = dict(
+    down_block_types=("CrossAttnDownBlock2D",) * 3,
+    up_block_types=("CrossAttnUpBlock2D",) * 3,
+)
 INITIAL_LOGVAR = -8.0
 
 
@@ -276,11 +284,13 @@ def train_unet(
     config: PretrainConfig, work_dir: Path, weights_dir: Path, resume: bool
 ) -> UNet2DConditionModel:
     """The UNet, trained from random initialisation with the toy VAE in place."""
-    # The tiny SDXL with the toy VAE and the tiny UNet's random initialisation.
+    # The tiny SDXL with the toy VAE and a randomly initialised UNet of the tiny one's sizes.
     start = work_dir / "start-model"
     tiny = build_tiny_pipeline("base")
     vae = AutoencoderKL.from_pretrained(weights_dir / "vae", dtype=torch.float32)
-    toy_pipeline(tiny, vae, tiny.unet).save_pretrained(start, safe_serialization=True)
+    torch.manual_seed(config.seed)
+    unet = UNet2DConditionModel.from_config({**tiny.unet.config, **TOY_UNET_BLOCKS})
+    toy_pipeline(tiny, vae, unet).save_pretrained(start, safe_serialization=True)
     dataset = write_scene_dataset(work_dir / "dataset", config.unet_images, config.seed)
     runs = work_dir / "unet-run"
     resume_from = latest_checkpoint(runs) if resume else None
