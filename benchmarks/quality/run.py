@@ -4,6 +4,7 @@ fine-tuning of the emblem at a few step counts, against the base model (step 0).
     .venv/bin/python benchmarks/quality/run.py                  # base model `toy`
     .venv/bin/python benchmarks/quality/run.py --quick          # fewer steps and seeds
     .venv/bin/python benchmarks/quality/run.py --set lora_lr=1e-3 --steps 100 200
+    .venv/bin/python benchmarks/quality/run.py --steps 400 --lora-scale 1.0 --out /tmp/q
 
 Every run is the Cog `train()` on the emblem zip (`toyworld.subject`) with the declared
 defaults except resolution 64, the step count, seed 0, no checkpoints, and what `--set` gives;
@@ -14,6 +15,7 @@ each method changes only the inputs listed in METHODS. The metrics are `toyworld
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -53,6 +55,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help=f"steps {QUICK_STEPS}, 2 seeds")
     parser.add_argument("--set", action="append", default=[], metavar="INPUT=VALUE",
                         help="a train() input for every run (value parsed as JSON)")  # fmt: skip
+    parser.add_argument("--lora-scale", type=float, help="evaluate at this LoRA scale (0.6)")
+    parser.add_argument("--guidance-scale", type=float, help="evaluate at this guidance (7.5)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: fastest here)")
     parser.add_argument("--out", type=Path, default=HERE, help="folder for the plot and JSON")
     args = parser.parse_args()
@@ -69,6 +73,9 @@ def main() -> None:
     evaluation = EvaluationSettings()
     if args.quick:
         evaluation = replace(evaluation, seeds=QUICK_SEEDS)
+    for name in ("lora_scale", "guidance_scale"):
+        if getattr(args, name) is not None:
+            evaluation = replace(evaluation, **{name: getattr(args, name)})
     extra = parse_settings(args.set)  # checked against train()'s declarations by each run
     cache = Path(os.environ["SDXL_TUNER_CACHE"])
 
@@ -104,7 +111,7 @@ def main() -> None:
         base_model=args.base_model,
         steps=list(steps),
         set=args.set,
-        seeds=list(evaluation.seeds),
+        evaluation=dataclasses.asdict(evaluation),
         subject_ceiling=ceiling,
         rows=rows,
     )
