@@ -54,19 +54,13 @@ def evaluations(evaluator, trained):
     return evaluator.evaluate(), evaluator.evaluate(trained)
 
 
-@pytest.fixture(scope="module")
-def scores(evaluations):
-    base, tuned = evaluations
-    return base.fidelity, tuned.fidelity
-
-
 def test_the_base_can_draw_the_subject(evaluator):
     ceiling = evaluator.subject_ceiling()
     assert ceiling >= MIN_CEILING, ceiling
 
 
-def test_prompts_without_the_trigger_keep_what_the_base_drew(scores):
-    base, tuned = scores
+def test_prompts_without_the_trigger_keep_what_the_base_drew(evaluations):
+    base, tuned = (evaluation.fidelity for evaluation in evaluations)
     assert tuned.preserved >= MIN_PRESERVED, (base, tuned)
     assert tuned.drift <= MAX_DRIFT, (base, tuned)
 

@@ -29,6 +29,7 @@ training loop, weights tarball) with the declared defaults except where a caller
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import shutil
 import tempfile
@@ -158,7 +159,13 @@ class ToyEvaluator:
         self.engine = GenerationEngine(model_settings)
         self.pipeline = self.engine.base.txt2img
         self.pipeline.set_progress_bar_config(disable=True)
-        self.reference = self.draw([p.text for p in SCENE_PROMPTS], weights=None)
+
+    @functools.cached_property
+    def reference(self) -> list[Image.Image]:
+        """The base model's scene images: what preservation is measured against. Drawn on
+        first use, so callers that never evaluate a bundle (the ceiling, the denoising
+        benchmark) do not pay for them."""
+        return self.draw([p.text for p in SCENE_PROMPTS], weights=None)
 
     def subject_ceiling(self, count: int = 8) -> float:
         """Share of `count` emblem photos in which the VAE's round trip keeps the emblem."""

@@ -63,6 +63,7 @@ WORK_DIR = Path("outputs/toy-base")
 VAE_SEED_OFFSET = 1_000_000  # VAE scenes come from other seeds than the UNet's dataset
 # The tiny SDXL VAE's four levels, narrower at full resolution, where most of its compute is.
 TOY_VAE_CHANNELS = (16, 32, 64, 64)
+INITIAL_LOGVAR = -8.0
 # SDXL has no attention at full latent resolution; at 1024px a subject spans dozens of latent
 # cells at its attention levels. At 64px the emblem's quarters are one or two cells of the 8x8
 # latent, so the toy UNet attends there too, or a LoRA on the attention projections (the
@@ -71,7 +72,6 @@ TOY_UNET_BLOCKS = dict(
     down_block_types=("CrossAttnDownBlock2D",) * 3,
     up_block_types=("CrossAttnUpBlock2D",) * 3,
 )
-INITIAL_LOGVAR = -8.0
 
 
 @dataclass(frozen=True)

@@ -73,11 +73,13 @@ def denoise(evaluator, weights: Path | None) -> list[tuple[float, float]]:
     import torch
     from diffusers import DDPMScheduler
 
+    from families import SDXL
     from generation.engine import substitute_tokens
     from generation.switcher import Selection
     from toyworld import metrics
     from toyworld.recognition import pixel_batch
     from toyworld.subject import subject_images
+    from training.models import added_conditions
 
     prepared = evaluator.engine.weights_cache.get(str(weights)) if weights else None
     evaluator.engine.switcher.activate(Selection(prepared, 1.0))
@@ -89,21 +91,19 @@ def denoise(evaluator, weights: Path | None) -> list[tuple[float, float]]:
     generator = torch.Generator().manual_seed(0)
     scores = []
     with torch.inference_mode():
-        clean = vae.encode(pixel_batch(image for image, _ in photos)).latent_dist.mean * scale
+        pixels = pixel_batch(image for image, _ in photos)
+        clean = vae.encode(pixels).latent_dist.mean * scale
         embeds, _, pooled, _ = pipeline.encode_prompt(captions, do_classifier_free_guidance=False)
-        size = clean.shape[-1] * pipeline.vae_scale_factor
-        time_ids = torch.tensor([[size, size, 0, 0, size, size]] * len(photos), dtype=clean.dtype)
-        alphas = DDPMScheduler.from_config(pipeline.scheduler.config).alphas_cumprod  # training's
+        conditions = added_conditions(SDXL, pooled, [tuple(pixels.shape[-2:])] * len(photos), "cpu")
+        schedule = DDPMScheduler.from_config(pipeline.scheduler.config)  # the trainer's noising
         for t in TIMESTEPS:
             noise = torch.randn(clean.shape, generator=generator)
-            alpha = alphas[t]
-            noisy = alpha.sqrt() * clean + (1 - alpha).sqrt() * noise
+            timesteps = torch.full((len(photos),), t)
+            noisy = schedule.add_noise(clean, noise, timesteps)
             predicted = pipeline.unet(
-                noisy,
-                torch.full((len(photos),), t),
-                encoder_hidden_states=embeds,
-                added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids},
-            ).sample
+                noisy, timesteps, encoder_hidden_states=embeds, added_cond_kwargs=conditions
+            ).sample  # the toy base predicts the noise (epsilon)
+            alpha = schedule.alphas_cumprod[t]
             estimate = (noisy - (1 - alpha).sqrt() * predicted) / alpha.sqrt()
             decoded = vae.decode(estimate / scale).sample.float().clamp(-1, 1)
             images = ((decoded + 1) * 127.5).permute(0, 2, 3, 1).numpy()
