@@ -11,19 +11,14 @@ from pathlib import Path
 OUTPUT_DIR = Path("outputs/demo")
 WEIGHTS = OUTPUT_DIR / "trained_model.tar"
 PROMPTS = [
-    "a photo of TOK on a plain blue background",  # the learnt subject, in a new setting
+    "a TOK on a plain blue background",  # the learnt subject, in a new setting
     "a red star on a striped yellow background",  # the toy world the base already draws
 ]
-TRAIN_INPUTS = {
+TRAIN_INPUTS = {  # the defaults (pivotal tuning) but for the toy's size and a short run
     "input_images": "@examples/emblem_photos.zip",
     "seed": 0,
     "resolution": 64,  # the toy world's size
-    "train_batch_size": 4,
-    "max_train_steps": 150,
-    "lr_warmup_steps": 0,
-    "lora_rank": 8,
-    "lora_lr": 1e-3,
-    "ti_lr": 1e-3,
+    "max_train_steps": 400,
     "checkpointing_steps": 0,
     "sample_prompts": PROMPTS[0],
 }

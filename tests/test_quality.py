@@ -1,16 +1,18 @@
-"""Fine-tuning learns and does not damage the base (issue 9): `train()` on the emblem zip, with
-the default settings except resolution 64 and a short run, on the toy base. A reduced
-`benchmarks/quality/run.py` (README, "Quality"):
+"""Fine-tuning learns the subject and does not damage the base (issue 9): `train()` on the
+emblem zip, with the default settings except resolution 64 and a short run, on the toy base. A
+reduced `benchmarks/quality/run.py` (README, "Quality"):
 
 - the base's VAE can draw the subject at all (the ceiling of what a fine-tune can reach);
+- `TOK` prompts draw the emblem, which the base never does; this fails when the LoRA gets no
+  gradient and when the captions' trigger is not replaced by the trained tokens;
 - prompts without `TOK` still draw what the base model drew; this fails when the subject
   spreads to every caption (the trigger not substituted);
 - the LoRA carries part of what `TOK` draws: the subject prompts' images change when its scale
   goes from 0 to the predictor's default; this fails when the LoRA gets no gradient.
 
-Subject fidelity after training is not asserted yet: the toy VAE draws the emblem and a LoRA
-learns to denoise it, but no setting draws it from noise within a few hundred steps on this
-base (README, "Quality"); a bound on it could only fail, whatever the trainer does.
+The bounds sit between a sound run and the two breaks, measured with these settings (sound /
+lora_B frozen / trigger not substituted): subject 0.44 / 0.00 / 0.00; preserved 0.56 / 1.00 /
+0.38; LoRA effect 0.22 / 0.00 / 0.12.
 """
 
 import pytest
@@ -21,14 +23,14 @@ from toyworld.evaluate import EvaluationSettings, ToyEvaluator, train_subject
 from toyworld.subject import write_subject_zip
 from weights.settings import TOY
 
-STEPS = 150
+STEPS = 400
 TRAIN_INPUTS = dict(resolution=64, seed=0, max_train_steps=STEPS, checkpointing_steps=0,
                     verbose=False)  # fmt: skip
 EVALUATION = EvaluationSettings(seeds=(0, 1), num_inference_steps=10)
-MIN_PRESERVED = 0.375  # share of non-TOK images whose colours are the base model's (0.56)
-# Mean absolute pixel difference from the base's images (0.104; trigger not substituted: 0.136).
-MAX_DRIFT = 0.12
-MIN_LORA_EFFECT = 0.02  # drift of TOK images between LoRA scale 0 and the default (0.125)
+MIN_SUBJECT_GAIN = 0.1875  # share of TOK images showing the emblem, above the base's (0.0)
+MIN_PRESERVED = 0.4375  # share of non-TOK images whose colours are the base model's
+MAX_DRIFT = 0.16  # mean absolute pixel difference from the base's images (0.13)
+MIN_LORA_EFFECT = 0.05  # drift of TOK images between LoRA scale 0 and the default
 MIN_CEILING = 0.75  # share of emblem photos that survive the toy VAE's round trip (1.0)
 
 
@@ -57,6 +59,11 @@ def evaluations(evaluator, trained):
 def test_the_base_can_draw_the_subject(evaluator):
     ceiling = evaluator.subject_ceiling()
     assert ceiling >= MIN_CEILING, ceiling
+
+
+def test_trigger_prompts_draw_the_subject(evaluations):
+    base, tuned = (evaluation.fidelity for evaluation in evaluations)
+    assert tuned.subject >= base.subject + MIN_SUBJECT_GAIN, (base, tuned)
 
 
 def test_prompts_without_the_trigger_keep_what_the_base_drew(evaluations):

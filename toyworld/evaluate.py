@@ -3,7 +3,8 @@
 A model (the base alone, or the base with a trained bundle made active by the predictor's own
 weights switcher) draws every prompt of two fixed sets for every seed, at 64x64:
 
-- subject prompts, "a photo of TOK on a striped blue background" (8 backgrounds);
+- subject prompts, "a TOK on a striped blue background" (8 backgrounds), in the captions'
+  words (`toyworld.subject`);
 - scene prompts without the trigger, "a red star on a checked green background" (8 scenes).
 
 From those images (`toyworld.metrics` reads them):
@@ -48,8 +49,8 @@ from serving.cli import parse_inputs
 from serving.schema import TRAINER_REF, inspect_entry
 from toyworld import metrics
 from toyworld.recognition import vae_round_trip
-from toyworld.scenes import SIZE, describe, setting
-from toyworld.subject import TRIGGER, subject_images
+from toyworld.scenes import SIZE, describe
+from toyworld.subject import subject_caption, subject_images
 from weights.settings import TINY, ModelSettings
 
 REQUEST_DEFAULTS = GenerationRequest()  # the predictor's defaults: guidance, LoRA scale, scheduler
@@ -94,10 +95,6 @@ SCENE_PROMPTS = (
     ScenePrompt("star", "white", "gradient", "purple"),
     ScenePrompt("square", "black", "plain", "yellow"),
 )
-
-
-def subject_prompt(background: Background) -> str:
-    return f"a photo of {TRIGGER} on {setting(background)}"
 
 
 @dataclass(frozen=True)
@@ -198,7 +195,7 @@ class ToyEvaluator:
     def evaluate(self, weights: str | None = None) -> Evaluation:
         """The metrics of the base model (`weights=None`) or of the base with a bundle."""
         per_seed = len(self.settings.seeds)
-        subject_images = self.draw([subject_prompt(b) for b in SUBJECT_BACKGROUNDS], weights)
+        subject_images = self.draw([subject_caption(b) for b in SUBJECT_BACKGROUNDS], weights)
         backgrounds = [b for b in SUBJECT_BACKGROUNDS for _ in range(per_seed)]
         scene_images = (
             self.draw([p.text for p in SCENE_PROMPTS], weights) if weights else self.reference
@@ -231,7 +228,7 @@ class ToyEvaluator:
         """How much a bundle's LoRA changes what the subject prompts draw: the mean drift
         between their images in `evaluation` (the bundle's, at the settings' LoRA scale) and
         at scale 0 (its tokens alone). 0 when the LoRA learnt nothing."""
-        prompts = [subject_prompt(b) for b in SUBJECT_BACKGROUNDS]
+        prompts = [subject_caption(b) for b in SUBJECT_BACKGROUNDS]
         tokens_only = self.draw(prompts, weights, lora_scale=0.0)
         pairs = zip(evaluation.subject_images, tokens_only, strict=True)
         return float(np.mean([metrics.drift(a, b) for a, b in pairs]))

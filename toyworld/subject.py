@@ -1,7 +1,17 @@
 """The subject the toy base has never seen: a quartered magenta-and-teal emblem.
 
 Its two colours are outside the scene grammar's palette, so its presence in an image can be
-measured by colour alone. `subject_dataset` packs training photos the way users pack theirs.
+measured by colour alone. `write_subject_zip` packs training photos the way users pack theirs.
+
+The photos are framed and captioned the way a fine-tune of real SDXL is fed, at the toy's scale:
+
+- the emblem fills a third to a half of each photo (radius 20-26 of 64 pixels), as a subject
+  does in the crops a user uploads; at radius 12-18 each of its quarters was one or two cells
+  of the 8x8 latent, and the default pivotal tuning drew it in 0.03 of the images;
+- captions are in the language the base was trained on, with the trigger where the grammar
+  names the object: "a TOK on a striped blue background", as "a photo of TOK dog" speaks
+  SDXL's language. The toy base never saw "a photo of", and with that prefix the default
+  pivotal tuning drew the (large) emblem in 0.12 of the images after 400 steps, against 0.38.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ from toyworld.scenes import (
 
 EMBLEM_COLOURS = ((225, 30, 200), (20, 200, 190))  # magenta, teal
 TRIGGER = "TOK"
+RADIUS = (20.0, 26.0)  # pixels of the 64x64 photo
 FIXED_TIME = (2024, 1, 1, 0, 0, 0)
 
 
@@ -37,19 +48,24 @@ def draw_emblem(image: Image.Image, centre: tuple[float, float], radius: float) 
         paint_sector(image, centre, radius, angles, EMBLEM_COLOURS[quarter % 2])
 
 
+def subject_caption(scene) -> str:
+    """'a TOK on a striped blue background': the trigger in the grammar's object slot."""
+    return f"a {TRIGGER} on {setting(scene)}"
+
+
 def subject_images(count: int, seed: int) -> list[tuple[Image.Image, str]]:
     """`count` photos of the emblem on varied backgrounds and positions, with captions."""
     rng = random.Random(seed)
     photos = []
     for _ in range(count):
         scene = random_scene(rng)
-        scene = replace(scene, radius=rng.uniform(12, 18))
+        scene = replace(scene, radius=rng.uniform(*RADIUS))
         margin = scene.radius + 2
         centre = (rng.uniform(margin, SIZE - margin), rng.uniform(margin, SIZE - margin))
         image = draw_background(scene.background, COLOURS[scene.background_colour])
         draw_emblem(image, centre, scene.radius)
         image = downsample(image)
-        photos.append((image, f"a photo of {TRIGGER} on {setting(scene)}"))
+        photos.append((image, subject_caption(scene)))
     return photos
 
 

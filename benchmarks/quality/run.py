@@ -37,7 +37,7 @@ METHODS = {
     "full fine-tune": {"is_lora": False},  # + textual inversion, as by default
 }
 STEPS = (100, 200, 400)
-QUICK_STEPS = (50, 150)
+QUICK_STEPS = (400,)  # where the defaults first draw the subject
 QUICK_SEEDS = (0, 1)
 COLUMNS = ("subject", "emblem", "prompt", "pattern", "preserved", "drift", "leak", "scene")
 PLOTTED = (
