@@ -56,18 +56,24 @@ def evaluations(evaluator, trained):
     return evaluator.evaluate(), evaluator.evaluate(trained)
 
 
+@pytest.fixture(scope="module")
+def fidelities(evaluations):
+    """(base, tuned) fidelity."""
+    return tuple(evaluation.fidelity for evaluation in evaluations)
+
+
 def test_the_base_can_draw_the_subject(evaluator):
     ceiling = evaluator.subject_ceiling()
     assert ceiling >= MIN_CEILING, ceiling
 
 
-def test_trigger_prompts_draw_the_subject(evaluations):
-    base, tuned = (evaluation.fidelity for evaluation in evaluations)
+def test_trigger_prompts_draw_the_subject(fidelities):
+    base, tuned = fidelities
     assert tuned.subject >= base.subject + MIN_SUBJECT_GAIN, (base, tuned)
 
 
-def test_prompts_without_the_trigger_keep_what_the_base_drew(evaluations):
-    base, tuned = (evaluation.fidelity for evaluation in evaluations)
+def test_prompts_without_the_trigger_keep_what_the_base_drew(fidelities):
+    base, tuned = fidelities
     assert tuned.preserved >= MIN_PRESERVED, (base, tuned)
     assert tuned.drift <= MAX_DRIFT, (base, tuned)
 

@@ -51,7 +51,13 @@ def vae_round_trip(vae, images) -> np.ndarray:
     """`images` encoded (posterior mean) and decoded by `vae`: N x H x W x 3 floats, 0..255.
     What a model on this VAE can draw at best: its UNet trains on those latents."""
     pixels = pixel_batch(images).to(vae.device, vae.dtype)
-    decoded = vae.decode(vae.encode(pixels).latent_dist.mean).sample.float().clamp(-1, 1)
+    return decode_pixels(vae, vae.encode(pixels).latent_dist.mean)
+
+
+@torch.no_grad()
+def decode_pixels(vae, latents: torch.Tensor) -> np.ndarray:
+    """Unscaled latents decoded by `vae`: N x H x W x 3 floats, 0..255."""
+    decoded = vae.decode(latents.to(vae.dtype)).sample.float().clamp(-1, 1)
     return ((decoded + 1) * 127.5).permute(0, 2, 3, 1).cpu().numpy()
 
 

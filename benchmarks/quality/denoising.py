@@ -73,40 +73,42 @@ def denoise(evaluator, weights: Path | None) -> list[tuple[float, float]]:
     import torch
     from diffusers import DDPMScheduler
 
-    from families import SDXL
     from generation.engine import substitute_tokens
     from generation.switcher import Selection
     from toyworld import metrics
-    from toyworld.recognition import pixel_batch
+    from toyworld.recognition import decode_pixels, pixel_batch
     from toyworld.subject import subject_images
     from training.models import added_conditions
 
     prepared = evaluator.engine.weights_cache.get(str(weights)) if weights else None
     evaluator.engine.switcher.activate(Selection(prepared, 1.0))
-    pipeline = evaluator.pipeline
+    pipeline, device = evaluator.pipeline, evaluator.pipeline.device
     photos = subject_images(8, seed=0)  # the zip's photos and captions
     token_map = prepared.token_map if prepared else {}
     captions = [substitute_tokens(caption, token_map) for _, caption in photos]
     vae, scale = pipeline.vae, pipeline.vae.config.scaling_factor
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator().manual_seed(0)  # CPU noise: the same on every device
     scores = []
     with torch.inference_mode():
-        pixels = pixel_batch(image for image, _ in photos)
-        clean = vae.encode(pixels).latent_dist.mean * scale
+        pixels = pixel_batch(image for image, _ in photos).to(device, vae.dtype)
+        clean = vae.encode(pixels).latent_dist.mean.float() * scale
         embeds, _, pooled, _ = pipeline.encode_prompt(captions, do_classifier_free_guidance=False)
-        conditions = added_conditions(SDXL, pooled, [tuple(pixels.shape[-2:])] * len(photos), "cpu")
+        sizes = [tuple(pixels.shape[-2:])] * len(photos)
+        conditions = added_conditions(evaluator.engine.family, pooled, sizes, device)
         schedule = DDPMScheduler.from_config(pipeline.scheduler.config)  # the trainer's noising
         for t in TIMESTEPS:
-            noise = torch.randn(clean.shape, generator=generator)
-            timesteps = torch.full((len(photos),), t)
+            noise = torch.randn(clean.shape, generator=generator).to(device)
+            timesteps = torch.full((len(photos),), t, device=device)
             noisy = schedule.add_noise(clean, noise, timesteps)
             predicted = pipeline.unet(
-                noisy, timesteps, encoder_hidden_states=embeds, added_cond_kwargs=conditions
-            ).sample  # the toy base predicts the noise (epsilon)
-            alpha = schedule.alphas_cumprod[t]
+                noisy.to(pipeline.unet.dtype),
+                timesteps,
+                encoder_hidden_states=embeds,
+                added_cond_kwargs=conditions,
+            ).sample.float()  # the toy base predicts the noise (epsilon)
+            alpha = schedule.alphas_cumprod[t].to(device)
             estimate = (noisy - (1 - alpha).sqrt() * predicted) / alpha.sqrt()
-            decoded = vae.decode(estimate / scale).sample.float().clamp(-1, 1)
-            images = ((decoded + 1) * 127.5).permute(0, 2, 3, 1).numpy()
+            images = decode_pixels(vae, estimate / scale)
             share = float(np.mean([metrics.subject_present(image) for image in images]))
             scores.append((share, float(((predicted - noise) ** 2).mean())))
     return scores
