@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import random
-import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -13,18 +11,27 @@ from PIL import Image
 from generation.lora import PreparedLora
 from generation.outputs import Watermarker, save_images
 from generation.pipelines import load_base, load_refiner
-from generation.request import GenerationRequest, InvalidRequestError, load_image, validate
+from generation.request import (
+    GenerationRequest,
+    InvalidRequestError,
+    load_image,
+    resize,
+    validate,
+    working_size,
+)
 from generation.safety import SafetyChecker, resolve_safety_checker
 from generation.switcher import Selection, TokenTarget, WeightsSwitcher
 from generation.trained_weights import PreparedWeights, WeightsCache
-from preprocess.captions import substitute_trigger
+from input_ranges import random_seed
+from preprocess.captions import contains_trigger, substitute_trigger
 from weights.base_models import hub_variant, resolve_model
 from weights.runtime import Runtime, pick_runtime
 from weights.settings import ModelSettings
 from weights.store import ModelStore
 
 BASE_IMAGE_REFINER_STRENGTH = 0.3  # diffusers' img2img default, as the reference used
-SEED_RANGE = 2**32
+# A model asked for sides this much larger than its native resolution repeats its subject.
+OVERSIZE_NOTE_FACTOR = 1.5
 
 
 @dataclass(frozen=True)
@@ -48,11 +55,8 @@ class GenerationEngine:
         checker_folder = resolve_safety_checker(settings.safety_checker_model, cache_dir)
         self.safety_checker = SafetyChecker(checker_folder, self.runtime)
         self.watermarker = Watermarker()
-        self.output_dir = Path(tempfile.mkdtemp(prefix="sdxl-tuner-outputs-"))
+        self.local_dirs = settings.local_dirs  # folders requests may name files in by path
 
-        self.weights_cache = WeightsCache(
-            self.runtime, ModelStore.from_settings(settings), self.family
-        )
         txt2img = self.base.txt2img
         encoders = {name: getattr(txt2img, name) for name in self.family.text_encoder_names}
         tokenizers = [getattr(txt2img, name) for name in self.family.tokenizer_names]
@@ -66,42 +70,47 @@ class GenerationEngine:
                 )
             )
         self.switcher = WeightsSwitcher({"unet": txt2img.unet, **encoders}, token_targets)
+        # Weights that do not fit these models are refused before they become cache entries.
+        self.weights_cache = WeightsCache(
+            self.runtime,
+            ModelStore.from_settings(settings),
+            self.family,
+            fits=lambda weights: self.switcher.check(Selection(weights)),
+        )
         # The trained version's own weights (COG_WEIGHTS): held here, never evicted.
         self.default_weights: PreparedWeights | None = None
         if default_weights:
             self.default_weights = self.weights_cache.get(str(default_weights))
             self.switcher.activate(Selection(self.default_weights))
 
-    def generate(self, request: GenerationRequest) -> GenerationResult:
-        # 1. Check the inputs before any work; sizes default to the family's native one.
-        native = self.family.native_resolution
-        request = replace(
-            request,
-            width=native if request.width is None else request.width,
-            height=native if request.height is None else request.height,
-        )
-        request, notes = validate(request)
+    def generate(self, request: GenerationRequest, output_dir: Path) -> GenerationResult:
+        """Run one request; the images are written into `output_dir`."""
+        # 1. Check the inputs before any work.
+        request, notes = validate(request, self.local_dirs)
         if request.refine != "no_refiner" and self.refiner is None:
             raise InvalidRequestError(
                 f"refine={request.refine!r} needs a refiner, and {self.family.name} models have "
                 "none: use refine='no_refiner'."
             )
+        image, mask = self._input_images(request, notes)
         for note in notes:
             print(note)
-        size = (request.width, request.height)
-        image = load_image(request.image, "image", size) if request.image else None
-        mask = load_image(request.mask, "mask", size, mode="L") if request.mask else None
 
-        # 2. Seed: drawn from the full 32-bit range unless given, and logged.
-        seed = random.SystemRandom().randrange(SEED_RANGE) if request.seed is None else request.seed
+        # 2. Seed: drawn at random unless given, and logged.
+        seed = random_seed() if request.seed is None else request.seed
         print(f"Using seed: {seed}")
         generator = torch.Generator("cpu").manual_seed(seed)
 
         # 3. Trained weights: this request's, or the version's default; never a leftover.
         main = self._main_weights(request)
-        extra = self._extra_lora(request)
-        self.switcher.activate(Selection(main, request.lora_scale, extra, request.extra_lora_scale))
+        stacked = tuple(
+            (self._stacked_lora(reference), scale) for reference, scale in request.stacked_loras()
+        )
+        self.switcher.activate(Selection(main, request.lora_scale, stacked))
         token_map = main.token_map if main else {}
+        used = [t for t in token_map if contains_trigger(request.prompt, t)]
+        if used:
+            print(f"Trained tokens for {', '.join(used)} in the prompt.")
         prompt = substitute_tokens(request.prompt, token_map)
         negative_prompt = substitute_tokens(request.negative_prompt, token_map)
 
@@ -122,8 +131,32 @@ class GenerationEngine:
                 )
         if request.apply_watermark:
             images = self.watermarker.apply(images)
-        paths = save_images(images, self.output_dir, request.output_format, request.output_quality)
+        paths = save_images(images, output_dir, request.output_format, request.output_quality)
         return GenerationResult(paths, seed, flagged)
+
+    def _input_images(self, request: GenerationRequest, notes: list[str]):
+        """The image and mask at the size they are used: inpainting paints at width x height;
+        img2img keeps the image's own size (as Replicate's model does)."""
+        if request.image is None:
+            self._note_oversize(request.width, request.height, notes)
+            return None, None
+        image = load_image(request.image, "image")
+        if request.mask is None:
+            size, note = working_size(image, request.num_outputs)
+            notes += [note] if note else []
+            self._note_oversize(*size, notes)
+            return resize(image, size), None
+        size = (request.width, request.height)
+        self._note_oversize(*size, notes)
+        return resize(image, size), resize(load_image(request.mask, "mask", mode="L"), size)
+
+    def _note_oversize(self, width: int, height: int, notes: list[str]) -> None:
+        native = self.family.native_resolution
+        if max(width, height) > OVERSIZE_NOTE_FACTOR * native:
+            notes.append(
+                f"{self.family.title} models draw best near {native}x{native}; at {width}x"
+                f"{height} they tend to repeat the subject. Pass smaller width and height."
+            )
 
     # --- weights --------------------------------------------------------------------------------
 
@@ -132,21 +165,19 @@ class GenerationEngine:
             return self.weights_cache.get(request.replicate_weights)
         return self.default_weights
 
-    def _extra_lora(self, request: GenerationRequest) -> PreparedLora | None:
-        if not request.extra_lora:
-            return None
-        extra = self.weights_cache.get(request.extra_lora)
-        if extra.lora is None:
+    def _stacked_lora(self, reference) -> PreparedLora:
+        stacked = self.weights_cache.get(reference)
+        if stacked.lora is None:
             raise InvalidRequestError(
-                f"extra_lora {request.extra_lora} holds no LoRA (a full fine-tune cannot be "
-                "stacked); pass it as replicate_weights instead."
+                f"{stacked.source} holds no LoRA (a full fine-tune cannot be stacked); pass it "
+                "as replicate_weights instead."
             )
-        if extra.token_map:
+        if stacked.token_map:
             print(
-                "extra_lora's trained tokens are not used (only its LoRA is stacked); "
-                "pass it as replicate_weights to use them."
+                f"The trained tokens of {stacked.source} are not used (only its LoRA is "
+                "stacked); pass it as replicate_weights to use them."
             )
-        return extra.lora
+        return stacked.lora
 
     # --- modes ----------------------------------------------------------------------------------
 

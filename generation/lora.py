@@ -37,6 +37,10 @@ from weights.runtime import Runtime
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
 # The CLIP text model's module prefix in LoRA files (transformers 4 names); see export.py.
 TEXT_MODEL = "text_model"
+KEYS_ADVICE = (
+    "Nothing was loaded. Use a LoRA saved by diffusers, peft or kohya's scripts for this "
+    "base model (`.lora_A/.lora_B` or `.lora_down/.lora_up` keys)."
+)
 
 
 class LoraFormatError(ValueError):
@@ -75,19 +79,30 @@ def read_lora(
     Conversion and alpha handling follow the family pipeline's `load_lora_weights`."""
     source = source or Path(file).name
     pipeline_class = getattr(diffusers, family.txt2img_pipeline)
-    state_dict, alphas, metadata = pipeline_class.lora_state_dict(
-        str(file), return_lora_metadata=True
-    )
-    if not any(key.startswith(tuple(f"{c}." for c in COMPONENTS)) for key in state_dict):
+    try:
+        state_dict, alphas, metadata = pipeline_class.lora_state_dict(
+            str(file), return_lora_metadata=True
+        )
+    except (ValueError, KeyError, IndexError) as error:  # diffusers' converters on odd keys
+        message = " ".join(str(error).split())[:300]
+        raise LoraFormatError(
+            f"{source}: diffusers cannot read its LoRA keys ({type(error).__name__}: "
+            f"{message}). {KEYS_ADVICE}"
+        ) from None
+    prefixes = tuple(f"{c}." for c in COMPONENTS)
+    if not any(key.startswith(prefixes) for key in state_dict):
         # The original Replicate trainer wrote UNet attention-processor keys without a prefix.
         state_dict = {f"unet.{key}": value for key, value in state_dict.items()}
+    _refuse_unplaced(source, [key for key in state_dict if not key.startswith(prefixes)])
     modules = {}
     for component in COMPONENTS:
         part = _component_part(state_dict, component)
         if part:
             part_alphas = _component_part(alphas or {}, component) or None
             part_metadata = _component_part(metadata or {}, component) or None
-            modules[component] = _canonical(part, part_alphas, part_metadata, component, runtime)
+            modules[component] = _canonical(
+                part, part_alphas, part_metadata, component, runtime, source
+            )
     if not modules:
         raise LoraFormatError(f"{source}: no LoRA weights for the UNet or the text encoders.")
     return PreparedLora(source, modules)
@@ -98,7 +113,18 @@ def _component_part(mapping: dict, component: str) -> dict:
     return {k.removeprefix(prefix): v for k, v in mapping.items() if k.startswith(prefix)}
 
 
-def _canonical(state_dict, alphas, metadata, component, runtime) -> dict[str, ModuleLora]:
+def _refuse_unplaced(source: str, keys: list[str]) -> None:
+    """Refuse a file with keys that no module takes, rather than apply part of it."""
+    if keys:
+        shown = ", ".join(sorted(keys)[:3]) + (
+            f" and {len(keys) - 3} more" if len(keys) > 3 else ""
+        )
+        raise LoraFormatError(
+            f"{source}: {len(keys)} LoRA keys cannot be placed: {shown}. {KEYS_ADVICE}"
+        )
+
+
+def _canonical(state_dict, alphas, metadata, component, runtime, source) -> dict[str, ModuleLora]:
     if component == "unet":
         if not any("lora_A" in key for key in state_dict):
             state_dict = convert_unet_state_dict_to_peft(state_dict)
@@ -110,14 +136,18 @@ def _canonical(state_dict, alphas, metadata, component, runtime) -> dict[str, Mo
         state_dict = {k.removeprefix(f"{TEXT_MODEL}."): v for k, v in state_dict.items()}
     if any("lora_magnitude_vector" in k or k.endswith("lora_B.bias") for k in state_dict):
         raise LoraFormatError("DoRA and LoRA-bias weights are not supported.")
+    paired = [
+        k for k in state_dict if ".lora_A." in k and k.replace(".lora_A.", ".lora_B.") in state_dict
+    ]
+    placed = {*paired, *(k.replace(".lora_A.", ".lora_B.") for k in paired)}
+    _refuse_unplaced(source, [f"{component}.{k}" for k in state_dict if k not in placed])
     ranks = {k: v.shape[1] for k, v in state_dict.items() if "lora_B" in k and v.ndim > 1}
     config: LoraConfig = _create_lora_config(
         state_dict, alphas, metadata, {f"^{k}": r for k, r in ranks.items()}, component == "unet"
     )
     modules = {}
-    for key, down in state_dict.items():
-        if ".lora_A." not in key:
-            continue
+    for key in paired:
+        down = state_dict[key]
         name = key.split(".lora_A.")[0]
         up = state_dict[key.replace(".lora_A.", ".lora_B.")]
         rank = config.rank_pattern.get(get_pattern_key(config.rank_pattern, name), config.r)

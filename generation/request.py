@@ -1,14 +1,19 @@
-"""What a generation request asks for, its limits (one place; predict.py declares the same
-ranges to Cog), and the checks that turn bad input into clear errors before any work."""
+"""What a generation request asks for: every input's default and range (declared once, on
+the field; predict.py builds its Cog inputs from them), and the checks that turn bad input
+into clear errors before any work."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import math
+import os
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from generation.schedulers import DEFAULT_SCHEDULER, SCHEDULERS
+from input_ranges import one_of, range_problems, ranged, seed_field
+from weights.references import LocalPathRefused, check_file_input
 
 REFINE_MODES = ("no_refiner", "expert_ensemble_refiner", "base_image_refiner")
 OUTPUT_FORMATS = ("png", "webp", "jpg")
@@ -16,10 +21,13 @@ MAX_OUTPUTS = 4
 MAX_STEPS = 500
 MIN_GUIDANCE, MAX_GUIDANCE = 1.0, 50.0
 MAX_LORA_SCALE = 4.0  # LoRAs are often used above 1 (the reference stopped at 1)
-MIN_SIDE = 64
+MAX_STACKED_LORAS = 8  # extra_lora plus the entries of `loras`
+MIN_SIDE, MAX_SIDE = 64, 4096
 SIZE_MULTIPLE = 8  # the VAE downsamples by 8
 # Pixels per request (all outputs together): 4 images of 1536x1536, or one of 3072x3072.
 MAX_PIXELS_PER_REQUEST = 4 * 1536 * 1536
+# The inputs that name files: over HTTP, only as URLs or data URIs (weights/references.py).
+FILE_INPUTS = ("image", "mask", "replicate_weights", "extra_lora")
 
 
 class InvalidRequestError(ValueError):
@@ -30,27 +38,31 @@ class InvalidRequestError(ValueError):
 class GenerationRequest:
     prompt: str = "An astronaut riding a rainbow unicorn"
     negative_prompt: str = ""
-    image: Path | None = None
-    mask: Path | None = None
-    width: int | None = None  # None: the model family's native resolution
-    height: int | None = None
-    num_outputs: int = 1
-    scheduler: str = DEFAULT_SCHEDULER
-    num_inference_steps: int = 50
-    guidance_scale: float = 7.5
-    prompt_strength: float = 0.8
-    seed: int | None = None
-    refine: str = "no_refiner"
-    high_noise_frac: float = 0.8
-    refine_steps: int | None = None
+    # Files: a URL or data URI (text), or a path Cog downloaded or the operator chose (Path).
+    image: str | os.PathLike | None = None
+    mask: str | os.PathLike | None = None
+    # Replicate's sizes. img2img keeps the input image's size, as Replicate's model does.
+    width: int = ranged(1024, MIN_SIDE, MAX_SIDE)
+    height: int = ranged(1024, MIN_SIDE, MAX_SIDE)
+    num_outputs: int = ranged(1, 1, MAX_OUTPUTS)
+    scheduler: str = one_of(DEFAULT_SCHEDULER, SCHEDULERS)
+    num_inference_steps: int = ranged(50, 1, MAX_STEPS)
+    guidance_scale: float = ranged(7.5, MIN_GUIDANCE, MAX_GUIDANCE)
+    prompt_strength: float = ranged(0.8, 0.0, 1.0)
+    seed: int | None = seed_field()
+    refine: str = one_of("no_refiner", REFINE_MODES)
+    high_noise_frac: float = ranged(0.8, 0.0, 1.0)
+    refine_steps: int | None = ranged(None, 1, MAX_STEPS)
     apply_watermark: bool = True
-    lora_scale: float = 0.6
-    replicate_weights: str | None = None
-    extra_lora: str | None = None
-    extra_lora_scale: float = 0.6
+    lora_scale: float = ranged(0.6, 0.0, MAX_LORA_SCALE)
+    replicate_weights: str | os.PathLike | None = None
+    extra_lora: str | os.PathLike | None = None
+    extra_lora_scale: float = ranged(0.6, 0.0, MAX_LORA_SCALE)
+    # OctoAI's form: {"<URL of a LoRA or bundle>": scale, ...}, stacked after extra_lora.
+    loras: dict | None = field(default=None, hash=False)
     disable_safety_checker: bool = False
-    output_format: str = "png"
-    output_quality: int = 80
+    output_format: str = one_of("png", OUTPUT_FORMATS)
+    output_quality: int = ranged(80, 1, 100)
 
     @property
     def mode(self) -> str:
@@ -58,69 +70,108 @@ class GenerationRequest:
             return "inpaint"
         return "img2img" if self.image is not None else "txt2img"
 
+    def stacked_loras(self) -> list[tuple[str | os.PathLike, float]]:
+        """The LoRAs stacked on the main weights, in order: extra_lora, then `loras`."""
+        stacked = [(self.extra_lora, self.extra_lora_scale)] if self.extra_lora else []
+        return stacked + list((self.loras or {}).items())
 
-def validate(request: GenerationRequest) -> tuple[GenerationRequest, list[str]]:
-    """Check every input; return the request with sizes rounded to multiples of 8, and notes
-    for the log about anything adjusted."""
-    notes = []
+
+def validate(
+    request: GenerationRequest, local_dirs: tuple[Path, ...] = ()
+) -> tuple[GenerationRequest, list[str]]:
+    """Check every input; return the request with sizes rounded down to multiples of 8, and
+    notes for the log about anything adjusted. `local_dirs`: the folders whose files a request
+    may name by path (the operator's allow-list)."""
+    problems = range_problems(request)
+    if problems:
+        raise InvalidRequestError("Invalid inputs:\n- " + "\n- ".join(problems))
     if request.mask is not None and request.image is None:
         raise InvalidRequestError(
             "A mask was given without an image: inpainting needs the image to paint into. "
             "Pass `image` too, or drop `mask`."
         )
-    _in_range("num_outputs", request.num_outputs, 1, MAX_OUTPUTS)
-    _in_range("num_inference_steps", request.num_inference_steps, 1, MAX_STEPS)
-    _in_range("guidance_scale", request.guidance_scale, MIN_GUIDANCE, MAX_GUIDANCE)
-    _in_range("prompt_strength", request.prompt_strength, 0.0, 1.0)
-    _in_range("high_noise_frac", request.high_noise_frac, 0.0, 1.0)
-    _in_range("lora_scale", request.lora_scale, 0.0, MAX_LORA_SCALE)
-    _in_range("extra_lora_scale", request.extra_lora_scale, 0.0, MAX_LORA_SCALE)
-    _in_range("output_quality", request.output_quality, 1, 100)
-    if request.refine_steps is not None:
-        _in_range("refine_steps", request.refine_steps, 1, MAX_STEPS)
-    _one_of("scheduler", request.scheduler, SCHEDULERS)
-    _one_of("refine", request.refine, REFINE_MODES)
-    _one_of("output_format", request.output_format, OUTPUT_FORMATS)
+    _check_loras(request.loras)
+    try:
+        for name in FILE_INPUTS:
+            check_file_input(name, getattr(request, name), local_dirs)
+        for reference in request.loras or {}:
+            check_file_input("loras", reference, local_dirs)
+    except LocalPathRefused as error:
+        raise InvalidRequestError(str(error)) from None
 
-    sizes = {}
+    notes, sizes = [], {}
     for name in ("width", "height"):
         value = getattr(request, name)
-        if value < MIN_SIDE:
-            raise InvalidRequestError(f"{name} must be at least {MIN_SIDE} pixels, got {value}.")
         sizes[name] = value - value % SIZE_MULTIPLE
         if sizes[name] != value:
             notes.append(f"{name} {value} is not a multiple of 8: using {sizes[name]}.")
-    pixels = sizes["width"] * sizes["height"] * request.num_outputs
-    if pixels > MAX_PIXELS_PER_REQUEST:
-        raise InvalidRequestError(
-            f"{request.num_outputs} x {sizes['width']}x{sizes['height']} is {pixels / 1e6:.1f} "
-            f"megapixels; at most {MAX_PIXELS_PER_REQUEST / 1e6:.1f} fit in memory per request. "
-            "Lower the size or num_outputs."
-        )
+    _check_pixels(request.num_outputs, sizes["width"], sizes["height"])
     return replace(request, **sizes), notes
 
 
-def load_image(path: Path, name: str, size: tuple[int, int], mode: str = "RGB") -> Image.Image:
-    """Open an input image (any format PIL reads, EXIF orientation applied) at `size`."""
+def _check_loras(loras) -> None:
+    if loras is None:
+        return
+    if not isinstance(loras, dict):
+        raise InvalidRequestError(
+            'loras must be a JSON object of LoRA URL to scale, e.g. {"https://…/a.safetensors": '
+            f"0.8}}; got a {type(loras).__name__}."
+        )
+    if len(loras) + 1 > MAX_STACKED_LORAS:
+        raise InvalidRequestError(
+            f"loras names {len(loras)} LoRAs; at most {MAX_STACKED_LORAS - 1} can be stacked "
+            "(with extra_lora)."
+        )
+    for reference, scale in loras.items():
+        number = isinstance(scale, (int, float)) and not isinstance(scale, bool)
+        if not number or not math.isfinite(scale) or not 0 <= scale <= MAX_LORA_SCALE:
+            raise InvalidRequestError(
+                f"loras: the scale of {str(reference)[:80]!r} must be a number between 0 and "
+                f"{MAX_LORA_SCALE}, got {scale!r}."
+            )
+
+
+def _check_pixels(count: int, width: int, height: int) -> None:
+    pixels = width * height * count
+    if pixels > MAX_PIXELS_PER_REQUEST:
+        raise InvalidRequestError(
+            f"{count} x {width}x{height} is {pixels / 1e6:.1f} megapixels; at most "
+            f"{MAX_PIXELS_PER_REQUEST / 1e6:.1f} fit in memory per request. Lower the size or "
+            "num_outputs."
+        )
+
+
+def load_image(path, name: str, mode: str = "RGB") -> Image.Image:
+    """Open an input image (any format PIL reads, EXIF orientation applied)."""
     try:
         with Image.open(path) as opened:
-            image = ImageOps.exif_transpose(opened).convert(mode)
+            return ImageOps.exif_transpose(opened).convert(mode)
     except (UnidentifiedImageError, OSError) as error:
         raise InvalidRequestError(
             f"The {name} input ({Path(path).name}) is not an image PIL can read: {error}"
         ) from None
-    if image.size != size:
-        # Masks without Lanczos ringing: a black (kept) area must stay exactly black.
-        resample = Image.Resampling.BILINEAR if mode == "L" else Image.Resampling.LANCZOS
-        image = image.resize(size, resample)
-    return image
 
 
-def _in_range(name: str, value, low, high) -> None:
-    if not low <= value <= high:
-        raise InvalidRequestError(f"{name} must be between {low} and {high}, got {value}.")
+def working_size(image: Image.Image, count: int) -> tuple[tuple[int, int], str | None]:
+    """The size img2img works at: the input's own, rounded down to multiples of 8 (as
+    Replicate's model does), scaled down to fit the per-request pixel budget. Returns the
+    size and a note when it differs from the input's."""
+    width, height = image.size
+    budget = MAX_PIXELS_PER_REQUEST / count
+    scale = min(1.0, math.sqrt(budget / (width * height)))
+    size = tuple(
+        max(MIN_SIDE, int(side * scale) // SIZE_MULTIPLE * SIZE_MULTIPLE)
+        for side in (width, height)
+    )
+    if size == (width, height):
+        return size, None
+    reason = "to fit the per-request pixel budget" if scale < 1 else "to multiples of 8"
+    return size, f"The input image is {width}x{height}: working at {size[0]}x{size[1]} ({reason})."
 
 
-def _one_of(name: str, value: str, allowed) -> None:
-    if value not in allowed:
-        raise InvalidRequestError(f"Unknown {name} {value!r}: use one of {', '.join(allowed)}.")
+def resize(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """Images with Lanczos; masks bilinear, without ringing: a black (kept) area stays black."""
+    if image.size == size:
+        return image
+    resample = Image.Resampling.BILINEAR if image.mode == "L" else Image.Resampling.LANCZOS
+    return image.resize(size, resample)

@@ -1,14 +1,14 @@
 """Make the requested trained weights active in the shared models, and nothing else.
 
-Per request the predictor asks for a `Selection` (the trained weights, the extra LoRA, their
-scales). The switcher changes only what differs from the current state:
+Per request the predictor asks for a `Selection` (the trained weights, the LoRAs stacked on
+them, their scales). The switcher changes only what differs from the current state:
 
 1. full fine-tune UNet tensors: copied in; the base values are kept on the CPU and copied
    back exactly when another bundle (or none) is requested;
-2. LoRA: each component (UNet, both text encoders) has a "main" and an "extra" slot; a LoRA
-   on the modules a slot already wraps (any rank) goes into it in place (its parameters are
-   pointed at the cached tensors); an unused slot is switched off (its layers compute exactly
-   the base output) rather than removed;
+2. LoRA: each component (UNet, both text encoders) has a "main" slot and one slot per
+   stacked LoRA ("stacked0", "stacked1", ...); a LoRA on the modules a slot already wraps (any
+   rank) goes into it in place (its parameters are pointed at the cached tensors); an unused
+   slot is switched off (its layers compute exactly the base output) rather than removed;
 3. trained tokens: installed into the base *and* the refiner text encoders; each token count
    gets its own copy of the tokenizers, and a request without tokens gets the pristine ones.
 
@@ -30,15 +30,24 @@ from dataset_and_utils import TokenEmbeddingsHandler
 from generation.lora import LoraFormatError, LoraSlot, PreparedLora
 from generation.trained_weights import PreparedWeights
 
-SLOT_NAMES = ("main", "extra")
+MAIN_SLOT = "main"
 
 
 @dataclass(frozen=True)
 class Selection:
     main: PreparedWeights | None = None
     main_scale: float = 1.0
-    extra: PreparedLora | None = None
-    extra_scale: float = 1.0
+    stacked: tuple[tuple[PreparedLora, float], ...] = ()  # (LoRA, scale), in order
+
+    def slots(self) -> dict[str, tuple[PreparedLora | None, float]]:
+        """Slot name -> (LoRA, scale): the main weights' LoRA, then each stacked one."""
+        slots = {MAIN_SLOT: (self.main.lora if self.main else None, self.main_scale)}
+        slots.update((stacked_slot(i), pair) for i, pair in enumerate(self.stacked))
+        return slots
+
+
+def stacked_slot(index: int) -> str:
+    return f"stacked{index}"  # PEFT adapter names may not contain dots
 
 
 @dataclass
@@ -64,7 +73,7 @@ class WeightsSwitcher:
         self.components = components
         self.token_targets = token_targets
         self.active = Selection()
-        self._slots = self._new_slots()
+        self._slots: dict[tuple[str, str], LoraSlot] = {}  # (component, slot name), on demand
         self._active_slots: dict[str, list[str] | None] = {}  # per component
         self._unet_backup: dict[str, torch.Tensor] = {}  # base values of overwritten tensors
         self._unet_modified: set[str] = set()
@@ -86,13 +95,13 @@ class WeightsSwitcher:
 
     def check(self, selection: Selection) -> None:
         """Raise a clear error if the selection does not fit the models; changes nothing."""
-        for owner in (selection.main and selection.main.lora, selection.extra):
+        for owner, _ in selection.slots().values():
             for component, part in owner.modules.items() if owner else ():
                 if component not in self.components:
                     raise LoraFormatError(
                         f"{owner.source} has LoRA weights for {component}, which this model lacks."
                     )
-                self._slots[component, "main"].check(part)
+                self._slot(component, MAIN_SLOT).check(part)
         if selection.main and selection.main.unet:
             self._check_unet(selection.main)
         if selection.main and selection.main.token_vectors:
@@ -102,7 +111,7 @@ class WeightsSwitcher:
         """Back to the base model: no LoRA layers, base UNet values, pristine tokenizers."""
         for component in self.components.values():
             _unwrap_lora_layers(component)
-        self._slots = self._new_slots()
+        self._slots = {}
         self._active_slots = {}
         self._revert_unet()
         self._unet_loaded = None
@@ -155,17 +164,14 @@ class WeightsSwitcher:
     # --- 2. LoRA slots --------------------------------------------------------------------------
 
     def _apply_loras(self, selection: Selection) -> None:
-        wanted = {
-            "main": (selection.main.lora if selection.main else None, selection.main_scale),
-            "extra": (selection.extra, selection.extra_scale),
-        }
+        wanted = selection.slots()
         for component_name in self.components:
             active, rebuilt = [], False
             for slot_name, (lora, scale) in wanted.items():
                 part = lora.modules.get(component_name) if lora else None
                 if part is None:
                     continue
-                slot = self._slots[component_name, slot_name]
+                slot = self._slot(component_name, slot_name)
                 if slot.loaded is not lora:
                     rebuilt |= slot.load(part, lora)
                 slot.set_scale(scale)
@@ -174,18 +180,17 @@ class WeightsSwitcher:
                 self._active_slots[component_name] = None  # unknown until set
                 layers = {
                     id(layer): layer
-                    for slot in SLOT_NAMES
-                    for layer in self._slots[component_name, slot].layers.values()
+                    for (component, _), slot in self._slots.items()
+                    if component == component_name
+                    for layer in slot.layers.values()
                 }
                 _set_active_adapters(layers.values(), active)
                 self._active_slots[component_name] = active
 
-    def _new_slots(self) -> dict[tuple[str, str], LoraSlot]:
-        return {
-            (name, slot): LoraSlot(component, slot)
-            for name, component in self.components.items()
-            for slot in SLOT_NAMES
-        }
+    def _slot(self, component: str, name: str) -> LoraSlot:
+        if (component, name) not in self._slots:
+            self._slots[component, name] = LoraSlot(self.components[component], name)
+        return self._slots[component, name]
 
     # --- 3. tokens ------------------------------------------------------------------------------
 

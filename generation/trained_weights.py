@@ -1,15 +1,18 @@
 """Trained weights, from a reference to tensors in memory, and a bounded cache of them.
 
-A reference (what `COG_WEIGHTS`, `replicate_weights` or `extra_lora` name: a URL, data URI or
-local path) is fetched by the model store and described as `TrainedWeights`, then read once
-into `PreparedWeights`: the LoRA in canonical form, a full fine-tune's UNet tensors, the token
-vectors and token map. Recently used ones stay in memory (bounded by bytes), so switching back
-to them reads nothing from disk.
+A reference (what `COG_WEIGHTS`, `replicate_weights`, `extra_lora` or `loras` name: a URL, data
+URI or local path) is fetched by the model store and described as `TrainedWeights`, then read
+once into `PreparedWeights`: the LoRA in canonical form, a full fine-tune's UNet tensors, the
+token vectors and token map. A download that fails that reading (or does not fit the models)
+never becomes a store entry. Recently used ones stay in memory (bounded by bytes), so switching
+back to them reads nothing from disk.
 """
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +23,7 @@ from safetensors.torch import load_file
 from families import ModelFamily
 from generation.lora import PreparedLora, read_lora
 from weights.runtime import Runtime
-from weights.store import ModelStore, fetch_trained_weights
+from weights.store import ModelStore
 from weights.trained import TrainedWeights, UnrecognisedWeightsError
 
 # About twenty rank-32 SDXL LoRAs (on the GPU when there is one). A full fine-tune of SDXL
@@ -89,28 +92,36 @@ class WeightsCache:
         store: ModelStore,
         family: ModelFamily,
         max_bytes: int = DEFAULT_CACHE_BYTES,
+        fits: Callable[[PreparedWeights], None] | None = None,
     ):
         self.runtime = runtime
         self.family = family  # the base model's: weights made for another are refused
         self.store = store  # fetches URLs / data URIs / archives to disk (and caches them there)
         self.max_bytes = max_bytes
+        self.fits = fits  # raises for weights that do not fit the models they are meant for
         self._entries: OrderedDict[str, PreparedWeights] = OrderedDict()
 
-    def get(self, reference: str) -> PreparedWeights:
+    def get(self, reference: str | os.PathLike) -> PreparedWeights:
+        reference = str(reference)
         if reference in self._entries:
             self._entries.move_to_end(reference)
         else:
-            weights = fetch_trained_weights(reference, self.store)
-            self._entries[reference] = prepare_weights(weights, self.runtime, self.family)
+            self._entries[reference] = self.store.trained_weights(reference, self._prepare)
         prepared = self._entries[reference]
         # Drop the least recently used; the one just asked for stays even if over budget.
         while len(self._entries) > 1 and self.nbytes > self.max_bytes:
             self._entries.popitem(last=False)
         return prepared
 
+    def _prepare(self, weights: TrainedWeights) -> PreparedWeights:
+        prepared = prepare_weights(weights, self.runtime, self.family)
+        if self.fits is not None:
+            self.fits(prepared)
+        return prepared
+
     @property
     def nbytes(self) -> int:
         return sum(entry.nbytes for entry in self._entries.values())
 
-    def __contains__(self, reference: str) -> bool:
-        return reference in self._entries
+    def __contains__(self, reference: str | os.PathLike) -> bool:
+        return str(reference) in self._entries

@@ -25,6 +25,7 @@ from pathlib import Path, PurePosixPath
 from PIL import Image
 from tqdm.auto import tqdm
 
+from input_ranges import one_of
 from preprocess.captions import (
     Captioner,
     caption_images,
@@ -42,7 +43,7 @@ from preprocess.crops import (
 )
 from preprocess.errors import PreprocessError
 from preprocess.images import ImageRejected, load_image, shrink_to_cover
-from preprocess.intake import open_upload
+from preprocess.intake import FILETYPES, open_upload
 from preprocess.masks import (
     CLIPSEG_BATCH,
     ClipSegMasker,
@@ -88,7 +89,7 @@ class PreprocessConfig:
     crop_based_on_salience: bool = True
     use_face_detection_instead: bool = False
     clipseg_temperature: float = 1.0
-    input_images_filetype: str = "infer"  # infer | zip | tar
+    input_images_filetype: str = one_of("infer", FILETYPES)
     aspect_buckets: bool = False
     # Which models to use and where to run them; None reads the environment (settings.py).
     settings: ModelSettings | None = None

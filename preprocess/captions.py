@@ -64,7 +64,11 @@ def effective_prefix(caption_prefix: str, trigger: str) -> str:
 
 
 def join_caption(prefix: str, text: str) -> str:
-    return f"{prefix} {text.strip()}".strip() if text.strip() else prefix
+    """The prefix and a generated caption; without one, the prefix without its separator
+    (`a photo of TOK`, not `a photo of TOK,`)."""
+    if not text.strip():
+        return prefix.rstrip(" ,;")
+    return f"{prefix} {text.strip()}".strip()
 
 
 def ensure_trigger(caption: str, trigger: str) -> str:

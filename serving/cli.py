@@ -5,8 +5,11 @@
     python -m serving.cli predict --json @inputs.json
 
 Inputs are validated against the same declarations the HTTP server uses (Cog's inspector
-reads them from predict.py / train.py). Outputs are written as `output.0.png`, ... (or
-`-o NAME`) for predictions and `weights` for trainings, as `cog predict` / `cog train` do.
+reads them from predict.py / train.py). `-i name=` leaves an optional input empty. Whoever runs
+the CLI is the operator: local paths in file inputs (`replicate_weights=./weights.tar`, keys of
+`loras`) are allowed here, where a request over HTTP may only name URLs. Outputs are written as
+`output.0.png`, ... (or `-o NAME`) for predictions and `weights` for trainings, as
+`cog predict` / `cog train` do.
 """
 
 from __future__ import annotations
@@ -23,7 +26,13 @@ from cog import _adt as adt
 from cog import _inspector
 from cog.types import URLPath
 
+from generation.request import FILE_INPUTS
 from serving.schema import PREDICTOR_REF, TRAINER_REF, inspect_entry
+from weights.references import is_remote
+
+# Text inputs that name files or models; a local path in one becomes a `pathlib.Path`, which
+# the predictor and trainer take as the operator's choice (weights/references.py).
+PATH_INPUTS = (*FILE_INPUTS, "base_model", "input_images")
 
 
 class InputError(ValueError):
@@ -55,7 +64,20 @@ def parse_inputs(pairs: list[str], json_arg: str | None, info: adt.PredictorInfo
         kwargs = _inspector.check_input(info.inputs, values)
     except ValueError as error:
         raise InputError(str(error)) from None
-    return {k: v.convert() if isinstance(v, URLPath) else v for k, v in kwargs.items()}
+    kwargs = {k: v.convert() if isinstance(v, URLPath) else v for k, v in kwargs.items()}
+    for name in PATH_INPUTS:
+        if name in kwargs:
+            kwargs[name] = _operator_path(kwargs[name])
+    if isinstance(kwargs.get("loras"), dict):
+        kwargs["loras"] = {_operator_path(k): scale for k, scale in kwargs["loras"].items()}
+    return kwargs
+
+
+def _operator_path(value):
+    """A local path the operator typed, as a `Path`; URLs and everything else unchanged."""
+    if isinstance(value, str) and value and not is_remote(value):
+        return Path(value).expanduser()
+    return value
 
 
 def declared_defaults(reference: str = PREDICTOR_REF) -> dict:
@@ -66,6 +88,14 @@ def declared_defaults(reference: str = PREDICTOR_REF) -> dict:
 
 def _convert(raw: str, field: adt.InputField) -> Any:
     primitive = field.type.primitive
+    if raw == "" and field.type.repetition is adt.Repetition.OPTIONAL:
+        return None  # `-i name=`: left empty
+    if primitive is adt.PrimitiveType.ANY:  # a JSON object (e.g. loras)
+        text = Path(raw[1:]).read_text() if raw.startswith("@") else raw
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as error:
+            raise InputError(f"{field.name}: {raw!r} is not valid JSON ({error}).") from None
     if primitive in (adt.PrimitiveType.PATH, adt.PrimitiveType.FILE):
         if raw.startswith("@"):
             path = Path(raw[1:])

@@ -13,6 +13,7 @@ from generation.engine import substitute_tokens
 from generation.request import InvalidRequestError
 from generation.safety import AllImagesFlaggedError, resolve_safety_checker
 from generation.schedulers import SCHEDULERS
+from serving.cli import declared_defaults
 from tests.predict_helpers import (
     one_torch_thread,
     predict_arrays,
@@ -51,9 +52,19 @@ def half_mask(tmp_path_factory):
 
 
 def test_every_mode_returns_the_requested_size_and_count(predictor, photo, half_mask):
-    for extra in ({}, {"image": photo}, {"image": photo, "mask": half_mask}):
+    for extra in ({}, {"image": photo, "mask": half_mask}):
         images = predict_arrays(predictor, width=96, height=64, num_outputs=2, **extra)
         assert [i.shape for i in images] == [(64, 96, 3)] * 2, extra
+
+
+def test_img2img_keeps_the_input_size_rounded_to_8_as_replicate(predictor, tmp_path, capsys):
+    odd = tmp_path / "odd.png"
+    Image.new("RGB", (90, 70), (200, 40, 40)).save(odd)
+    images = predict_arrays(predictor, image=odd, width=1024, height=1024, num_outputs=2)
+    assert [i.shape for i in images] == [(64, 88, 3)] * 2
+    assert (
+        "The input image is 90x70: working at 88x64 (to multiples of 8)" in capsys.readouterr().out
+    )
 
 
 @pytest.mark.parametrize("scheduler", sorted(SCHEDULERS))
@@ -115,18 +126,23 @@ def test_sizes_are_rounded_to_multiples_of_8_and_said_so(predictor, capsys):
     ("inputs", "message"),
     [
         ({"mask": "MASK"}, "mask was given without an image"),
-        ({"width": -64}, "width must be at least 64"),
-        ({"height": 0}, "height must be at least 64"),
-        ({"scheduler": "EULER_FAST"}, "Unknown scheduler 'EULER_FAST'"),
+        ({"width": -64}, "width=-64: must be between 64 and 4096"),
+        ({"height": 0}, "height=0: must be between 64 and 4096"),
+        ({"scheduler": "EULER_FAST"}, "scheduler='EULER_FAST': use one of DDIM"),
         ({"image": "TEXT"}, "image input (notes.txt) is not an image"),
         ({"width": 4096, "height": 4096, "num_outputs": 4}, "megapixels"),
-        ({"refine": "twice"}, "Unknown refine"),
+        ({"refine": "twice"}, "refine='twice': use one of no_refiner"),
+        ({"seed": 2**53}, "seed=9007199254740992: must be between 0 and 9007199254740991"),
+        ({"seed": -1}, "seed=-1: must be between 0 and 9007199254740991"),
+        ({"loras": ["https://x/a.safetensors"]}, "loras must be a JSON object"),
+        ({"loras": {"https://x/a.safetensors": 9}}, "must be a number between 0 and 4.0"),
     ],
 )
 def test_bad_inputs_give_clear_errors(predictor, half_mask, tmp_path, inputs, message):
     text = tmp_path / "notes.txt"
     text.write_text("not an image")
-    inputs = {k: {"MASK": half_mask, "TEXT": text}.get(v, v) for k, v in inputs.items()}
+    files = {"MASK": half_mask, "TEXT": text}
+    inputs = {k: files.get(v, v) if isinstance(v, str) else v for k, v in inputs.items()}
     with pytest.raises(InvalidRequestError, match=re.escape(message)):
         predict_paths(predictor, **inputs)
 
@@ -134,13 +150,15 @@ def test_bad_inputs_give_clear_errors(predictor, half_mask, tmp_path, inputs, me
 @pytest.mark.parametrize(
     ("output_format", "pil_format"), [("png", "PNG"), ("webp", "WEBP"), ("jpg", "JPEG")]
 )
-def test_output_formats_and_unique_names(predictor, output_format, pil_format):
+def test_output_formats_unique_names_and_nothing_kept(predictor, output_format, pil_format):
     first = predict_paths(predictor, num_outputs=2, output_format=output_format, output_quality=90)
+    assert all(Image.open(p).format == pil_format for p in first)
     second = predict_paths(predictor, num_outputs=2, output_format=output_format)
     names = [p.name for p in first + second]
     assert len(set(names)) == 4 and all(n.endswith(f".{output_format}") for n in names)
-    assert all(Image.open(p).format == pil_format for p in first + second)
-    assert all(p.exists() for p in first)  # a later request does not overwrite earlier files
+    # Cog has sent a request's files when the next one starts: they are deleted then.
+    assert not any(p.exists() for p in first) and all(p.exists() for p in second)
+    assert not first[0].parent.exists()
 
 
 def _flag_above(predictor, threshold: float) -> None:
@@ -183,20 +201,20 @@ def test_safety_checker_filters_flagged_images_and_says_so(predictor, capsys):
 WATERMARK_BITS = [int(b) for b in bin(0b101100111110110010010000011110111011000110011110)[2:]]
 
 
-def _has_sdxl_watermark(path) -> bool:
-    bgr = np.asarray(Image.open(path).convert("RGB"))[:, :, ::-1]
+def _has_sdxl_watermark(pixels: np.ndarray) -> bool:
+    bgr = pixels[:, :, ::-1]
     bits = WatermarkDecoder("bits", len(WATERMARK_BITS)).decode(np.ascontiguousarray(bgr), "dwtDct")
     return sum(int(a == b) for a, b in zip(bits, WATERMARK_BITS, strict=True)) >= 44
 
 
 def test_watermark_on_off_does_not_leak_into_the_next_request(predictor):
     big = dict(width=256, height=256, disable_safety_checker=True)
-    (off,) = predict_paths(predictor, apply_watermark=False, **big)
-    (on,) = predict_paths(predictor, apply_watermark=True, **big)
+    (off,) = predict_arrays(predictor, apply_watermark=False, **big)
+    (on,) = predict_arrays(predictor, apply_watermark=True, **big)
     assert _has_sdxl_watermark(on) and not _has_sdxl_watermark(off)
     with pytest.raises(InvalidRequestError):  # a failed request in between...
         predict_paths(predictor, apply_watermark=False, scheduler="nope", **big)
-    (default,) = predict_paths(predictor, **big)  # ...leaves the default (on) in force
+    (default,) = predict_arrays(predictor, **big)  # ...leaves the default (on) in force
     assert _has_sdxl_watermark(default)
 
 
@@ -213,9 +231,8 @@ def test_inputs_match_replicates_sdxl_model():
     expected = {
         "prompt": "An astronaut riding a rainbow unicorn",
         "negative_prompt": "",
-        # Empty: the family's native size, 1024 on SDXL as Replicate's default (see below).
-        "width": None,
-        "height": None,
+        "width": 1024,
+        "height": 1024,
         "num_outputs": 1,
         "scheduler": "K_EULER",
         "num_inference_steps": 50,
@@ -231,6 +248,7 @@ def test_inputs_match_replicates_sdxl_model():
         "disable_safety_checker": False,
         "image": None,
         "mask": None,
+        "output_format": "png",
     }
     assert {name: inputs[name].default for name in expected} == expected
     assert (inputs["num_outputs"].ge, inputs["num_outputs"].le) == (1, 4)
@@ -240,9 +258,11 @@ def test_inputs_match_replicates_sdxl_model():
     assert inputs["output_format"].choices == ["png", "webp", "jpg"]
 
 
-def test_empty_size_is_replicates_1024_on_sdxl(predictor):
-    (image,) = predict_arrays(predictor, width=None, height=None, disable_safety_checker=True)
-    assert image.shape[:2] == (1024, 1024)
+def test_a_request_without_a_size_gets_replicates_1024(predictor):
+    (path,) = predictor.predict(
+        **{**declared_defaults(), "num_inference_steps": 1, "disable_safety_checker": True}
+    )
+    assert Image.open(path).size == (1024, 1024)
 
 
 def test_unavailable_safety_checker_fails_fast_with_guidance(monkeypatch, tmp_path):

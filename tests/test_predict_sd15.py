@@ -31,7 +31,8 @@ def test_sd15_base_loads_sd15_pipelines_and_no_refiner(predictor):
 def test_every_mode_runs_on_sd15_deterministically(predictor, photo, half_mask):  # noqa: F811
     for extra in ({}, {"image": photo}, {"image": photo, "mask": half_mask}):
         images = predict_arrays(predictor, width=96, height=64, num_outputs=2, **extra)
-        assert [i.shape for i in images] == [(64, 96, 3)] * 2, extra
+        size = (64, 64, 3) if "mask" not in extra and "image" in extra else (64, 96, 3)
+        assert [i.shape for i in images] == [size] * 2, extra  # img2img: the input's size
         assert same(images, predict_arrays(predictor, width=96, height=64, num_outputs=2, **extra))
 
     original = np.asarray(Image.open(photo))
@@ -46,10 +47,10 @@ def test_refiner_modes_say_sd15_has_no_refiner(predictor, refine):
         predict_arrays(predictor, refine=refine)
 
 
-def test_size_defaults_to_the_family_native_resolution(predictor):
+def test_replicates_default_size_on_sd15_comes_with_advice(predictor, tmp_path, capsys):
     request = GenerationRequest(num_inference_steps=1, seed=3, disable_safety_checker=True)
-    (path,) = predictor.engine.generate(request).paths
-    assert Image.open(path).size == (512, 512)
-    # The same through the Cog inputs left at their declared defaults.
-    (image,) = predict_arrays(predictor, width=None, height=None, disable_safety_checker=True)
-    assert image.shape[:2] == (512, 512)
+    (path,) = predictor.engine.generate(request, tmp_path).paths
+    assert Image.open(path).size == (1024, 1024)  # the schema's default, as on SDXL
+    assert "SD 1.5 models draw best near 512x512" in capsys.readouterr().out
+    predict_arrays(predictor, width=512, height=512, disable_safety_checker=True)
+    assert "draw best" not in capsys.readouterr().out

@@ -35,16 +35,17 @@ def bundles(tmp_path_factory, tiny_models):
     base, root = tiny_models["base"], tmp_path_factory.mktemp("bundles")
     bad = write_lora_bundle(base, root / "bad", seed=1)
     write_tokens(bad, seed=1, widths=(16, 16))  # embeddings for another model
+    # Paths (the operator's): a request over HTTP may only name URLs (test_serving.py).
     return {
-        "A": str(tar_folder(write_lora_bundle(base, root / "A", seed=1))),
-        "B": str(write_lora_bundle(base, root / "B", seed=2)),  # an unpacked folder
-        "R8": str(write_lora_bundle(base, root / "R8", seed=7, rank=8)),  # another rank
-        "F": str(write_full_finetune_bundle(base, root / "F", seed=4)),
-        "G": str(tar_folder(write_full_finetune_bundle(base, root / "G", seed=5))),
-        "kohya_A": str(write_kohya_lora(base, root / "kohya_A.safetensors", seed=1)),
-        "kohya_C": str(write_kohya_lora(base, root / "kohya_C.safetensors", seed=6)),
-        "legacy": str(tar_folder(write_legacy_bundle(base, root / "legacy", seed=3))),
-        "bad": str(bad),
+        "A": tar_folder(write_lora_bundle(base, root / "A", seed=1)),
+        "B": write_lora_bundle(base, root / "B", seed=2),  # an unpacked folder
+        "R8": write_lora_bundle(base, root / "R8", seed=7, rank=8),  # another rank
+        "F": write_full_finetune_bundle(base, root / "F", seed=4),
+        "G": tar_folder(write_full_finetune_bundle(base, root / "G", seed=5)),
+        "kohya_A": write_kohya_lora(base, root / "kohya_A.safetensors", seed=1),
+        "kohya_C": write_kohya_lora(base, root / "kohya_C.safetensors", seed=6),
+        "legacy": tar_folder(write_legacy_bundle(base, root / "legacy", seed=3)),
+        "bad": bad,
     }
 
 
@@ -153,12 +154,33 @@ def test_stacking_an_extra_lora(predictor, bundles):
         _run(predictor, bundles, "A", extra_lora=bundles["F"])
 
 
+def test_loras_stack_any_number_and_leave_nothing_behind(predictor, bundles, fresh):
+    one = _run(predictor, bundles, "A", extra_lora=bundles["kohya_C"])
+    assert same(_run(predictor, bundles, "A", loras={bundles["kohya_C"]: 0.6}), one)
+    two = _run(predictor, bundles, "A", loras={bundles["kohya_C"]: 0.6, bundles["R8"]: 0.8})
+    three = _run(
+        predictor,
+        bundles,
+        "A",
+        extra_lora=bundles["kohya_C"],
+        loras={bundles["R8"]: 0.8, bundles["kohya_A"]: 0.5},
+    )
+    assert len({one[0].tobytes(), two[0].tobytes(), three[0].tobytes()}) == 3
+    zero = _run(predictor, bundles, "A", loras={bundles["kohya_C"]: 0, bundles["R8"]: 0})
+    assert same(zero, fresh["A"])  # scale 0 is no LoRA at all
+    assert same(_run(predictor, bundles, "A"), fresh["A"])  # the next request: none left
+    assert same(_run(predictor, bundles, None), fresh[None])
+    assert same(_run(predictor, bundles, "A", loras={bundles["kohya_C"]: 0.6}), one)
+
+
 def test_weights_that_do_not_fit_fail_clearly_and_change_nothing(predictor, bundles, fresh):
     assert same(_run(predictor, bundles, "B"), fresh["B"])
     with pytest.raises(LoraFormatError, match="width is 32: they were trained for another"):
         _run(predictor, bundles, "bad")
     with pytest.raises(StoreError, match="no such file"):
-        _run(predictor, bundles, None, replicate_weights="/nowhere/weights.tar")
+        _run(predictor, bundles, None, replicate_weights=Path("/nowhere/weights.tar"))
+    with pytest.raises(InvalidRequestError, match="replicate_weights: '/nowhere/w.tar' is not an"):
+        _run(predictor, bundles, None, replicate_weights="/nowhere/w.tar")  # text: a client's
     assert same(_run(predictor, bundles, None), fresh[None])
     assert same(_run(predictor, bundles, "B"), fresh["B"])
 

@@ -62,13 +62,13 @@ def sd15_bundles(tmp_path_factory, tiny_env_module, tiny_sd15_model, threads):
         config, make_dataset(root / "dataset"), tiny_sd15_model, root / "run", pick_runtime("cpu")
     )
     full_tar = write_bundle(run, root / "full.tar", TINY_SD15)
-    bundles = {"lora": str(lora_tar), "full": str(full_tar)}
+    bundles = {"lora": Path(lora_tar), "full": full_tar}  # the operator's paths
     unpack_archive(Path(lora_tar), root / "lora")
     unpack_archive(full_tar, root / "full")
     unrecorded = Path(shutil.copytree(root / "lora", root / "lora-unrecorded"))
     (unrecorded / TRAINING_CONFIG_FILE).unlink()  # as another trainer would ship it
-    bundles["unrecorded"] = str(unrecorded)
-    bundles["kohya"] = str(root / "lora" / LORA_KOHYA_FILE)
+    bundles["unrecorded"] = unrecorded
+    bundles["kohya"] = root / "lora" / LORA_KOHYA_FILE
     return bundles
 
 
@@ -90,9 +90,9 @@ def sdxl_bundles(tmp_path_factory, tiny_models):
     recorded = write_lora_bundle(base, root / "recorded", seed=1)
     (recorded / TRAINING_CONFIG_FILE).write_text(json.dumps({"family": SDXL.name}))
     return {
-        "unrecorded": str(write_lora_bundle(base, root / "unrecorded", seed=1)),
-        "recorded": str(recorded),
-        "kohya": str(write_kohya_lora(base, root / "kohya.safetensors", seed=1)),
+        "unrecorded": write_lora_bundle(base, root / "unrecorded", seed=1),
+        "recorded": recorded,
+        "kohya": write_kohya_lora(base, root / "kohya.safetensors", seed=1),
     }
 
 

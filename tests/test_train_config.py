@@ -50,14 +50,35 @@ def test_modes_and_pivot_defaults():
     assert TrainingConfig(seed=0, lora_rank=8, lora_alpha=4).effective_lora_alpha == 4.0
 
 
-def test_style_preset_changes_only_inputs_left_at_default():
-    style = TrainingConfig.with_presets(seed=0, lora_type="style")
+def test_presets_fill_only_the_inputs_left_empty():
+    subject = TrainingConfig(seed=0)
+    assert subject.caption_prefix == "a photo of TOK, " and subject.lora_lr == 1e-4
+    assert subject.use_masks
+    style = TrainingConfig(seed=0, lora_type="style")
     assert style.caption_prefix == "in the style of TOK, "
     assert style.lora_lr == 4e-4 and not style.use_masks
-    custom = TrainingConfig.with_presets(
+    custom = TrainingConfig(
         seed=0, lora_type="style", caption_prefix="a painting by TOK, ", lora_lr=2e-4
     )
     assert custom.caption_prefix == "a painting by TOK, " and custom.lora_lr == 2e-4
+    # Sent equal to the subject default: sent is sent, the preset does not replace it.
+    sent = TrainingConfig(
+        seed=0, lora_type="style", lora_lr=1e-4, caption_prefix="a photo of TOK, "
+    )
+    assert sent.lora_lr == 1e-4 and sent.caption_prefix == "a photo of TOK, "
+
+
+def test_the_presets_trigger_is_the_token_string():
+    assert TrainingConfig(seed=0, token_string="sks").caption_prefix == "a photo of sks, "
+    style = TrainingConfig(seed=0, token_string="sks", lora_type="style")
+    assert style.caption_prefix == "in the style of sks, "
+
+
+def test_an_empty_seed_is_drawn_and_kept():
+    drawn = {TrainingConfig().seed for _ in range(4)}
+    assert len(drawn) > 1 and all(0 <= seed < 2**32 for seed in drawn)
+    with pytest.raises(InvalidTrainingConfig, match="seed=-1: must be between 0 and"):
+        TrainingConfig(seed=-1)
 
 
 def test_step_arithmetic_epochs_repeats_and_precedence():
@@ -179,9 +200,8 @@ def test_masked_loss_is_averaged_over_the_mask_and_min_snr_weights_it():
     assert weighted < 4.0  # the low-noise step (high SNR) is down-weighted
 
 
-def test_resolution_left_empty_follows_the_family_and_a_given_one_stays():
-    from families import SD15, SDXL
-
-    assert TrainingConfig(seed=0).for_family(SD15).resolution == 512
-    assert TrainingConfig(seed=0).for_family(SDXL).resolution == 768  # Replicate's default
-    assert TrainingConfig(seed=0, resolution=1024).for_family(SD15).resolution == 1024
+def test_resolution_defaults_to_replicates_768():
+    assert TrainingConfig(seed=0).resolution == 768
+    assert TrainingConfig(seed=0, resolution=1024).resolution == 1024
+    with pytest.raises(InvalidTrainingConfig, match="resolution=4096: must be between 64 and"):
+        TrainingConfig(seed=0, resolution=4096)

@@ -63,7 +63,7 @@ def test_dry_run_reports_the_plan_without_training(tiny_env):
     assert plan["estimated_training_seconds"] > 0
 
 
-def test_resolution_left_empty_is_the_base_model_family_default(tiny_env, monkeypatch):
+def test_resolution_is_replicates_768_on_every_family_unless_given(tiny_env, monkeypatch):
     import train as entry
 
     class Stop(Exception):
@@ -83,7 +83,7 @@ def test_resolution_left_empty_is_the_base_model_family_default(tiny_env, monkey
     ):
         with pytest.raises(Stop):
             train_with(**inputs)
-    assert asked == [SD15.training_resolution, SDXL.training_resolution, 640] == [512, 768, 640]
+    assert asked == [768, 768, 640]
 
 
 def test_invalid_combinations_fail_before_any_work(tiny_env, monkeypatch):

@@ -32,8 +32,6 @@ def parse_settings(pairs: list[str]) -> dict:
             settings[key] = json.loads(value)
         except json.JSONDecodeError:
             settings[key] = value
-    if "sample_prompts" in settings:
-        settings["sample_prompts"] = tuple(settings["sample_prompts"])
     return settings
 
 
@@ -47,7 +45,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     settings = parse_settings(args.set)
-    config = TrainingConfig.with_presets(**{"seed": 0, **settings})
+    config = TrainingConfig(**{"seed": 0, **settings})
     model_settings = ModelSettings.from_env()
     base = args.base_model or model_settings.base_model
     runtime = pick_runtime(model_settings.device, model_settings.dtype)

@@ -13,6 +13,9 @@ from pathlib import Path
 
 from training.config import TrainingConfig
 from training.loop import STATE_DIR, TrainingResult
+from weights.base_models import BUILTIN_MODELS
+from weights.download import describe_source
+from weights.references import is_remote
 from weights.trained import (
     CHECKPOINTS_DIR,
     EMBEDDINGS_FILE,
@@ -143,10 +146,7 @@ def model_card(result: TrainingResult, config: TrainingConfig, base_model: str) 
     lines += ["## diffusers", "", "```python", f"from diffusers import {pipeline_class}"]
     if tokens:
         lines.append("from dataset_and_utils import TokenEmbeddingsHandler  # from this project")
-    lines += [
-        "",
-        f'pipe = {pipeline_class}.from_pretrained("{base_model}").to("cuda")',
-    ]
+    lines += ["", *base_model_loading(base_model, pipeline_class), 'pipe.to("cuda")']
     if (weights / LORA_FILE).is_file():
         lines.append(f'pipe.load_lora_weights(".", weight_name="{LORA_FILE}")')
     if (weights / UNET_FILE).is_file():
@@ -173,16 +173,49 @@ def model_card(result: TrainingResult, config: TrainingConfig, base_model: str) 
             "put it in `embeddings/` under a name such as `mysubject.safetensors` and write "
             "that name where the trigger goes."
         )
-    lines += [
-        "",
-        "## Files",
-        "",
-        "`training_config.json` (every input and derived value), `metrics.jsonl` and "
-        "`loss.png` (the loss per step), `samples/` (sample prompts during training), "
-        "`checkpoints/` (intermediate weights), `preview.png` (the training crops and masks).",
-        "",
+    extras = [
+        "`training_config.json` (every input and derived value)",
+        "`metrics.jsonl` and `loss.png` (the loss per step)",
+        "`preview.png` (the training crops and masks)",
     ]
+    if config.sample_prompts:
+        extras.append(f"`{SAMPLES_DIR}/` (the sample prompts during training)")
+    if result.checkpoints:
+        extras.append(f"`{CHECKPOINTS_DIR}/` (intermediate weights)")
+    lines += ["", "## Files", "", ", ".join(extras) + ".", ""]
     return "\n".join(lines)
+
+
+def base_model_loading(base_model: str, pipeline_class: str) -> list[str]:
+    """Python lines that load the base model the weights were trained on, as `pipe`."""
+    if base_model in BUILTIN_MODELS:
+        return [
+            f"# `{base_model}` is sdxl-tuner's embedded test model; run this in a checkout of it.",
+            "from weights.base_models import resolve_model",
+            f'base_folder = resolve_model("{base_model}", "base", ".cache")',
+            f"pipe = {pipeline_class}.from_pretrained(base_folder)",
+        ]
+    if base_model.split("?")[0].lower().endswith(".safetensors"):
+        return [f'pipe = {pipeline_class}.from_single_file("{describe_source(base_model)}")']
+    if is_remote(base_model):
+        return [
+            f"# The base model is the diffusers folder packed in {describe_source(base_model)}.",
+            f'pipe = {pipeline_class}.from_pretrained("path/to/that/folder")',
+        ]
+    return [f'pipe = {pipeline_class}.from_pretrained("{base_model}")']
+
+
+def bundle_size_report(bundle: Path, download_limit: int) -> str:
+    """The tarball's size for the log, with a warning when a predictor would refuse it."""
+    size = Path(bundle).stat().st_size
+    report = f"{Path(bundle).name}: {size / 2**20:.1f} MiB."
+    if size > download_limit:
+        report += (
+            f" That is over the {download_limit / 2**30:.0f} GiB a predictor downloads by "
+            "default: raise SDXL_TUNER_MAX_DOWNLOAD_GB there, or keep fewer checkpoints "
+            "(checkpointing_steps)."
+        )
+    return report
 
 
 DRY_RUN_PLAN_FILE = "plan.json"

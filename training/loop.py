@@ -128,10 +128,9 @@ def run_training(
     device, is_main = accelerator.device, accelerator.is_main_process
     torch.manual_seed(config.seed)
 
-    # 2. Models; the family fills the inputs left to it (resolution).
+    # 2. Models.
     models = load_components(base_model, device, runtime.dtype, config.trains_full_unet)
     family = models.family
-    config = config.for_family(family)
     phase_done("model load")
 
     # 3. Latents, once per image (and per flip). Captions get the trigger's token string.

@@ -56,21 +56,24 @@ def unpack_archive(
     destination: Path,
     limits: ArchiveLimits = ArchiveLimits(),
     expected_format: str | None = None,
+    source: str | None = None,
 ) -> list[Path]:
     """Check every member of `archive`, then extract it into `destination` (which must not
-    exist yet). Returns the extracted files."""
+    exist yet). Returns the extracted files. `source` names the archive in messages (the
+    user's URL or file name, not the temporary file it was downloaded to)."""
     archive, destination = Path(archive), Path(destination)
+    name = source or archive.name
     found = archive_format(archive)
     if found is None:
-        raise UnsafeArchiveError(f"{archive.name} is not a zip or tar archive (or is corrupt).")
+        raise UnsafeArchiveError(f"{name} is not a zip or tar archive (or is corrupt).")
     if expected_format not in (None, found):
-        raise UnsafeArchiveError(f"{archive.name} is a {found} archive, not a {expected_format}.")
+        raise UnsafeArchiveError(f"{name} is a {found} archive, not a {expected_format}.")
     if destination.exists():
         raise FileExistsError(f"{destination} already exists.")
 
-    with _open(archive, found) as reader:
+    with _open(archive, found, name) as reader:
         members = reader.members()
-        _check(members, archive.name, limits)
+        _check(members, name, limits)
         destination.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}-", dir=destination.parent))
         try:
@@ -81,8 +84,8 @@ def unpack_archive(
                     target.mkdir(parents=True, exist_ok=True)
                     continue
                 target.parent.mkdir(parents=True, exist_ok=True)
-                with reader.open(member) as source, open(target, "wb") as sink:
-                    _copy_bounded(source, sink, member, archive.name)
+                with reader.open(member) as member_file, open(target, "wb") as sink:
+                    _copy_bounded(member_file, sink, member, name)
                 files.append(destination / member.name)
             staging.rename(destination)
         except BaseException:
@@ -107,6 +110,16 @@ def _check(members: list[Member], archive_name: str, limits: ArchiveLimits) -> N
         if member.name in seen and not member.is_dir:
             raise UnsafeArchiveError(f"{archive_name} contains {member.name!r} twice.")
         seen.add(member.name)
+    files = {m.name for m in members if not m.is_dir}
+    for member in members:
+        parent = PurePosixPath(member.name).parent
+        while parent != PurePosixPath("."):
+            if str(parent) in files:
+                raise UnsafeArchiveError(
+                    f"{archive_name} holds both a file {str(parent)!r} and {member.name!r} "
+                    f"inside a folder of that name; rename one of them and pack it again."
+                )
+            parent = parent.parent
 
 
 def _safe_name(raw: str, archive_name: str) -> str:
@@ -132,9 +145,9 @@ def _copy_bounded(source: BinaryIO, sink: BinaryIO, member: Member, archive_name
 
 
 class _ZipReader:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, name: str):
         self.zip = zipfile.ZipFile(path)
-        self.name = path.name
+        self.name = name
         self.infos: dict[str, zipfile.ZipInfo] = {}
 
     def members(self) -> list[Member]:
@@ -160,12 +173,12 @@ class _ZipReader:
 
 
 class _TarReader:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, name: str):
         try:
             self.tar = tarfile.open(path)
         except tarfile.TarError as error:
-            raise UnsafeArchiveError(f"{path.name} is a corrupt tar archive: {error}") from None
-        self.name = path.name
+            raise UnsafeArchiveError(f"{name} is a corrupt tar archive: {error}") from None
+        self.name = name
         self.infos: dict[str, tarfile.TarInfo] = {}
 
     def members(self) -> list[Member]:
@@ -192,14 +205,14 @@ class _TarReader:
 
 
 @contextmanager
-def _open(path: Path, kind: str) -> Iterator[_ZipReader | _TarReader]:
+def _open(path: Path, kind: str, name: str) -> Iterator[_ZipReader | _TarReader]:
     try:
-        reader = _ZipReader(path) if kind == "zip" else _TarReader(path)
+        reader = _ZipReader(path, name) if kind == "zip" else _TarReader(path, name)
     except zipfile.BadZipFile as error:
-        raise UnsafeArchiveError(f"{path.name} is a corrupt zip archive: {error}") from None
+        raise UnsafeArchiveError(f"{name} is a corrupt zip archive: {error}") from None
     try:
         yield reader
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as error:
-        raise UnsafeArchiveError(f"{path.name} is corrupt: {error}") from None
+        raise UnsafeArchiveError(f"{name} is corrupt: {error}") from None
     finally:
         reader.close()

@@ -23,9 +23,10 @@ import diffusers
 import torch
 
 from families import detect_family
+from weights.references import is_remote
 from weights.runtime import Runtime
 from weights.settings import TINY, TINY_SD15, TOY, HubSettings, ModelSettings
-from weights.store import ModelStore, is_remote
+from weights.store import ModelStore
 from weights.tiny import build_folder_once, ensure_tiny_model
 from weights.toy import ensure_toy_model
 from weights.trained import refuse_pickle
@@ -33,6 +34,10 @@ from weights.trained import refuse_pickle
 FP16_VARIANT = "fp16"
 CONFIG_PATTERNS = ["model_index.json"]
 COMPONENT_FILE_PATTERNS = ["*.json", "*.txt"]  # configs, tokenizer vocabularies and merges
+
+
+# The names of the embedded models (see the module docstring).
+BUILTIN_MODELS = (TINY, TINY_SD15, TOY)
 
 
 class ModelUnavailableError(RuntimeError):
@@ -45,9 +50,11 @@ def resolve_model(
     cache_dir: Path,
     variant: str | None = None,
     store: ModelStore | None = None,
+    allow_local: bool = True,
 ) -> Path:
     """Local files for `reference`: a diffusers folder, or a single-file `.safetensors`
-    checkpoint. `variant="fp16"` prefers the hub's half-precision weights."""
+    checkpoint. `variant="fp16"` prefers the hub's half-precision weights. `allow_local=False`
+    (a reference from a request) never reads a local path: anything else is a hub id."""
     if reference == TINY:
         return ensure_tiny_model(role, cache_dir)
     if reference == TINY_SD15:
@@ -62,6 +69,8 @@ def resolve_model(
             return store.fetch(reference).content
         return store.diffusers_folder(reference)
     path = Path(reference).expanduser()
+    if not allow_local:
+        return _download_from_hub(reference, variant)
     if path.is_file() and _is_single_file(reference):
         return path
     if path.exists():

@@ -13,6 +13,8 @@ TINY_SD15 = "tiny-sd15"  # BASE_MODEL: the embedded tiny SD 1.5
 TOY = "toy"  # BASE_MODEL: the tiny SDXL pretrained on the toy world (weights/toy.py)
 DEFAULT_SAFETY_CHECKER = "CompVis/stable-diffusion-safety-checker"
 GIB = 1 << 30
+# Folders whose files a request may name by path (os.pathsep-separated); see references.py.
+LOCAL_DIRS_VARIABLE = "SDXL_TUNER_LOCAL_DIRS"
 # Every variable that names a model; `tiny` in each gives the fully offline, embedded setup.
 MODEL_VARIABLES = (
     "BASE_MODEL",
@@ -51,6 +53,7 @@ class ModelSettings:
     caption_model: str = DEFAULT_CAPTION_MODEL  # BLIP captioning
     mask_model: str = DEFAULT_MASK_MODEL  # CLIPSeg prompt masks
     upscaler_model: str = DEFAULT_UPSCALER_MODEL  # Swin2SR super-resolution
+    local_dirs: tuple[Path, ...] = ()  # the operator's allow-list for paths in requests
 
     @classmethod
     def from_env(cls) -> ModelSettings:
@@ -68,6 +71,11 @@ class ModelSettings:
             caption_model=os.environ.get("CAPTION_MODEL") or DEFAULT_CAPTION_MODEL,
             mask_model=os.environ.get("MASK_MODEL") or DEFAULT_MASK_MODEL,
             upscaler_model=os.environ.get("UPSCALER_MODEL") or DEFAULT_UPSCALER_MODEL,
+            local_dirs=tuple(
+                Path(part).expanduser().resolve()
+                for part in os.environ.get(LOCAL_DIRS_VARIABLE, "").split(os.pathsep)
+                if part
+            ),
         )
 
 

@@ -7,9 +7,12 @@ A reference (http(s) URL, data URI, or local archive) becomes an entry on disk:
     $SDXL_TUNER_CACHE/store/locks/<key>.lock                          flock: one builder per key
 
 An entry is built in a staging folder and renamed into place, so it is either complete or
-absent; a new store object (a restarted predictor) finds it again. Builders of the same key
-wait on a file lock, so two simultaneous requests for a URL download it once, in threads and
-processes alike. Least-recently-used entries are evicted to keep a minimum of free disk.
+absent; a caller's `read` of the content runs on the staging folder first, so content it
+refuses (a pickle, weights of another family, not a bundle, corrupt) is deleted at once
+instead of becoming an entry. A new store object (a restarted predictor) finds it again.
+Builders of the same key wait on a file lock, so two simultaneous requests for a URL download
+it once, in threads and processes alike. Least-recently-used entries are evicted to keep a
+minimum of free disk.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from weights.archive import ArchiveLimits, UnsafeArchiveError, archive_format, unpack_archive
 from weights.download import (
@@ -36,8 +40,11 @@ from weights.download import (
     describe_source,
     download,
 )
+from weights.references import is_remote
 from weights.settings import ModelSettings
 from weights.trained import TrainedWeights, inspect_weights, refuse_pickle
+
+Read = TypeVar("Read")
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +61,7 @@ class Entry:
     key: str
     content: Path  # the unpacked folder, or the single .safetensors file
     hit: bool  # found in the cache rather than fetched now
+    value: Any = None  # what the caller's `read` made of the content
 
 
 def free_disk_bytes(path: Path) -> int:
@@ -87,17 +95,30 @@ class ModelStore:
 
     # -- what callers ask for ---------------------------------------------------------------
 
-    def trained_weights(self, reference: str | os.PathLike) -> TrainedWeights:
-        """Trained weights from a URL, data URI or local path, described by `inspect_weights`."""
+    def trained_weights(
+        self,
+        reference: str | os.PathLike,
+        read: Callable[[TrainedWeights], Read] | None = None,
+    ) -> TrainedWeights | Read:
+        """Trained weights from a URL, data URI or local path, described by `inspect_weights`
+        and handed to `read` (which may raise to refuse them); a download becomes an entry
+        only once they were accepted. Without `read`: the `TrainedWeights` themselves."""
         reference = str(reference)
         refuse_pickle(reference)
+        source = describe_source(reference)
+
+        def accept(content: Path):
+            weights = inspect_weights(content, source=source)
+            return read(weights) if read else weights
+
         if is_remote(reference) or _is_local_archive(reference):
-            content = self.fetch(reference).content
-        else:
-            content = Path(reference).expanduser()
-            if not content.exists():
-                raise StoreError(f"{reference}: no such file or folder.")
-        return inspect_weights(content, source=describe_source(reference))
+            entry = self.fetch(reference, accept)
+            # Without `read`, described again where the entry now lies (not in staging).
+            return entry.value if read else inspect_weights(entry.content, source=source)
+        content = Path(reference).expanduser()
+        if not content.exists():
+            raise StoreError(f"{reference}: no such file or folder.")
+        return accept(content)
 
     def diffusers_folder(self, reference: str) -> Path:
         """A diffusers model folder from a URL (or local path) of a tar/zip of one."""
@@ -110,31 +131,34 @@ class ModelStore:
             "it is not an archive of a diffusers model folder."
         )
 
-    def fetch(self, reference: str) -> Entry:
-        """The cached entry for a URL, data URI or local archive, building it on a miss."""
+    def fetch(self, reference: str, read: Callable[[Path], Any] | None = None) -> Entry:
+        """The cached entry for a URL, data URI or local archive, building it on a miss.
+        `read(content)` runs on a hit, and on a miss before the entry exists: if it raises,
+        the download is deleted and no entry is made."""
         key = hashlib.sha256(_cache_identity(reference).encode()).hexdigest()[:32]
         entry = self.root / key
         with self._lock(key):
             if (entry / ENTRY_FILE).is_file():
                 _mark_used(entry)
                 logger.info("model store: cache hit for %s", describe_source(reference))
-                return Entry(key, self._content(entry), hit=True)
+                content = self._content(entry)
+                return Entry(key, content, hit=True, value=read(content) if read else None)
             logger.info("model store: cache miss for %s; fetching", describe_source(reference))
             self._remove_stale_staging(key)
             self.evict(keep=key)
             started = time.perf_counter()
-            self._build(reference, key)
+            value = self._build(reference, key, read)
             logger.info(
                 "model store: stored %s in %.1f s",
                 describe_source(reference),
                 time.perf_counter() - started,
             )
         self.evict(keep=key)
-        return Entry(key, self._content(entry), hit=False)
+        return Entry(key, self._content(entry), hit=False, value=value)
 
     # -- building an entry ------------------------------------------------------------------
 
-    def _build(self, reference: str, key: str) -> None:
+    def _build(self, reference: str, key: str, read: Callable[[Path], Any] | None) -> Any:
         staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=self.root))
         try:
             raw = staging / "download"
@@ -145,13 +169,15 @@ class ModelStore:
                 if not _is_archive(raw):
                     raise StoreError(f"{reference} is not a zip or tar archive.")
             if _is_archive(raw):
-                unpack_archive(raw, staging / CONTENT_DIR, self.archive_limits)
+                source = describe_source(reference)
+                unpack_archive(raw, staging / CONTENT_DIR, self.archive_limits, source=source)
                 content = CONTENT_DIR
             else:
                 (staging / CONTENT_DIR).mkdir()
                 content = f"{CONTENT_DIR}/{_file_name(reference)}"
                 os.replace(raw, staging / content)
             (staging / "download").unlink(missing_ok=True)  # the unpacked tree is kept instead
+            value = read(staging / content) if read else None
             record = {
                 "source": describe_source(reference),
                 "content": content,
@@ -161,9 +187,10 @@ class ModelStore:
             _mark_used(staging)
             staging.rename(self.root / key)
         except UnsafeArchiveError as error:
-            raise StoreError(f"{describe_source(reference)}: {error}") from None
+            raise StoreError(str(error)) from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+        return value
 
     def _content(self, entry: Path) -> Path:
         return entry / json.loads((entry / ENTRY_FILE).read_text())["content"]
@@ -227,22 +254,11 @@ class ModelStore:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def fetch_trained_weights(reference: str, store: ModelStore | None = None) -> TrainedWeights:
-    """Trained weights from a URL, data URI or local path (bundle, legacy Replicate tarball,
-    bare LoRA, or a zip / tar.gz of these), with the store configured from the environment."""
-    store = store or ModelStore.from_settings(ModelSettings.from_env())
-    return store.trained_weights(reference)
-
-
 def _mark_used(entry: Path) -> None:
     """The entry file's mtime records the last use. Set it from the precise clock: the
     file system's own timestamps are coarse, and ties would make eviction order random."""
     now = time.time_ns()
     os.utime(entry / ENTRY_FILE, ns=(now, now))
-
-
-def is_remote(reference: str) -> bool:
-    return reference.startswith(("http://", "https://", "data:"))
 
 
 def _is_local_archive(reference: str) -> bool:

@@ -1,0 +1,65 @@
+"""What a request may name as a file: remote things only.
+
+Over HTTP a file-like input (`image`, `mask`, `replicate_weights`, `extra_lora`, `loras`,
+`input_images`, `base_model`) arrives either as text the client wrote or, for `Path` inputs
+given as URLs, as a file Cog itself downloaded (a `pathlib.Path`). Text that names a local
+path would let a client read the server's own files, so it is refused. Local paths belong to
+the operator: `COG_WEIGHTS` and the other environment variables, the in-process CLI and Python
+callers (which pass `pathlib.Path` objects, something JSON cannot carry), and the folders an
+operator lists in `SDXL_TUNER_LOCAL_DIRS`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from weights.settings import LOCAL_DIRS_VARIABLE
+
+REMOTE_SCHEMES = ("http://", "https://", "data:")
+# `owner/name` or `owner/name@revision`: how a request names a Hugging Face model.
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w.-]+)?")
+
+
+class LocalPathRefused(ValueError):
+    """A request named a file on the server's own disk."""
+
+
+def is_remote(reference: str) -> bool:
+    return reference.startswith(REMOTE_SCHEMES)
+
+
+def is_operator_path(value, local_dirs: tuple[Path, ...]) -> bool:
+    """A `pathlib.Path` (from Cog's own download or from the operator's code), or text naming
+    a path inside an allowed folder."""
+    if not isinstance(value, str):
+        return True
+    resolved = Path(value).expanduser().resolve()
+    return any(resolved.is_relative_to(folder) for folder in local_dirs)
+
+
+def check_file_input(name: str, value, local_dirs: tuple[Path, ...]) -> None:
+    """Raise `LocalPathRefused` unless `value` is empty, remote, or the operator's."""
+    if value is None or (isinstance(value, str) and is_remote(value)):
+        return
+    if not is_operator_path(value, local_dirs):
+        raise LocalPathRefused(
+            f"{name}: {_shown(value)} is not an http(s) URL or a data URI. A request may only "
+            "name files by URL (or send them as data URIs); paths on the server are refused. "
+            f"(A self-hosted server can allow local folders with {LOCAL_DIRS_VARIABLE}.)"
+        )
+
+
+def check_model_input(name: str, value, local_dirs: tuple[Path, ...], builtin: tuple[str, ...]):
+    """A base model a request names: a built-in name, a hub id, a URL, or the operator's path.
+    Returns whether it may be looked up on local disk (a hub id from a request never is)."""
+    if value is None:
+        return True
+    if isinstance(value, str) and (value in builtin or HUB_ID.fullmatch(value)):
+        return False
+    check_file_input(name, value, local_dirs)
+    return not (isinstance(value, str) and is_remote(value))
+
+
+def _shown(value: str) -> str:
+    return repr(value if len(value) <= 80 else value[:77] + "...")
