@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -51,3 +52,14 @@ def request(method: str, url: str, body: dict | None = None, headers: dict | Non
             return response.status, json.loads(response.read() or b"null")
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read() or b"null")
+
+
+def request_when_free(url: str, body: dict, attempts: int = 50):
+    """POST, retrying a 409: coglet answers a request that arrives just as the previous one's
+    response is sent, before its slot is free again, with 'At capacity'."""
+    for _ in range(attempts):
+        status, response = request("POST", url, body)
+        if status != 409:
+            return status, response
+        time.sleep(0.1)
+    return status, response

@@ -122,3 +122,12 @@ def test_expected_format_mismatch_is_reported(tmp_path):
     archive = make_zip(tmp_path / "a.zip", {"a.jpg": b"1"})
     with pytest.raises(UnsafeArchiveError, match="is a zip archive, not a tar"):
         unpack_archive(archive, tmp_path / "out", expected_format="tar")
+
+
+def test_a_file_and_a_folder_of_the_same_name_are_refused_by_their_member_names(tmp_path):
+    zipped = make_zip(tmp_path / "photos.zip", {"a": b"1", "a/b.png": b"2"})
+    with pytest.raises(UnsafeArchiveError) as error:
+        unpack_archive(zipped, tmp_path / "out", source="https://example.com/photos.zip")
+    message = str(error.value)
+    assert "https://example.com/photos.zip holds both a file 'a' and 'a/b.png'" in message
+    assert str(tmp_path) not in message and not (tmp_path / "out").exists()

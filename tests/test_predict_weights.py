@@ -3,13 +3,17 @@ overrides, stacking, and switching that leaves no state behind (even when it fai
 
 from __future__ import annotations
 
+import io
+import json
+import shutil
+import tarfile
 from pathlib import Path
 
 import pytest
 import torch
 from cog import CancelationException
 from peft.tuners.lora import LoraLayer
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save
 
 from generation import switcher
 from generation.lora import LoraFormatError
@@ -24,7 +28,7 @@ from tests.trained_bundles import (
     write_tokens,
 )
 from weights.store import StoreError
-from weights.trained import EMBEDDINGS_PTI_FILE
+from weights.trained import EMBEDDINGS_PTI_FILE, LORA_FILE, TRAINING_CONFIG_FILE
 
 TRIGGER = dict(prompt="a photo of TOK on the beach")
 PLAIN = dict(prompt="a photo of a cat")
@@ -228,3 +232,60 @@ def test_weights_from_urls_go_through_the_store_and_stay_cached(
     assert same(stacked, _run(predictor, bundles, "A", extra_lora=bundles["kohya_C"]))
     assert file_server.requests("/trainings/1/trained_model.tar") == 1  # then from memory
     assert file_server.requests("/loras/style.safetensors") == 1
+
+
+def test_refused_downloads_never_become_store_entries(predictor, bundles, fresh, file_server):
+    lora = load_file(str(Path(bundles["B"]) / LORA_FILE))
+    key = next(k for k in lora if ".lora_A." in k)
+    misspelt = {k.replace(".lora_A.", ".lora_X.") if k == key else k: v for k, v in lora.items()}
+    other_family = Path(bundles["B"]).parent / "other-family"
+    shutil.copytree(bundles["B"], other_family)
+    (other_family / TRAINING_CONFIG_FILE).write_text(json.dumps({"family": "sd15"}))
+    whole = tar_folder(Path(bundles["B"])).read_bytes()
+    cases = {
+        "/pickled.tar": (_tar({"model.bin": b"\x80\x04K\x01."}), "pickle files"),
+        "/other-family.tar": (tar_folder(other_family).read_bytes(), "trained for SD 1.5"),
+        "/notes.tar": (_tar({"notes.txt": b"hello"}), "not a trained-weights bundle"),
+        "/cut.tar": (whole[: len(whole) // 2], r"http://127\.0\.0\.1:\d+/cut\.tar"),
+        "/misspelt.safetensors": (save(misspelt), r"2 LoRA keys cannot be placed: .*\.lora_X\."),
+        "/wrong-shape.tar": (tar_folder(Path(bundles["bad"])).read_bytes(), "width is 32"),
+    }
+    store = predictor.engine.weights_cache.store
+    before = sorted(p.name for p in store.root.iterdir())
+    for path, (data, message) in cases.items():
+        with pytest.raises(Exception, match=message):
+            _run(predictor, bundles, None, replicate_weights=file_server.add(path, data))
+        assert sorted(p.name for p in store.root.iterdir()) == before, path  # deleted at once
+    assert same(_run(predictor, bundles, None), fresh[None])  # and nothing changed
+
+
+def _tar(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("layout", "edit", "message"),
+    [
+        ("B", lambda k: k.replace(".lora_B.", ".lora_b."), r"cannot be placed: .*\.lora_b\."),
+        ("B", lambda k: k.replace("unet.", "unet2.", 1), r"cannot be placed: unet2\."),
+        ("B", lambda k: k.replace(".lora_A.weight", ".lora_A.bias"), r"cannot be placed"),
+        ("kohya_A", lambda k: k.replace(".lora_down.", ".lora_dwn."), r"lora_dwn\.weight"),
+    ],
+)
+def test_lora_files_with_unplaceable_keys_are_refused_whole(
+    predictor, bundles, fresh, tmp_path, layout, edit, message
+):
+    source = bundles[layout] / LORA_FILE if layout == "B" else bundles[layout]
+    tensors = load_file(str(source))
+    first = next(k for k in tensors if edit(k) != k)  # only the first module's key is odd
+    edited = tmp_path / "edited.safetensors"
+    edited.write_bytes(save({edit(k) if k == first else k: v for k, v in tensors.items()}))
+    with pytest.raises(LoraFormatError, match=message):
+        _run(predictor, bundles, None, replicate_weights=edited)
+    assert same(_run(predictor, bundles, None), fresh[None])

@@ -2,6 +2,9 @@
 
 import csv
 import io
+import re
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -34,3 +37,85 @@ def test_cog_yaml_installs_the_no_deps_packages_pinned_in_requirements():
     assert config["predict"] == "predict.py:Predictor"
     assert config["build"]["gpu"] is True
     assert "torch==2.13.0" in (ROOT / "requirements.txt").read_text()
+
+
+def test_the_image_installs_what_every_offered_optimizer_needs():
+    from training.config import OPTIMIZERS
+
+    runs = yaml.safe_load((ROOT / "cog.yaml").read_text())["build"]["run"]
+    dev_pin = next(
+        line
+        for line in (ROOT / "requirements-dev.txt").read_text().splitlines()
+        if line.startswith("bitsandbytes==")
+    )
+    assert "adamw8bit" in OPTIMIZERS
+    assert f"pip install {dev_pin}" in runs  # the version the CPU tests run it with
+    assert "bitsandbytes" not in (ROOT / "requirements.txt").read_text()  # no CPU start-up cost
+
+
+def docker_ignored(path: str, patterns: list[str]) -> bool:
+    """Docker's rule for a build-context path: the last pattern matching it or one of its
+    parent folders decides; `!` re-includes; `*`, `?` stay within a folder, `**` crosses."""
+    parts = path.split("/")
+    candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    ignored = False
+    for pattern in patterns:
+        negated = pattern.startswith("!")
+        expression = _docker_regex(pattern.lstrip("!").strip("/"))
+        if any(expression.fullmatch(candidate) for candidate in candidates):
+            ignored = not negated
+    return ignored
+
+
+def _docker_regex(pattern: str):
+    out, i = "", 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out, i = out + "(?:.*/)?", i + 3
+        elif pattern.startswith("**", i):
+            out, i = out + ".*", i + 2
+        elif pattern[i] == "*":
+            out, i = out + "[^/]*", i + 1
+        elif pattern[i] == "?":
+            out, i = out + "[^/]", i + 1
+        else:
+            out, i = out + re.escape(pattern[i]), i + 1
+    return re.compile(out)
+
+
+def test_the_docker_context_holds_the_imported_code_and_nothing_heavy():
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    # Every project module the Cog entry points import, found by importing them.
+    script = (
+        "import sys, predict, train; "
+        "print('\\n'.join(getattr(m, '__file__', None) or '' for m in list(sys.modules.values())))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    imported = sorted(
+        Path(f).relative_to(ROOT).as_posix()
+        for f in loaded
+        if Path(f).is_relative_to(ROOT) and not Path(f).is_relative_to(ROOT / ".venv")
+    )
+    needed = [*imported, "cog.yaml", "requirements.txt", "requirements-nodeps.txt"]
+    needed += [p.relative_to(ROOT).as_posix() for p in (ROOT / "toyworld/weights").rglob("*.*")]
+    assert len(imported) > 20 and "weights/store.py" in imported
+    assert [p for p in needed if docker_ignored(p, patterns)] == []
+    heavy = [
+        ".venv/lib/python3.11/site-packages/torch/__init__.py",
+        ".git/objects/ab/cdef",
+        "outputs/output.0.png",
+        ".cache/sdxl-tuner/store/x",
+        "generation/__pycache__/engine.cpython-311.pyc",
+        ".pytest_cache/v/cache",
+        "weights.tar",
+        "tests/test_predict.py",
+        "benchmarks/quality/samples.png",
+        "toyworld/pretrain.py",
+    ]
+    assert [p for p in heavy if not docker_ignored(p, patterns)] == []

@@ -204,3 +204,22 @@ def _decode(uri: str) -> Image.Image:
     header, data = uri.split(",", 1)
     assert header.startswith("data:image/")
     return Image.open(io.BytesIO(base64.b64decode(data)))
+
+
+def test_cli_can_leave_an_optional_input_empty_and_names_local_files_as_the_operator(tmp_path):
+    info = inspect_entry("train.py:train")
+    photos = tmp_path / "p.zip"
+    photos.write_bytes(b"PK")
+    kwargs = cli.parse_inputs([f"input_images=@{photos}", "max_train_steps="], None, info)
+    assert kwargs["max_train_steps"] is None  # empty: the epochs decide
+    predict_info = inspect_entry("predict.py:Predictor")
+    local = tmp_path / "weights.tar"
+    kwargs = cli.parse_inputs(
+        [f"replicate_weights={local}", f'loras={{"{local}": 0.5, "https://x/s.safetensors": 1}}'],
+        None,
+        predict_info,
+    )
+    assert kwargs["replicate_weights"] == local and isinstance(kwargs["replicate_weights"], Path)
+    assert kwargs["loras"] == {local: 0.5, "https://x/s.safetensors": 1}
+    with pytest.raises(cli.InputError, match="loras: .* is not valid JSON"):
+        cli.parse_inputs(["loras={not json"], None, predict_info)

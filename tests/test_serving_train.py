@@ -2,9 +2,11 @@
 
 import base64
 import io
+import json
 import os
 import tarfile
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +14,19 @@ import psutil
 import pytest
 from PIL import Image
 
-from tests.cog_server import request, running_server
+from tests.cog_server import request, request_when_free, running_server
 from tests.conftest import tiny_variables
+from tests.predict_helpers import one_torch_thread, predict_arrays, same, tiny_predictor
 from tests.receiver import Receiver
 from tests.trained_bundles import tar_folder, write_lora_bundle
-from weights.trained import BUNDLE_FILE, EMBEDDINGS_PTI_FILE, LORA_FILE, SPECIAL_PARAMS_FILE
+from weights.trained import (
+    BUNDLE_FILE,
+    CHECKPOINTS_DIR,
+    EMBEDDINGS_PTI_FILE,
+    LORA_FILE,
+    MODEL_CARD_FILE,
+    SPECIAL_PARAMS_FILE,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK_TRAINING = {
@@ -109,7 +119,9 @@ def test_train_over_http_then_serve_the_trained_version(
     assert np.abs(outputs["trained"].astype(int) - outputs["base"]).mean() > 0.5
 
 
-def test_soak_mixed_predictions_keep_memory_bounded(tmp_path, server_env, tiny_models, file_server):
+def test_soak_mixed_predictions_keep_memory_and_disk_bounded(
+    tmp_path, server_env, tiny_models, file_server, work_tmp
+):
     bundles = [
         file_server.add(
             f"/bundle-{seed}.tar",
@@ -142,20 +154,11 @@ def test_soak_mixed_predictions_keep_memory_bounded(tmp_path, server_env, tiny_m
             status, response = request_when_free(f"{url}/predictions", {"input": inputs})
             assert status == 200 and response["status"] == "succeeded", (index, response)
             rss.append(worker.memory_info().rss)
+            # Only the last request's images stay in the temporary directory.
+            assert len(list(work_tmp.glob("sdxl-tuner-outputs-*"))) == 1
     warmed = max(rss[:20])
     print(f"worker RSS: after warm-up {warmed / 2**20:.0f} MiB, final {rss[-1] / 2**20:.0f} MiB")
     assert max(rss[20:]) - warmed < SOAK_RSS_GROWTH_BOUND
-
-
-def request_when_free(url: str, body: dict, attempts: int = 50):
-    """POST, retrying a 409: coglet answers a request that arrives just as the previous one's
-    response is sent, before its slot is free again, with 'At capacity'."""
-    for _ in range(attempts):
-        status, response = request("POST", url, body)
-        if status != 409:
-            return status, response
-        time.sleep(0.1)
-    return status, response
 
 
 def _worker_process(base_url: str) -> psutil.Process:
@@ -167,3 +170,90 @@ def _worker_process(base_url: str) -> psutil.Process:
             children = server.children(recursive=True)
             return max(children, key=lambda p: p.memory_info().rss) if children else server
     raise RuntimeError(f"no process listens on {port} (pid {os.getpid()})")
+
+
+def tree_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def test_trainings_leave_nothing_behind_but_the_last_tarball(train_server, file_server, work_tmp):
+    data_url = file_server.add("/photos.zip", ROOT / "examples" / "cat_photos.zip")
+    body = {"input": {"input_images": data_url, **QUICK_TRAINING}}
+    seen = []
+    for _ in range(3):
+        status, response = request_when_free(f"{train_server}/trainings", body)
+        assert status == 200 and response["status"] == "succeeded", response.get("error")
+        assert f"{BUNDLE_FILE}: " in response["logs"] and " MiB." in response["logs"]
+        handed = list(work_tmp.glob("sdxl-tuner-training-*"))
+        assert len(handed) == 1 and [p.name for p in handed[0].iterdir()] == [BUNDLE_FILE]
+        assert not list(work_tmp.glob("sdxl-train-*"))  # the work folder is gone
+        seen.append((len(list(work_tmp.iterdir())), tree_bytes(work_tmp)))
+    assert seen[0] == seen[1] == seen[2], seen  # no growth from one training to the next
+
+    bundle = decode(response["output"])
+    with tarfile.open(fileobj=io.BytesIO(bundle)) as tar:
+        names = tar.getnames()
+    assert not any(name.startswith(CHECKPOINTS_DIR) for name in names)  # final weights only
+
+
+def test_a_request_names_its_photos_and_base_model_only_by_url(train_server, file_server):
+    photos = str(ROOT / "examples" / "cat_photos.zip")  # a path on the server's disk
+    for inputs, refusal in (
+        ({"input_images": photos}, f"input_images: {photos!r} is not an http(s) URL"),
+        (
+            {"input_images": file_server.add("/p.zip", Path(photos)), "base_model": "/"},
+            "base_model: '/' is not an http(s) URL",
+        ),
+    ):
+        status, response = request_when_free(
+            f"{train_server}/trainings", {"input": {**QUICK_TRAINING, **inputs}}
+        )
+        assert status == 200 and response["status"] == "failed", response
+        assert refusal in response["error"], response["error"]
+    # A relative folder of the server's checkout, named like a hub id, is looked up on the hub.
+    inputs = {
+        "input_images": file_server.add("/q.zip", Path(photos)),
+        "base_model": "toyworld/weights",
+    }
+    status, response = request_when_free(
+        f"{train_server}/trainings", {"input": {**QUICK_TRAINING, **inputs}}
+    )
+    assert response["status"] == "failed" and "from the Hugging Face hub" in response["error"]
+
+
+def test_a_trigger_other_than_tok_follows_into_captions_tokens_and_prompts(
+    train_server, file_server, tmp_path, model_cache, capsys
+):
+    photos = tmp_path / "photos.zip"
+    with zipfile.ZipFile(photos, "w") as archive:
+        for index, colour in enumerate([(200, 30, 30), (30, 200, 30), (30, 30, 200), (90, 90, 9)]):
+            buffer = io.BytesIO()
+            Image.new("RGB", (96, 96), colour).save(buffer, "PNG")
+            archive.writestr(f"photo-{index}.png", buffer.getvalue())
+    inputs = {"input_images": file_server.add("/sks.zip", photos), **QUICK_TRAINING}
+    inputs.update(token_string="sks", ti_lr=5e-2, lora_lr=3e-2)
+
+    status, dry = request_when_free(
+        f"{train_server}/trainings", {"input": {**inputs, "dry_run": True}}
+    )
+    assert dry["status"] == "succeeded", dry.get("error")
+    with tarfile.open(fileobj=io.BytesIO(decode(dry["output"]))) as tar:
+        captions = [image["caption"] for image in json.load(tar.extractfile("plan.json"))["images"]]
+    assert captions and all(c.startswith("a photo of sks") and "TOK" not in c for c in captions)
+
+    status, response = request_when_free(f"{train_server}/trainings", {"input": inputs})
+    assert response["status"] == "succeeded", response.get("error")
+    bundle = tmp_path / BUNDLE_FILE
+    bundle.write_bytes(decode(response["output"]))
+    with tarfile.open(bundle) as tar:
+        token_map = json.load(tar.extractfile(SPECIAL_PARAMS_FILE))
+        card = tar.extractfile(MODEL_CARD_FILE).read().decode()
+    assert list(token_map) == ["sks"] and "write `sks`" in card and "TOK" not in card
+
+    with one_torch_thread():
+        predictor = tiny_predictor(model_cache, weights=str(bundle))
+        with_trigger = predict_arrays(predictor, prompt="a photo of sks")
+        assert "Trained tokens for sks in the prompt." in capsys.readouterr().out
+        tokens = predict_arrays(predictor, prompt=f"a photo of {token_map['sks']}")
+        tok = predict_arrays(predictor, prompt="a photo of TOK")
+    assert same(with_trigger, tokens) and not same(with_trigger, tok)  # sks is the trained tokens

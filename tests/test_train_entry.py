@@ -11,12 +11,14 @@ from families import SD15, SDXL
 from serving.cli import parse_inputs
 from serving.schema import TRAINER_REF, inspect_entry
 from tests.train_helpers import one_thread  # noqa: F401 (autouse fixture)
-from training.config import InvalidTrainingConfig
+from training.bundle import base_model_loading, bundle_size_report
+from training.config import InvalidTrainingConfig, TrainingConfig
 from weights.archive import unpack_archive
 from weights.settings import TINY, TINY_SD15
 from weights.trained import (
     EMBEDDINGS_PTI_FILE,
     LORA_FILE,
+    MODEL_CARD_FILE,
     PREVIEW_FILE,
     SPECIAL_PARAMS_FILE,
     TRAINING_CONFIG_FILE,
@@ -51,6 +53,19 @@ def test_train_turns_the_example_zip_into_a_bundle(tiny_env, tmp_path, base_mode
     described = inspect_weights(tmp_path / "bundle")
     assert described.token_map == {"TOK": "<s0><s1>"} and described.lora is not None
     assert described.family is family
+    card = (tmp_path / "bundle" / MODEL_CARD_FILE).read_text()
+    assert f'resolve_model("{base_model}", "base", ".cache")' in card  # loadable, not "tiny"
+    assert f'from_pretrained("{base_model}")' not in card and "checkpoints/" not in card
+
+
+def test_the_model_card_loads_each_kind_of_base_model():
+    pipe = "StableDiffusionXLPipeline"
+    hub = base_model_loading("stabilityai/stable-diffusion-xl-base-1.0", pipe)
+    assert hub == [f'pipe = {pipe}.from_pretrained("stabilityai/stable-diffusion-xl-base-1.0")']
+    single = base_model_loading("https://host/models/sdxl.safetensors?token=secret", pipe)
+    assert single == [f'pipe = {pipe}.from_single_file("https://host/models/sdxl.safetensors")']
+    packed = "\n".join(base_model_loading("https://host/sdxl.tar?sig=abc", pipe))
+    assert "https://host/sdxl.tar" in packed and "sig=abc" not in packed
 
 
 def test_dry_run_reports_the_plan_without_training(tiny_env):
@@ -95,3 +110,22 @@ def test_invalid_combinations_fail_before_any_work(tiny_env, monkeypatch):
     monkeypatch.setattr(entry, "preprocess", no_preprocessing)
     with pytest.raises(InvalidTrainingConfig, match="needs is_lora=true"):
         train_with(is_lora="false", train_text_encoder="true")
+
+
+def test_aspect_buckets_is_a_train_input(tiny_env):
+    plans = {}
+    for buckets in ("false", "true"):
+        report = train_with(seed=1, resolution=64, max_train_steps=3, dry_run="true",
+                            aspect_buckets=buckets)  # fmt: skip
+        with tarfile.open(report) as tar:
+            plans[buckets] = json.load(tar.extractfile("plan.json"))["summary"]["sizes"]
+    assert plans["false"] == {"64x64": 6}
+    assert len(plans["true"]) > 1 and sum(plans["true"].values()) == 6  # portrait, landscape
+
+
+def test_the_log_states_the_tarballs_size_and_warns_above_the_download_limit(tmp_path):
+    tar = tmp_path / "trained_model.tar"
+    tar.write_bytes(bytes(3 << 20))
+    assert bundle_size_report(tar, 20 << 30) == "trained_model.tar: 3.0 MiB."
+    assert "raise SDXL_TUNER_MAX_DOWNLOAD_GB" in bundle_size_report(tar, 1 << 20)
+    assert TrainingConfig(seed=0).checkpointing_steps == 0  # final weights only, by default

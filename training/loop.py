@@ -508,6 +508,8 @@ def _summary(config, plan, dataset, trainable, device, runtime, accelerator, fam
         "mode": config.mode,
         "resolution": config.resolution,
         "images": len(dataset),
+        # Image sizes (width x height) and how many images have each: one without buckets.
+        "sizes": {f"{w}x{h}": len(group) for (h, w), group in sorted(dataset.buckets().items())},
         "steps": plan.max_train_steps,
         "epochs": plan.epochs,
         "batch_size": config.train_batch_size,

@@ -1,0 +1,64 @@
+"""Every input is written once: the Cog signature of each entry file, the schema clients see and
+the configuration dataclass agree on names, defaults, ranges and choices."""
+
+from dataclasses import MISSING, fields
+
+import pytest
+
+from generation.request import GenerationRequest
+from preprocess import PreprocessConfig
+from serving.schema import PREDICTOR_REF, TRAINER_REF, build_schema, inspect_entry
+from training.config import TrainingConfig
+
+# train() inputs that belong to the job itself rather than to a configuration dataclass.
+JOB_INPUTS = {"input_images": MISSING, "base_model": None, "dry_run": False}
+# PreprocessConfig fields train() takes from TrainingConfig or sets itself.
+PREPROCESS_PLUMBING = {"input_path", "output_dir", "resolution", "token_string", "caption_prefix"}
+PREPROCESS_PLUMBING |= {"settings"}
+# TrainingConfig fields that are not Cog inputs (tuning and bookkeeping).
+TRAINING_INTERNAL = {"weight_decay", "sample_steps", "use_masks", "extra"}
+
+
+def declared_fields(*classes, leave_out=frozenset()):
+    return {f.name: f for c in classes for f in fields(c) if f.name not in leave_out}
+
+
+def assert_agree(reference: str, schema_name: str, expected: dict, job: dict) -> None:
+    signature = inspect_entry(reference).inputs
+    schema = build_schema()["components"]["schemas"]
+    properties = schema[schema_name]["properties"]
+    assert set(signature) == set(properties) == set(expected) | set(job)
+    for name, field in expected.items():
+        meta, prop = field.metadata, properties[name]
+        default = None if field.default is MISSING else field.default
+        assert signature[name].default == default, name
+        assert prop.get("default") == default, name
+        assert (prop.get("minimum"), prop.get("maximum")) == (meta.get("ge"), meta.get("le")), name
+        choices = meta.get("choices")
+        enum = schema[name]["enum"] if "allOf" in prop else None
+        assert enum == (list(choices) if choices else None), name
+    for name, default in job.items():
+        assert signature[name].default == (None if default is MISSING else default), name
+
+
+def test_predict_inputs_are_the_generation_request():
+    assert_agree(PREDICTOR_REF, "Input", declared_fields(GenerationRequest), {})
+
+
+def test_train_inputs_are_the_training_and_preprocessing_configs():
+    expected = {
+        **declared_fields(TrainingConfig, leave_out=TRAINING_INTERNAL),
+        **declared_fields(PreprocessConfig, leave_out=PREPROCESS_PLUMBING),
+    }
+    assert_agree(TRAINER_REF, "TrainingInput", expected, JOB_INPUTS)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("caption_dropout", 1.0), ("lora_rank", 10**6), ("train_batch_size", 0), ("seed", 2**53)],
+)
+def test_the_schema_and_the_config_refuse_the_same_values(name, value):
+    prop = build_schema()["components"]["schemas"]["TrainingInput"]["properties"][name]
+    assert not prop["minimum"] <= value <= prop["maximum"]
+    with pytest.raises(ValueError, match=f"{name}="):
+        TrainingConfig(**{name: value})
