@@ -19,7 +19,7 @@ $(STAMP): requirements.txt requirements-nodeps.txt requirements-dev.txt
 demo: setup
 	$(PY) demo.py
 
-# Retrain the toy base (BASE_MODEL=toy) into toyworld/weights/ from seed 0. One torch thread:
+# Retrain the toy base (BASE_MODEL=toy) into weights/embedded/toy_weights/ from seed 0. One torch thread:
 # the tiny models run several times faster than on two threads of busy shared cores.
 toy-base: setup
 	OMP_NUM_THREADS=1 $(PY) -m toyworld.pretrain

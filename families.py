@@ -8,7 +8,7 @@ hard-coding SDXL's numbers.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 # Pipeline component names of the text encoders and their tokenizers, in pipeline order; a
@@ -29,8 +29,6 @@ class ModelFamily:
     # the final layer norm (SD 1.5), as the family's pipelines compute them.
     prompt_from_penultimate_layer: bool
     native_resolution: int
-    # Training resolution when the user gives none (SDXL: 768, Replicate's trainer default).
-    training_resolution: int
     default_base_model: str
     default_refiner_model: str | None
     # diffusers pipeline class names, by generation mode.
@@ -51,6 +49,10 @@ class ModelFamily:
     lora_target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
     # Text-encoder attention projections a text-encoder LoRA trains.
     text_encoder_lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "out_proj")
+    # Options for loading the family's pipelines: no invisible watermark inside them (the
+    # predictor marks after its safety check) and no SD 1.5 safety checker inside them (the
+    # predictor runs its own).
+    pipeline_options: dict = field(default_factory=dict, hash=False, compare=False)
 
     @property
     def text_encoder_names(self) -> tuple[str, ...]:
@@ -73,7 +75,6 @@ SDXL = ModelFamily(
     text_encoder_classes=("CLIPTextModel", "CLIPTextModelWithProjection"),
     prompt_from_penultimate_layer=True,
     native_resolution=1024,
-    training_resolution=768,
     default_base_model="stabilityai/stable-diffusion-xl-base-1.0",
     default_refiner_model="stabilityai/stable-diffusion-xl-refiner-1.0",
     txt2img_pipeline="StableDiffusionXLPipeline",
@@ -85,6 +86,7 @@ SDXL = ModelFamily(
     embedding_keys=("clip_l", "clip_g"),
     kohya_unet_prefix="lora_unet",
     kohya_text_encoder_prefixes=("lora_te1", "lora_te2"),
+    pipeline_options=dict(add_watermarker=False),
 )
 
 SD15 = ModelFamily(
@@ -94,7 +96,6 @@ SD15 = ModelFamily(
     text_encoder_classes=("CLIPTextModel",),
     prompt_from_penultimate_layer=False,
     native_resolution=512,
-    training_resolution=512,
     default_base_model="stable-diffusion-v1-5/stable-diffusion-v1-5",
     default_refiner_model=None,
     txt2img_pipeline="StableDiffusionPipeline",
@@ -108,6 +109,9 @@ SD15 = ModelFamily(
     embedding_keys=("emb_params",),
     kohya_unet_prefix="lora_unet",
     kohya_text_encoder_prefixes=("lora_te",),
+    pipeline_options=dict(
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    ),
 )
 
 FAMILIES = {family.name: family for family in (SDXL, SD15)}

@@ -11,6 +11,7 @@ from typing import Optional
 from cog import Input, Path
 
 from families import detect_family
+from formats.bundle import BUNDLE_FILE
 from preprocess import PreprocessConfig, preprocess
 from serving.handoff import OutputHandoff
 from serving.inputs import declared, field_inputs
@@ -21,7 +22,6 @@ from weights.base_models import BUILTIN_MODELS, diffusers_folder, resolve_model
 from weights.references import check_file_input, check_model_input
 from weights.runtime import pick_runtime
 from weights.settings import ModelSettings
-from weights.trained import BUNDLE_FILE
 
 DRY_RUN_TIMED_STEPS = 3
 # The summaries of preprocessing and the store are INFO logs; Cog shows what reaches stderr.

@@ -27,10 +27,10 @@ from safetensors.torch import save_file
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from formats.bundle import EMBEDDINGS_PTI_FILE, LORA_FILE, SPECIAL_PARAMS_FILE  # noqa: E402
 from tests.fileserver import FileServer  # noqa: E402
 from weights.download import DownloadPolicy, download  # noqa: E402
 from weights.store import ModelStore  # noqa: E402
-from weights.trained import EMBEDDINGS_PTI_FILE, LORA_FILE, SPECIAL_PARAMS_FILE  # noqa: E402
 
 
 def make_bundle(folder: Path, megabytes: int) -> Path:

@@ -35,10 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from families import SDXL  # noqa: E402
 from generation.switcher import Selection, WeightsSwitcher  # noqa: E402
-from generation.trained_weights import prepare_weights  # noqa: E402
+from generation.weights_cache import prepare_weights  # noqa: E402
+from weights.embedded.tiny import ensure_tiny_model  # noqa: E402
 from weights.runtime import Runtime  # noqa: E402
-from weights.tiny import ensure_tiny_model  # noqa: E402
-from weights.trained import inspect_weights  # noqa: E402
+from weights.trained_files import inspect_weights  # noqa: E402
 
 # stabilityai/stable-diffusion-xl-base-1.0, unet/config.json
 SDXL_UNET = dict(

@@ -45,7 +45,7 @@ def build_bench_pipeline():
     )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from weights.tiny import SDXL_SCHEDULER, VOCAB_SIZE, build_tokenizer
+    from weights.embedded.tiny import SDXL_SCHEDULER, VOCAB_SIZE, build_tokenizer
 
     torch.manual_seed(0)
 
@@ -104,7 +104,7 @@ def build_bench_pipeline():
 
 
 def model_folder(name: str, cache: Path) -> Path:
-    from weights.tiny import ensure_tiny_model
+    from weights.embedded.tiny import ensure_tiny_model
 
     if name == "tiny":
         return ensure_tiny_model("base", cache)
@@ -122,7 +122,7 @@ def unet_floor_seconds(folder: Path, config) -> tuple[float, int]:
     from diffusers import UNet2DConditionModel
 
     from families import SDXL
-    from training.models import add_lora
+    from training.components import add_lora
 
     unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet")
     parameters = sum(p.numel() for p in unet.parameters())

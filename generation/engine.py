@@ -8,6 +8,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from formats.input_ranges import random_seed
+from formats.tokens import apply_token_map, contains_trigger
 from generation.lora import PreparedLora
 from generation.outputs import Watermarker, save_images
 from generation.pipelines import load_base, load_refiner
@@ -21,9 +23,7 @@ from generation.request import (
 )
 from generation.safety import SafetyChecker, resolve_safety_checker
 from generation.switcher import Selection, TokenTarget, WeightsSwitcher
-from generation.trained_weights import PreparedWeights, WeightsCache
-from input_ranges import random_seed
-from preprocess.captions import contains_trigger, substitute_trigger
+from generation.weights_cache import PreparedWeights, WeightsCache
 from weights.base_models import hub_variant, resolve_model
 from weights.runtime import Runtime, pick_runtime
 from weights.settings import ModelSettings
@@ -111,8 +111,8 @@ class GenerationEngine:
         used = [t for t in token_map if contains_trigger(request.prompt, t)]
         if used:
             print(f"Trained tokens for {', '.join(used)} in the prompt.")
-        prompt = substitute_tokens(request.prompt, token_map)
-        negative_prompt = substitute_tokens(request.negative_prompt, token_map)
+        prompt = apply_token_map(request.prompt, token_map)
+        negative_prompt = apply_token_map(request.negative_prompt, token_map)
 
         # 4. Generate, then refine.
         images = self._run(request, prompt, negative_prompt, image, mask, generator)
@@ -254,14 +254,6 @@ def _ensemble_splits(scheduler, steps: int, strength: float, high_noise_frac: fl
     cutoff = round(train_steps - high_noise_frac * train_steps)
     base_steps = int((timesteps >= cutoff).sum())
     return 0 < base_steps < len(timesteps)
-
-
-def substitute_tokens(prompt: str, token_map: dict[str, str]) -> str:
-    """Each trigger word (e.g. `TOK`) becomes its trained tokens (`<s0><s1>`) where it stands as
-    a whole word with its exact case: `tokyo` and `Tok` stay as they are."""
-    for trigger, tokens in token_map.items():
-        prompt = substitute_trigger(prompt, trigger, tokens)
-    return prompt
 
 
 def _steps_for_strength(steps: int, strength: float) -> int:

@@ -31,12 +31,11 @@ from peft.tuners.lora import LoraLayer
 from peft.utils.other import get_pattern_key
 
 from families import ModelFamily
+from formats.bundle import TEXT_MODEL
 from weights.runtime import Runtime
 
 # The pipeline components a LoRA file may address, by their key prefix.
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
-# The CLIP text model's module prefix in LoRA files (transformers 4 names); see export.py.
-TEXT_MODEL = "text_model"
 KEYS_ADVICE = (
     "Nothing was loaded. Use a LoRA saved by diffusers, peft or kohya's scripts for this "
     "base model (`.lora_A/.lora_B` or `.lora_down/.lora_up` keys)."

@@ -1,7 +1,7 @@
 """Pipelines for every mode of a model family, sharing one copy of each model component.
 
 The family (SDXL, SD 1.5) is read from the model's config; its pipeline classes and the
-few loading options that differ come from the family table and `LOAD_OPTIONS`."""
+few loading options that differ come from the family table."""
 
 from __future__ import annotations
 
@@ -14,13 +14,6 @@ from families import SDXL, TOKENIZER_NAMES, ModelFamily, detect_family
 from generation.schedulers import SchedulerCache
 from weights.base_models import load_pipeline
 from weights.runtime import Runtime
-
-# Loading options by family: no invisible watermark in the pipelines (outputs.Watermarker
-# marks after the safety check) and no SD 1.5 safety checker inside them (safety.py runs one).
-LOAD_OPTIONS = {
-    "sdxl": dict(add_watermarker=False),
-    "sd15": dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False),
-}
 
 
 @dataclass
@@ -54,7 +47,7 @@ def load_base(
         source,
         runtime,
         single_file_config=single_file_config,
-        **LOAD_OPTIONS[family.name],
+        **family.pipeline_options,
     )
     return _sharing(txt2img, family, txt2img=txt2img)
 
@@ -67,7 +60,7 @@ def load_refiner(source: Path, runtime: Runtime, base: ModelPipelines) -> ModelP
         source,
         runtime,
         vae=base.img2img.vae,
-        **LOAD_OPTIONS[base.family.name],
+        **base.family.pipeline_options,
     )
     return _sharing(img2img, base.family)
 

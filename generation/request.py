@@ -11,8 +11,8 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from formats.input_ranges import one_of, range_problems, ranged, seed_field
 from generation.schedulers import DEFAULT_SCHEDULER, SCHEDULERS
-from input_ranges import one_of, range_problems, ranged, seed_field
 from weights.references import LocalPathRefused, check_file_input
 
 REFINE_MODES = ("no_refiner", "expert_ensemble_refiner", "base_image_refiner")

@@ -11,9 +11,9 @@ from PIL import Image
 from transformers import AutoImageProcessor
 
 from weights.base_models import ModelUnavailableError
+from weights.embedded.tiny_safety import ensure_tiny_safety_checker
 from weights.runtime import Runtime
 from weights.settings import TINY, HubSettings
-from weights.tiny_safety import ensure_tiny_safety_checker
 
 # A safety-checker folder holds configs and safetensors weights at its root.
 SAFETY_FILE_PATTERNS = ["*.json", "*.safetensors"]

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 import torch
 from peft.tuners.lora import LoraLayer
 
-from dataset_and_utils import TokenEmbeddingsHandler
+from formats.tokens import TokenEmbeddingsHandler
 from generation.lora import LoraFormatError, LoraSlot, PreparedLora
-from generation.trained_weights import PreparedWeights
+from generation.weights_cache import PreparedWeights
 
 MAIN_SLOT = "main"
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFilter
 
-from preprocess.models import LoadedModel
+from preprocess.model_loading import LoadedModel
 
 logger = logging.getLogger(__name__)
 

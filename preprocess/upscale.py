@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from preprocess.models import LoadedModel
+from preprocess.model_loading import LoadedModel
 
 
 class Upscaler:

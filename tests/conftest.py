@@ -9,8 +9,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.fileserver import FileServer  # noqa: E402
+from weights.embedded.tiny import ensure_tiny_model  # noqa: E402
 from weights.settings import MODEL_VARIABLES, TINY  # noqa: E402
-from weights.tiny import ensure_tiny_model  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+from weights.embedded.tiny_preprocessors import KINDS, ensure_tiny_preprocessor
 from weights.settings import ModelSettings
-from weights.tiny_preprocessors import KINDS, ensure_tiny_preprocessor
 
 
 @pytest.fixture(scope="session")

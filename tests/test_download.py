@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from tests.fileserver import HTML_PAGE
 from weights.download import DownloadError, DownloadPolicy, check_safetensors, download
-from weights.trained import UnsafeFormatError
+from weights.trained_files import UnsafeFormatError
 
 DATA = os.urandom(3_000_000)
 # Fast retries; a small parallel threshold so a 3 MB file takes the ranged path.

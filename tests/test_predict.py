@@ -9,7 +9,7 @@ import pytest
 from imwatermark import WatermarkDecoder
 from PIL import Image
 
-from generation.engine import substitute_tokens
+from formats.tokens import apply_token_map
 from generation.request import InvalidRequestError
 from generation.safety import AllImagesFlaggedError, resolve_safety_checker
 from generation.schedulers import SCHEDULERS
@@ -220,8 +220,8 @@ def test_watermark_on_off_does_not_leak_into_the_next_request(predictor):
 
 def test_trigger_substitution_is_whole_word_and_case_exact():
     tokens = {"TOK": "<s0><s1>"}
-    assert substitute_tokens("a photo of TOK in tokyo", tokens) == "a photo of <s0><s1> in tokyo"
-    assert substitute_tokens("TOK, TOKYO and Tok.", tokens) == "<s0><s1>, TOKYO and Tok."
+    assert apply_token_map("a photo of TOK in tokyo", tokens) == "a photo of <s0><s1> in tokyo"
+    assert apply_token_map("TOK, TOKYO and Tok.", tokens) == "<s0><s1>, TOKYO and Tok."
 
 
 def test_inputs_match_replicates_sdxl_model():

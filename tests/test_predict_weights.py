@@ -15,6 +15,7 @@ from cog import CancelationException
 from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file, save
 
+from formats.bundle import EMBEDDINGS_PTI_FILE, LORA_FILE, TRAINING_CONFIG_FILE
 from generation import switcher
 from generation.lora import LoraFormatError
 from generation.request import InvalidRequestError
@@ -28,7 +29,6 @@ from tests.trained_bundles import (
     write_tokens,
 )
 from weights.store import StoreError
-from weights.trained import EMBEDDINGS_PTI_FILE, LORA_FILE, TRAINING_CONFIG_FILE
 
 TRIGGER = dict(prompt="a photo of TOK on the beach")
 PLAIN = dict(prompt="a photo of a cat")

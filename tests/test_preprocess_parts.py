@@ -12,14 +12,15 @@ from transformers import (
     Swin2SRForImageSuperResolution,
 )
 
-from preprocess.captions import Captioner, substitute_trigger
+from formats.tokens import substitute_trigger
+from preprocess.captioning import Captioner
 from preprocess.crops import aspect_buckets, center_of_mass, closest_bucket, crop_box
 from preprocess.images import load_image
-from preprocess.models import load_preprocessor, resolve_reference
+from preprocess.model_loading import load_preprocessor, resolve_reference
 from preprocess.preview import contact_sheet
 from preprocess.upscale import Upscaler, resize_to
+from weights.embedded.tiny_preprocessors import KINDS, ensure_tiny_preprocessor
 from weights.runtime import pick_runtime
-from weights.tiny_preprocessors import KINDS, ensure_tiny_preprocessor
 
 pytest_plugins = ["preprocess_fixtures"]  # tiny_settings, one_torch_thread
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -103,7 +103,7 @@ def test_the_docker_context_holds_the_imported_code_and_nothing_heavy():
         if Path(f).is_relative_to(ROOT) and not Path(f).is_relative_to(ROOT / ".venv")
     )
     needed = [*imported, "cog.yaml", "requirements.txt", "requirements-nodeps.txt"]
-    needed += [p.relative_to(ROOT).as_posix() for p in (ROOT / "toyworld/weights").rglob("*.*")]
+    needed += [p.relative_to(ROOT).as_posix() for p in (ROOT / "weights/embedded").rglob("*.*")]
     assert len(imported) > 20 and "weights/store.py" in imported
     assert [p for p in needed if docker_ignored(p, patterns)] == []
     heavy = [

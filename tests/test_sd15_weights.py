@@ -12,6 +12,7 @@ import pytest
 from peft.tuners.lora import LoraLayer
 
 from families import SD15, SDXL
+from formats.bundle import LORA_KOHYA_FILE, TRAINING_CONFIG_FILE
 from tests.predict_helpers import one_torch_thread, predict_arrays, same, tiny_predictor
 from tests.test_train_entry import train_with
 from tests.train_helpers import make_dataset, small_config
@@ -21,12 +22,7 @@ from training.loop import run_training
 from weights.archive import unpack_archive
 from weights.runtime import pick_runtime
 from weights.settings import TINY_SD15
-from weights.trained import (
-    LORA_KOHYA_FILE,
-    TRAINING_CONFIG_FILE,
-    WrongFamilyError,
-    inspect_weights,
-)
+from weights.trained_files import WrongFamilyError, inspect_weights
 
 TRIGGER = dict(prompt="a photo of TOK")
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from formats.bundle import LORA_FILE
 from serving import cli
 from serving.schema import SCHEMA_PATH, build_schema, inspect_entry
 from tests.cog_server import request, running_server
 from tests.conftest import tiny_variables
 from tests.receiver import Receiver
-from weights.trained import LORA_FILE
 
 SMALL = {"width": 64, "height": 64, "num_inference_steps": 2}
 LONG = {"width": 64, "height": 64, "num_inference_steps": 500}  # tens of seconds on CPU

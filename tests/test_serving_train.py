@@ -14,12 +14,7 @@ import psutil
 import pytest
 from PIL import Image
 
-from tests.cog_server import request, request_when_free, running_server
-from tests.conftest import tiny_variables
-from tests.predict_helpers import one_torch_thread, predict_arrays, same, tiny_predictor
-from tests.receiver import Receiver
-from tests.trained_bundles import tar_folder, write_lora_bundle
-from weights.trained import (
+from formats.bundle import (
     BUNDLE_FILE,
     CHECKPOINTS_DIR,
     EMBEDDINGS_PTI_FILE,
@@ -27,6 +22,11 @@ from weights.trained import (
     MODEL_CARD_FILE,
     SPECIAL_PARAMS_FILE,
 )
+from tests.cog_server import request, request_when_free, running_server
+from tests.conftest import tiny_variables
+from tests.predict_helpers import one_torch_thread, predict_arrays, same, tiny_predictor
+from tests.receiver import Receiver
+from tests.trained_bundles import tar_folder, write_lora_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK_TRAINING = {

@@ -17,19 +17,12 @@ import pytest
 import torch
 from safetensors.torch import save
 
+from formats.bundle import EMBEDDINGS_PTI_FILE, LORA_FILE, SPECIAL_PARAMS_FILE, TRAINING_CONFIG_FILE
 from weights.archive import ArchiveLimits
 from weights.download import DownloadError, DownloadPolicy
 from weights.settings import ModelSettings
 from weights.store import ModelStore, StoreError
-from weights.trained import (
-    EMBEDDINGS_PTI_FILE,
-    LORA_FILE,
-    SPECIAL_PARAMS_FILE,
-    TRAINING_CONFIG_FILE,
-    UnrecognisedWeightsError,
-    UnsafeFormatError,
-    WeightsFormat,
-)
+from weights.trained_files import UnrecognisedWeightsError, UnsafeFormatError, WeightsFormat
 
 POLICY = DownloadPolicy(retry_wait=0.01, progress=False)
 TOKEN_MAP = {"TOK": "<s0><s1>"}

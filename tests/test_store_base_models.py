@@ -27,7 +27,7 @@ from weights.download import DownloadPolicy
 from weights.runtime import pick_runtime
 from weights.single_file import export_single_file
 from weights.store import ModelStore
-from weights.trained import UnsafeFormatError
+from weights.trained_files import UnsafeFormatError
 
 CPU = pick_runtime("cpu")
 

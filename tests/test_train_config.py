@@ -5,7 +5,8 @@ import random
 import pytest
 import torch
 
-from training.captions import apply_token_map, caption_for_step
+from formats.tokens import apply_token_map
+from training.caption_augment import caption_for_step
 from training.config import InvalidTrainingConfig, TrainingConfig
 from training.schedule import BatchSchedule, TrainingPlan, build_lr_scheduler, build_optimizer
 

@@ -8,6 +8,14 @@ import pytest
 from cog import Path as CogPath
 
 from families import SD15, SDXL
+from formats.bundle import (
+    EMBEDDINGS_PTI_FILE,
+    LORA_FILE,
+    MODEL_CARD_FILE,
+    PREVIEW_FILE,
+    SPECIAL_PARAMS_FILE,
+    TRAINING_CONFIG_FILE,
+)
 from serving.cli import parse_inputs
 from serving.schema import TRAINER_REF, inspect_entry
 from tests.train_helpers import one_thread  # noqa: F401 (autouse fixture)
@@ -15,15 +23,7 @@ from training.bundle import base_model_loading, bundle_size_report
 from training.config import InvalidTrainingConfig, TrainingConfig
 from weights.archive import unpack_archive
 from weights.settings import TINY, TINY_SD15
-from weights.trained import (
-    EMBEDDINGS_PTI_FILE,
-    LORA_FILE,
-    MODEL_CARD_FILE,
-    PREVIEW_FILE,
-    SPECIAL_PARAMS_FILE,
-    TRAINING_CONFIG_FILE,
-    inspect_weights,
-)
+from weights.trained_files import inspect_weights
 
 EXAMPLE = "@examples/cat_photos.zip"
 

@@ -15,14 +15,8 @@ import torch
 from diffusers import DDPMScheduler
 from safetensors.torch import load_file
 
-from dataset_and_utils import TokenEmbeddingsHandler, load_pixels, read_captions
 from families import FAMILIES, SDXL, ModelFamily
-from tests.train_helpers import make_dataset, one_thread, small_config  # noqa: F401 (autouse)
-from training.bundle import write_bundle, write_dry_run_report
-from training.loop import STATE_DIR, TrainingDivergedError, run_training
-from weights.archive import unpack_archive
-from weights.runtime import pick_runtime
-from weights.trained import (
+from formats.bundle import (
     BUNDLE_FILE,
     EMBEDDINGS_FILE,
     EMBEDDINGS_PTI_FILE,
@@ -35,8 +29,16 @@ from weights.trained import (
     SPECIAL_PARAMS_FILE,
     TRAINING_CONFIG_FILE,
     UNET_FILE,
-    inspect_weights,
 )
+from formats.dataset_folder import read_captions
+from formats.tokens import TokenEmbeddingsHandler
+from tests.train_helpers import make_dataset, one_thread, small_config  # noqa: F401 (autouse)
+from training.bundle import write_bundle, write_dry_run_report
+from training.dataset import load_pixels
+from training.loop import STATE_DIR, TrainingDivergedError, run_training
+from weights.archive import unpack_archive
+from weights.runtime import pick_runtime
+from weights.trained_files import inspect_weights
 
 CPU = pick_runtime("cpu")
 TRIGGER_PROMPT = "a photo of <s0><s1>"

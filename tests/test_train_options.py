@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from formats.bundle import LORA_FILE
 from tests.train_helpers import make_dataset, one_thread, small_config  # noqa: F401 (autouse)
 from training.loop import CHECKPOINTS_DIR, run_training
 from weights.runtime import pick_runtime
-from weights.trained import LORA_FILE
 
 CPU = pick_runtime("cpu")
 

@@ -42,7 +42,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from generation.engine import GenerationEngine, substitute_tokens
+from formats.tokens import apply_token_map
+from generation.engine import GenerationEngine
 from generation.request import GenerationRequest
 from generation.switcher import Selection
 from serving.cli import parse_inputs
@@ -179,7 +180,7 @@ class ToyEvaluator:
         scale = self.settings.lora_scale if lora_scale is None else lora_scale
         self.engine.switcher.activate(Selection(prepared, scale))
         token_map = prepared.token_map if prepared else {}
-        texts = [substitute_tokens(p, token_map) for p in prompts for _ in self.settings.seeds]
+        texts = [apply_token_map(p, token_map) for p in prompts for _ in self.settings.seeds]
         seeds = [seed for _ in prompts for seed in self.settings.seeds]
         self.pipeline.scheduler = self.engine.base.schedulers.get(self.settings.scheduler)
         with torch.inference_mode():

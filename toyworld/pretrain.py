@@ -14,8 +14,8 @@
    (`run_training`, is_lora=False, no new tokens, frozen tiny CLIP encoders), with the toy VAE
    in place, offset noise and Min-SNR weighting. Captions are dropped 10% of the time so
    classifier-free guidance has an unconditional prediction to push against.
-4. Both are stored in fp16 under toyworld/weights/, which `weights.toy` assembles into a full
-   pipeline folder.
+4. Both are stored in fp16 under weights/embedded/toy_weights/, which `weights.embedded.toy`
+   assembles into a full pipeline folder.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ from PIL import Image
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
-from dataset_and_utils import CAPTION_COLUMNS, CAPTIONS_FILE
+from formats.bundle import UNET_FILE
+from formats.dataset_folder import CAPTION_COLUMNS, CAPTIONS_FILE
 from toyworld.recognition import pixel_batch
 from toyworld.scenes import (
     BACKGROUNDS,
@@ -54,10 +55,9 @@ from toyworld.scenes import (
 )
 from training.config import TrainingConfig
 from training.loop import latest_checkpoint, run_training
+from weights.embedded.tiny import SDXL_VAE_SCALING, build_tiny_pipeline, build_vae
+from weights.embedded.toy import TOY_WEIGHTS_DIR, save_toy_part, toy_pipeline
 from weights.runtime import pick_runtime
-from weights.tiny import SDXL_VAE_SCALING, build_tiny_pipeline, build_vae
-from weights.toy import TOY_WEIGHTS_DIR, save_toy_part, toy_pipeline
-from weights.trained import UNET_FILE
 
 WORK_DIR = Path("outputs/toy-base")
 VAE_SEED_OFFSET = 1_000_000  # VAE scenes come from other seeds than the UNet's dataset

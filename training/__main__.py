@@ -15,13 +15,13 @@ import argparse
 import json
 from pathlib import Path
 
+from formats.bundle import BUNDLE_FILE
 from training.bundle import write_bundle
 from training.config import TrainingConfig
 from training.loop import latest_checkpoint, run_training
 from weights.base_models import diffusers_folder, resolve_model
 from weights.runtime import pick_runtime
 from weights.settings import ModelSettings
-from weights.trained import BUNDLE_FILE
 
 
 def parse_settings(pairs: list[str]) -> dict:

@@ -11,12 +11,7 @@ import tempfile
 from importlib.metadata import version
 from pathlib import Path
 
-from training.config import TrainingConfig
-from training.loop import STATE_DIR, TrainingResult
-from weights.base_models import BUILTIN_MODELS
-from weights.download import describe_source
-from weights.references import is_remote
-from weights.trained import (
+from formats.bundle import (
     CHECKPOINTS_DIR,
     EMBEDDINGS_FILE,
     LORA_FILE,
@@ -29,6 +24,11 @@ from weights.trained import (
     TRAINING_CONFIG_FILE,
     UNET_FILE,
 )
+from training.config import TrainingConfig
+from training.loop import STATE_DIR, TrainingResult
+from weights.base_models import BUILTIN_MODELS
+from weights.download import describe_source
+from weights.references import is_remote
 
 LIBRARIES = ("torch", "diffusers", "transformers", "peft", "accelerate")
 

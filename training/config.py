@@ -11,7 +11,7 @@ import importlib.util
 import math
 from dataclasses import asdict, dataclass, field
 
-from input_ranges import one_of, random_seed, range_problems, ranged, seed_field
+from formats.input_ranges import one_of, random_seed, range_problems, ranged, seed_field
 
 OPTIMIZERS = ("adamw", "adamw8bit", "adafactor", "prodigy")
 LR_SCHEDULERS = (

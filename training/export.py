@@ -22,19 +22,19 @@ from diffusers.utils import convert_state_dict_to_kohya
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
-from dataset_and_utils import TokenEmbeddingsHandler
 from families import ModelFamily
-from generation.lora import TEXT_MODEL
-from training.config import TrainingConfig
-from training.models import TrainingComponents
-from weights.trained import (
+from formats.bundle import (
     EMBEDDINGS_FILE,
     EMBEDDINGS_PTI_FILE,
     LORA_FILE,
     LORA_KOHYA_FILE,
     SPECIAL_PARAMS_FILE,
+    TEXT_MODEL,
     UNET_FILE,
 )
+from formats.tokens import TokenEmbeddingsHandler
+from training.components import TrainingComponents
+from training.config import TrainingConfig
 
 # The kohya prefixes diffusers' converter writes (SDXL's); mapped to the family's own.
 DIFFUSERS_KOHYA_PREFIXES = ("lora_unet", "lora_te1", "lora_te2")

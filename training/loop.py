@@ -27,12 +27,12 @@ from diffusers.training_utils import compute_snr
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from dataset_and_utils import CachedLatentsDataset, TokenEmbeddingsHandler, read_captions
 from families import ModelFamily
-from training.captions import apply_token_map, caption_for_step
-from training.config import NUM_TOKENS, TrainingConfig
-from training.export import save_trained_weights
-from training.models import (
+from formats.bundle import CHECKPOINTS_DIR, METRICS_FILE, SAMPLES_DIR
+from formats.dataset_folder import read_captions
+from formats.tokens import TokenEmbeddingsHandler, apply_token_map
+from training.caption_augment import caption_for_step
+from training.components import (
     TrainingComponents,
     add_lora,
     added_conditions,
@@ -40,6 +40,9 @@ from training.models import (
     load_components,
     trainable_parameters,
 )
+from training.config import NUM_TOKENS, TrainingConfig
+from training.dataset import CachedLatentsDataset
+from training.export import save_trained_weights
 from training.samples import render_samples
 from training.schedule import (
     BatchSchedule,
@@ -50,7 +53,6 @@ from training.schedule import (
 )
 from training.state_files import load_state, save_state
 from weights.runtime import Runtime
-from weights.trained import CHECKPOINTS_DIR, METRICS_FILE, SAMPLES_DIR
 
 WEIGHTS_DIR = "weights"
 STATE_DIR = "training_state"  # optimizer/scheduler/parameters for resuming; not bundled

@@ -8,10 +8,9 @@ import diffusers
 import torch
 from diffusers import EulerDiscreteScheduler
 
-from generation.pipelines import LOAD_OPTIONS
-from training.captions import apply_token_map
+from formats.tokens import apply_token_map
+from training.components import TrainingComponents
 from training.config import TrainingConfig
-from training.models import TrainingComponents
 
 
 def sample_file(folder: Path, step: int, index: int) -> Path:
@@ -31,7 +30,7 @@ def render_samples(
         scheduler=EulerDiscreteScheduler.from_pretrained(models.folder, subfolder="scheduler"),
         **models.named_text_encoders(),
         **dict(zip(family.tokenizer_names, models.tokenizers, strict=True)),
-        **LOAD_OPTIONS[family.name],
+        **family.pipeline_options,
     )
     pipeline.set_progress_bar_config(disable=True)
     folder.mkdir(parents=True, exist_ok=True)

@@ -1,1 +1,1 @@
-"""Model store: where base models and trained weights come from, and the embedded tiny models."""
+"""Model store: where base models and trained weights come from (embedded/: the tiny models)."""

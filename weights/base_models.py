@@ -23,13 +23,13 @@ import diffusers
 import torch
 
 from families import detect_family
+from weights.embedded.tiny import build_folder_once, ensure_tiny_model
+from weights.embedded.toy import ensure_toy_model
 from weights.references import is_remote
 from weights.runtime import Runtime
 from weights.settings import TINY, TINY_SD15, TOY, HubSettings, ModelSettings
 from weights.store import ModelStore
-from weights.tiny import build_folder_once, ensure_tiny_model
-from weights.toy import ensure_toy_model
-from weights.trained import refuse_pickle
+from weights.trained_files import refuse_pickle
 
 FP16_VARIANT = "fp16"
 CONFIG_PATTERNS = ["model_index.json"]

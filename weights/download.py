@@ -28,7 +28,7 @@ from pathlib import Path
 import requests
 from tqdm import tqdm
 
-from weights.trained import refuse_pickle
+from weights.trained_files import refuse_pickle
 
 logger = logging.getLogger(__name__)
 

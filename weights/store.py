@@ -42,7 +42,7 @@ from weights.download import (
 )
 from weights.references import is_remote
 from weights.settings import ModelSettings
-from weights.trained import TrainedWeights, inspect_weights, refuse_pickle
+from weights.trained_files import TrainedWeights, inspect_weights, refuse_pickle
 
 Read = TypeVar("Read")
 

@@ -73,19 +73,19 @@ def denoise(evaluator, weights: Path | None) -> list[tuple[float, float]]:
     import torch
     from diffusers import DDPMScheduler
 
-    from generation.engine import substitute_tokens
+    from formats.tokens import apply_token_map
     from generation.switcher import Selection
     from toyworld import metrics
     from toyworld.recognition import decode_pixels, pixel_batch
     from toyworld.subject import subject_images
-    from training.models import added_conditions
+    from training.components import added_conditions
 
     prepared = evaluator.engine.weights_cache.get(str(weights)) if weights else None
     evaluator.engine.switcher.activate(Selection(prepared, 1.0))
     pipeline, device = evaluator.pipeline, evaluator.pipeline.device
     photos = subject_images(8, seed=0)  # the zip's photos and captions
     token_map = prepared.token_map if prepared else {}
-    captions = [substitute_tokens(caption, token_map) for _, caption in photos]
+    captions = [apply_token_map(caption, token_map) for _, caption in photos]
     vae, scale = pipeline.vae, pipeline.vae.config.scaling_factor
     generator = torch.Generator().manual_seed(0)  # CPU noise: the same on every device
     scores = []

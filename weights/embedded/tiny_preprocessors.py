@@ -29,7 +29,7 @@ from transformers import (
     ViTImageProcessorPil,
 )
 
-from weights.tiny import (
+from weights.embedded.tiny import (
     MAX_TOKENS,
     VOCAB_SIZE,
     build_folder_once,

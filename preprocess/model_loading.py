@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from weights.embedded.tiny_preprocessors import ensure_tiny_preprocessor
 from weights.runtime import Runtime
 from weights.settings import TINY
-from weights.tiny_preprocessors import ensure_tiny_preprocessor
 
 logger = logging.getLogger(__name__)
 

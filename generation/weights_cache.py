@@ -24,7 +24,7 @@ from families import ModelFamily
 from generation.lora import PreparedLora, read_lora
 from weights.runtime import Runtime
 from weights.store import ModelStore
-from weights.trained import TrainedWeights, UnrecognisedWeightsError
+from weights.trained_files import TrainedWeights, UnrecognisedWeightsError
 
 # About twenty rank-32 SDXL LoRAs (on the GPU when there is one). A full fine-tune of SDXL
 # (5 GB in fp16) is larger: it is kept only while it is the one in use.

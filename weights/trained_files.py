@@ -1,8 +1,5 @@
-"""What a trained-weights reference turned out to be, once it is on local disk.
-
-The file names of the weights tarball live here (one fact, one place): the trainer writes
-them, the store and the predictor read them.
-"""
+"""What a trained-weights reference turned out to be, once it is on local disk: a bundle in
+this project's layout (formats/bundle.py), the original Replicate trainer's, or a bare LoRA."""
 
 from __future__ import annotations
 
@@ -15,22 +12,15 @@ from pathlib import Path
 from safetensors import safe_open
 
 from families import FAMILIES, ModelFamily, family_from_weight_names
-
-# The weights tarball (see DESIGN.md).
-LORA_FILE = "lora.safetensors"
-LORA_KOHYA_FILE = "lora_kohya.safetensors"
-UNET_FILE = "unet.safetensors"
-EMBEDDINGS_PTI_FILE = "embeddings.pti"
-EMBEDDINGS_FILE = "embeddings.safetensors"
-SPECIAL_PARAMS_FILE = "special_params.json"
-TRAINING_CONFIG_FILE = "training_config.json"
-MODEL_CARD_FILE = "README.md"
-PREVIEW_FILE = "preview.png"
-LOSS_PLOT_FILE = "loss.png"
-METRICS_FILE = "metrics.jsonl"
-SAMPLES_DIR = "samples"
-CHECKPOINTS_DIR = "checkpoints"
-BUNDLE_FILE = "trained_model.tar"
+from formats.bundle import (
+    EMBEDDINGS_FILE,
+    EMBEDDINGS_PTI_FILE,
+    LORA_FILE,
+    LORA_KOHYA_FILE,
+    SPECIAL_PARAMS_FILE,
+    TRAINING_CONFIG_FILE,
+    UNET_FILE,
+)
 
 # Formats that hold Python pickles: loading one can run arbitrary code, so they are refused.
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl", ".pickle")

@@ -14,7 +14,7 @@ import torch
 from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
 from transformers import CLIPConfig, CLIPImageProcessorPil
 
-from weights.tiny import build_folder_once
+from weights.embedded.tiny import build_folder_once
 
 BUILD_VERSION = 1
 IMAGE_SIZE = 32

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -17,8 +16,9 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from formats.tokens import contains_trigger, substitute_trigger
 from preprocess.errors import PreprocessError
-from preprocess.models import LoadedModel
+from preprocess.model_loading import LoadedModel
 
 logger = logging.getLogger(__name__)
 
@@ -27,26 +27,6 @@ SIDECAR_SUFFIX = ".txt"
 MAX_CAPTION_TOKENS = 40
 CAPTION_BEAMS = 3  # beam search: deterministic, and better than greedy for BLIP
 CAPTION_BATCH = 8
-
-
-def _trigger_pattern(trigger: str, ignore_case: bool) -> re.Pattern:
-    # Whole word: no letter, digit or underscore directly before or after.
-    return re.compile(
-        rf"(?<!\w){re.escape(trigger)}(?!\w)", flags=re.IGNORECASE if ignore_case else 0
-    )
-
-
-def substitute_trigger(text: str, trigger: str, replacement: str, ignore_case: bool = False) -> str:
-    """Replace whole-word occurrences of `trigger` in `text` by `replacement`, leaving every
-    other character (and its case) as it was: with trigger `TOK`, "TOK's hat in Tokyo" becomes
-    "<s0><s1>'s hat in Tokyo". Case-sensitive unless `ignore_case`."""
-    if not trigger:
-        return text
-    return _trigger_pattern(trigger, ignore_case).sub(lambda _: replacement, text)
-
-
-def contains_trigger(text: str, trigger: str) -> bool:
-    return bool(_trigger_pattern(trigger, ignore_case=False).search(text))
 
 
 def effective_prefix(caption_prefix: str, trigger: str) -> str:

@@ -1,7 +1,7 @@
 """The toy base (`BASE_MODEL=toy`): the tiny SDXL with a VAE and UNet pretrained on the toy world.
 
-Only the trained parts ship (fp16 safetensors under toyworld/weights/, retrained by `make
-toy-base`); the tiny text encoders, tokenizers and scheduler are rebuilt deterministically, and
+Only the trained parts ship (fp16 safetensors under weights/embedded/toy_weights/, retrained
+by `make toy-base`); the tiny text encoders, tokenizers and scheduler are rebuilt deterministically, and
 the whole pipeline folder is assembled once in the cache, under a name that changes with the
 shipped weights.
 """
@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, StableDiffusionXLPipeline, UNet2DConditionModel
 
-from weights.tiny import build_folder_once, build_tiny_pipeline
+from weights.embedded.tiny import build_folder_once, build_tiny_pipeline
 
-TOY_WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "toyworld" / "weights"
+TOY_WEIGHTS_DIR = Path(__file__).resolve().parent / "toy_weights"
 TOY_PARTS = {"vae": AutoencoderKL, "unet": UNet2DConditionModel}
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 

@@ -1,19 +1,11 @@
-"""Captions at training time: the trigger word becomes the new tokens, and the per-step
-augmentations (caption dropout, shuffled comma-separated parts)."""
+"""Captions at training time: the per-step augmentations (caption dropout, shuffled
+comma-separated parts)."""
 
 from __future__ import annotations
 
 import random
 
-from preprocess.captions import substitute_trigger
 from training.config import TrainingConfig
-
-
-def apply_token_map(text: str, token_map: dict[str, str]) -> str:
-    """Each trigger of `token_map` (e.g. {"TOK": "<s0><s1>"}) replaced by its tokens."""
-    for trigger, tokens in token_map.items():
-        text = substitute_trigger(text, trigger, tokens)
-    return text
 
 
 def caption_for_step(caption: str, config: TrainingConfig, rng: random.Random) -> str:

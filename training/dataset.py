@@ -1,0 +1,97 @@
+"""The training dataset: every image of a prepared dataset folder encoded by the VAE once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from formats.dataset_folder import CaptionedImage
+
+
+class CachedLatentsDataset:
+    """Every training image encoded by the VAE once (and once more mirrored when flips are on).
+
+    The VAE's latent distribution (mean, std) is kept, so each step still draws a fresh latent
+    sample without running the encoder again. Masks are kept at latent resolution.
+    """
+
+    def __init__(self, items: list[CaptionedImage], vae, flip: bool, use_masks: bool):
+        self.captions = [item.caption for item in items]
+        self.pixel_sizes: list[tuple[int, int]] = []
+        self.means, self.stds, self.masks = [], [], []
+        self.flipped: tuple[list, list] | None = ([], []) if flip else None
+        self.scaling_factor = vae.config.scaling_factor
+        for item in items:
+            pixels = load_pixels(item.image_path)
+            self.pixel_sizes.append(tuple(pixels.shape[-2:]))
+            mean, std = self._encode(vae, pixels)
+            self.means.append(mean)
+            self.stds.append(std)
+            if self.flipped is not None:
+                mean, std = self._encode(vae, pixels.flip(-1))
+                self.flipped[0].append(mean)
+                self.flipped[1].append(std)
+            self.masks.append(
+                load_mask(item.mask_path, mean.shape[-2:]) if use_masks and item.mask_path else None
+            )
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def buckets(self) -> dict[tuple[int, int], list[int]]:
+        """Indices of the images of each pixel size (one size without aspect buckets)."""
+        groups: dict[tuple[int, int], list[int]] = {}
+        for index, size in enumerate(self.pixel_sizes):
+            groups.setdefault(size, []).append(index)
+        return groups
+
+    def latents(self, indices, flips, generator: torch.Generator) -> torch.Tensor:
+        """A batch of latents sampled from the cached distributions (scaled for the UNet)."""
+        means, stds = [], []
+        for index, flip in zip(indices, flips, strict=True):
+            source = self.flipped if flip else (self.means, self.stds)
+            means.append(source[0][index])
+            stds.append(source[1][index])
+        mean, std = torch.stack(means), torch.stack(stds)
+        noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
+        return (mean + std * noise) * self.scaling_factor
+
+    def mask_batch(self, indices, flips) -> torch.Tensor | None:
+        """Masks [B, 1, h, w] in [0, 1], or None when no image of the batch has one."""
+        if all(self.masks[i] is None for i in indices):
+            return None
+        masks = []
+        for index, flip in zip(indices, flips, strict=True):
+            mask = self.masks[index]
+            if mask is None:
+                mask = torch.ones((1, *self.means[index].shape[-2:]))
+            masks.append(mask.flip(-1) if flip else mask)
+        return torch.stack(masks)
+
+    @staticmethod
+    @torch.no_grad()
+    def _encode(vae, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = pixels[None].to(vae.device, vae.dtype)
+        distribution = vae.encode(batch).latent_dist
+        return distribution.mean[0].float().cpu(), distribution.std[0].float().cpu()
+
+
+def load_pixels(path: Path) -> torch.Tensor:
+    """An RGB image as a [3, H, W] float tensor in [-1, 1]."""
+    with Image.open(path) as image:
+        array = np.asarray(image.convert("RGB"), dtype=np.float32)
+    if array.shape[0] % 8 or array.shape[1] % 8:
+        raise ValueError(f"{path.name} is {array.shape[1]}x{array.shape[0]}: sides must be x8.")
+    return torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1.0
+
+
+def load_mask(path: Path, latent_size) -> torch.Tensor:
+    """A greyscale mask averaged down to latent resolution: [1, h, w] in [0, 1]."""
+    with Image.open(path) as image:
+        array = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+    mask = torch.from_numpy(array)[None, None]
+    return F.interpolate(mask, size=tuple(latent_size), mode="area")[0]
