@@ -1,29 +1,23 @@
 """Cog `train()`: declares the inputs (names and defaults as Replicate's SDXL trainer, plus what
-other trainers offer; each default and range lives on its configuration field) and runs
-preprocess -> training loop -> weights tarball."""
+other trainers offer; each default and range lives on its configuration field), checks them,
+and runs the training job (training/job.py) on the preprocessed upload."""
 
 import logging
 import shutil
 import tempfile
-import time
 from typing import Optional
 
 from cog import Input, Path
 
-from families import detect_family
 from formats.bundle import BUNDLE_FILE
 from preprocess import PreprocessConfig, preprocess
 from serving.handoff import OutputHandoff
 from serving.inputs import declared, field_inputs
-from training.bundle import bundle_size_report, write_bundle, write_dry_run_report
 from training.config import TrainingConfig
-from training.loop import run_training
-from weights.base_models import BUILTIN_MODELS, diffusers_folder, resolve_model
+from training.job import PreparedImages, TrainingJob, run_job
 from weights.references import check_file_input, check_model_input
-from weights.runtime import pick_runtime
-from weights.settings import ModelSettings
+from weights.settings import EMBEDDED_MODELS, ModelSettings
 
-DRY_RUN_TIMED_STEPS = 3
 # The summaries of preprocessing and the store are INFO logs; Cog shows what reaches stderr.
 logging.basicConfig(level=logging.INFO, format="%(message)s")
 # The tarball handed to Cog stays until the next training starts; nothing else stays.
@@ -214,70 +208,39 @@ def train(
     print(f"Using seed: {config.seed}")
     settings = ModelSettings.from_env()
     check_file_input("input_images", input_images, settings.local_dirs)
-    look_locally = check_model_input("base_model", base_model, settings.local_dirs, BUILTIN_MODELS)
-    base = str(base_model) if base_model else settings.base_model
-    runtime = pick_runtime(settings.device, settings.dtype)
+    look_locally = check_model_input("base_model", base_model, settings.local_dirs, EMBEDDED_MODELS)
     output = HANDOFF.next_folder()  # the previous training's tarball goes now
     work = Path(tempfile.mkdtemp(prefix="sdxl-train-"))
 
+    def prepare_images() -> PreparedImages:
+        prepared = preprocess(
+            PreprocessConfig(
+                **{
+                    **field_inputs(PreprocessConfig, inputs),
+                    "input_path": Path(str(input_images)),
+                    "output_dir": work / "dataset",
+                    "resolution": config.resolution,
+                    "token_string": config.token_string,
+                    "caption_prefix": config.caption_prefix,
+                }
+            )
+        )
+        return PreparedImages(prepared.folder, prepared.preview, tuple(prepared.skipped))
+
+    # 2. Base model, images, training and the tarball (training/job.py).
+    job = TrainingJob(
+        config,
+        base_model=str(base_model) if base_model else settings.base_model,
+        run_dir=work / "run",
+        output=output / ("dry_run.tar" if dry_run else BUNDLE_FILE),
+        allow_local_base=look_locally,
+        dry_run=dry_run,
+        inputs=inputs,
+    )
     try:
-        # 2. The base model.
-        model_folder = diffusers_folder(
-            resolve_model(base, "base", settings.cache_dir, allow_local=look_locally),
-            settings.cache_dir,
-            settings.single_file_config,
-        )
-        family = detect_family(model_folder)
-        print(f"Base model: {base} ({family.title}), training at {config.resolution}px")
-
-        # 3. Unpack, load, caption, mask and crop the images.
-        prepared, preprocess_seconds = _prepare_images(input_images, work, config, inputs)
-
-        # 4. Dry run: time a few steps and report the plan instead of training.
-        if dry_run:
-            timing = run_training(
-                config,
-                prepared.folder,
-                model_folder,
-                work / "run",
-                runtime,
-                timing_steps=DRY_RUN_TIMED_STEPS,
-            )
-            return Path(
-                write_dry_run_report(timing, prepared, output / "dry_run.tar", preprocess_seconds)
-            )
-
-        # 5. Train, then 6. write the bundle.
-        result = run_training(config, prepared.folder, model_folder, work / "run", runtime)
-        result.phase_seconds = {"preprocess": preprocess_seconds, **result.phase_seconds}
-        bundle = write_bundle(
-            result, output / BUNDLE_FILE, base, preview=prepared.preview, inputs=inputs
-        )
-        print(
-            "Time per phase: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.phase_seconds.items())
-        )
-        print(bundle_size_report(bundle, settings.max_download_bytes))
-        return Path(bundle)
+        return Path(run_job(job, settings, prepare_images))
     except BaseException:  # failed or canceled (Cog's CancelationException): hand over nothing
         HANDOFF.release()
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-def _prepare_images(input_images, work: Path, config: TrainingConfig, inputs: dict):
-    """Preprocess the upload into work/dataset; returns the dataset and the seconds it took."""
-    started = time.perf_counter()
-    prepared = preprocess(
-        PreprocessConfig(
-            **{
-                **field_inputs(PreprocessConfig, inputs),
-                "input_path": Path(str(input_images)),
-                "output_dir": work / "dataset",
-                "resolution": config.resolution,
-                "token_string": config.token_string,
-                "caption_prefix": config.caption_prefix,
-            }
-        )
-    )
-    return prepared, time.perf_counter() - started

@@ -1,6 +1,6 @@
 """Training throughput, peak memory and time per phase, on the tiny model and on a "bench"
 model: SDXL's architecture at ~52 M UNet parameters, sized so figures compare with other
-trainers' CPU figures (issue 5: diffusers' advanced SDXL DreamBooth-LoRA example trains it at
+trainers' CPU figures (diffusers' advanced SDXL DreamBooth-LoRA example trains it at
 about 1.9 steps/s, 1.6 GB peak, on 2 CPU cores, fp32, 256², batch 2, rank 16, 20 steps,
 LoRA + two TI tokens, latents cached).
 

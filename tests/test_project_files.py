@@ -1,5 +1,6 @@
 """Project files users and CI rely on: the example set and the Cog build config."""
 
+import ast
 import csv
 import io
 import re
@@ -119,3 +120,41 @@ def test_the_docker_context_holds_the_imported_code_and_nothing_heavy():
         "toyworld/pretrain.py",
     ]
     assert [p for p in heavy if not docker_ignored(p, patterns)] == []
+
+
+def project_imports(path: Path) -> set[str]:
+    """The top-level project packages and modules a file imports."""
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_preprocess_training_and_generation_share_contracts_not_each_other():
+    halves = ("preprocess", "training", "generation")
+    crossings = []
+    for half in halves:
+        for path in sorted((ROOT / half).rglob("*.py")):
+            others = project_imports(path) & (set(halves) - {half})
+            crossings += [f"{path.relative_to(ROOT)} imports {name}" for name in sorted(others)]
+    assert crossings == []
+    # The neutral layers below them import none of them either.
+    for layer in ("formats", "weights"):
+        for path in sorted((ROOT / layer).rglob("*.py")):
+            assert not project_imports(path) & {*halves, "serving", "toyworld"}, path
+
+
+def test_docs_stay_inside_the_repository():
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    pages += [ROOT / "benchmarks" / "README.md", ROOT / "toyworld" / "README.md"]
+    assert len(pages) >= 10
+    for page in pages:
+        text = page.read_text()
+        assert "../shared" not in text and "DESIGN.md" not in text, page
+        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", text):  # relative links resolve
+            assert (page.parent / target).exists(), f"{page.name} links to missing {target}"
+    assert (ROOT / "README.md").stat().st_size <= 16_000

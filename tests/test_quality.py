@@ -1,6 +1,6 @@
-"""Fine-tuning learns the subject and does not damage the base (issue 9): `train()` on the
-emblem zip, with the default settings except resolution 64 and a short run, on the toy base. A
-reduced `benchmarks/quality/run.py` (README, "Quality"):
+"""Fine-tuning learns the subject and does not damage the base: `train()` on the emblem zip,
+with the default settings except resolution 64 and a short run, on the toy base. A reduced
+`benchmarks/quality/run.py` (docs/quality.md):
 
 - the base's VAE can draw the subject at all (the ceiling of what a fine-tune can reach);
 - `TOK` prompts draw the emblem, which the base never does; this fails when the LoRA gets no

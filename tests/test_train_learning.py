@@ -6,7 +6,6 @@ import json
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import diffusers
 import numpy as np
@@ -30,11 +29,11 @@ from formats.bundle import (
     TRAINING_CONFIG_FILE,
     UNET_FILE,
 )
-from formats.dataset_folder import read_captions
 from formats.tokens import TokenEmbeddingsHandler
 from tests.train_helpers import make_dataset, one_thread, small_config  # noqa: F401 (autouse)
 from training.bundle import write_bundle, write_dry_run_report
 from training.dataset import load_pixels
+from training.job import PreparedImages
 from training.loop import STATE_DIR, TrainingDivergedError, run_training
 from weights.archive import unpack_archive
 from weights.runtime import pick_runtime
@@ -376,9 +375,7 @@ def test_dry_run_times_a_few_steps_and_reports_the_plan(dataset, tiny_models, tm
                           timing_steps=3)  # fmt: skip
     assert len(timing.step_seconds) == 3 and timing.seconds_per_step > 0
     assert not (tmp_path / "run").exists()  # nothing trained, nothing written
-    prepared = SimpleNamespace(
-        images=read_captions(dataset), skipped=[("notes.docx", "not an image")], preview=None
-    )
+    prepared = PreparedImages(dataset, skipped=(("notes.docx", "not an image"),))
     report = write_dry_run_report(timing, prepared, tmp_path / "dry_run.tar", 1.0)
     with tarfile.open(report) as tar:
         plan = json.load(tar.extractfile("plan.json"))

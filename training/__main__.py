@@ -16,11 +16,9 @@ import json
 from pathlib import Path
 
 from formats.bundle import BUNDLE_FILE
-from training.bundle import write_bundle
 from training.config import TrainingConfig
-from training.loop import latest_checkpoint, run_training
-from weights.base_models import diffusers_folder, resolve_model
-from weights.runtime import pick_runtime
+from training.job import PreparedImages, TrainingJob, run_job
+from training.loop import latest_checkpoint
 from weights.settings import ModelSettings
 
 
@@ -44,24 +42,22 @@ def main(argv=None) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
     args = parser.parse_args(argv)
 
-    settings = parse_settings(args.set)
-    config = TrainingConfig(**{"seed": 0, **settings})
-    model_settings = ModelSettings.from_env()
-    base = args.base_model or model_settings.base_model
-    runtime = pick_runtime(model_settings.device, model_settings.dtype)
+    inputs = parse_settings(args.set)
+    settings = ModelSettings.from_env()
     resume = latest_checkpoint(args.work_dir) if args.resume else None
     if args.resume and resume is None:
         parser.error(f"--resume: {args.work_dir} has no checkpoint yet.")
-    model_folder = diffusers_folder(
-        resolve_model(base, "base", model_settings.cache_dir),
-        model_settings.cache_dir,
-        model_settings.single_file_config,
+    job = TrainingJob(
+        TrainingConfig(**{"seed": 0, **inputs}),  # one seed for every process
+        base_model=args.base_model or settings.base_model,
+        run_dir=args.work_dir,
+        output=args.work_dir / BUNDLE_FILE,
+        resume_from=resume,
+        inputs=inputs,
     )
-    result = run_training(config, args.dataset, model_folder, args.work_dir, runtime, resume)
-    if result.is_main_process:
-        bundle = write_bundle(result, args.work_dir / BUNDLE_FILE, base, inputs=settings)
-        phases = ", ".join(f"{k} {v:.1f}s" for k, v in result.phase_seconds.items())
-        print(f"Time per phase: {phases}\nWrote {bundle}")
+    bundle = run_job(job, settings, lambda: PreparedImages(args.dataset))
+    if bundle is not None:
+        print(f"Wrote {bundle}")
 
 
 if __name__ == "__main__":

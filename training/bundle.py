@@ -1,6 +1,6 @@
-"""The weights tarball (DESIGN.md's contract): the trained weights in every layout, the model
-card, the config, metrics and loss curve, samples, preview and checkpoints, in one flat tar
-written under a temporary name and renamed when complete."""
+"""The weights tarball (the contract is docs/weights-tarball.md): the trained weights in every
+layout, the model card, the config, metrics and loss curve, samples, preview and checkpoints,
+in one flat tar written under a temporary name and renamed when complete."""
 
 from __future__ import annotations
 
@@ -24,11 +24,12 @@ from formats.bundle import (
     TRAINING_CONFIG_FILE,
     UNET_FILE,
 )
+from formats.dataset_folder import read_captions
 from training.config import TrainingConfig
 from training.loop import STATE_DIR, TrainingResult
-from weights.base_models import BUILTIN_MODELS
 from weights.download import describe_source
 from weights.references import is_remote
+from weights.settings import EMBEDDED_MODELS
 
 LIBRARIES = ("torch", "diffusers", "transformers", "peft", "accelerate")
 
@@ -188,7 +189,7 @@ def model_card(result: TrainingResult, config: TrainingConfig, base_model: str) 
 
 def base_model_loading(base_model: str, pipeline_class: str) -> list[str]:
     """Python lines that load the base model the weights were trained on, as `pipe`."""
-    if base_model in BUILTIN_MODELS:
+    if base_model in EMBEDDED_MODELS:
         return [
             f"# `{base_model}` is sdxl-tuner's embedded test model; run this in a checkout of it.",
             "from weights.base_models import resolve_model",
@@ -226,15 +227,13 @@ def write_dry_run_report(
 ) -> Path:
     """The plan of a run that was not started: images used and skipped with their captions,
     steps, epochs, and the training time estimated from a few timed steps on this device.
-    `prepared`: the preprocessing result (images, skipped, preview)."""
+    `prepared`: the training images (a dataset folder, its preview, the files skipped)."""
     plan, config = timing.plan, timing.config
     estimate = timing.seconds_per_step * plan.max_train_steps
+    rows = read_captions(prepared.folder)
     report = {
         "mode": config.mode,
-        "images": [
-            {"image": Path(image.image_path).name, "caption": image.caption}
-            for image in prepared.images
-        ],
+        "images": [{"image": row.image_path.name, "caption": row.caption} for row in rows],
         "skipped": [{"file": name, "reason": reason} for name, reason in prepared.skipped],
         "steps": plan.max_train_steps,
         "epochs": plan.epochs,
@@ -252,7 +251,7 @@ def write_dry_run_report(
         ),
     }
     print(
-        f"Dry run: {len(prepared.images)} images ({len(prepared.skipped)} skipped), "
+        f"Dry run: {len(rows)} images ({len(prepared.skipped)} skipped), "
         f"{plan.max_train_steps} steps = {plan.epochs} epochs at effective batch "
         f"{plan.effective_batch_size}; about {timing.seconds_per_step:.2f}s/step on "
         f"{timing.summary['device']}, so training would take about {estimate / 60:.1f} min."

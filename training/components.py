@@ -32,14 +32,20 @@ class TrainingComponents:
 
 
 def load_components(
-    folder: Path, device: torch.device, dtype: torch.dtype, full_unet: bool
+    folder: Path,
+    device: torch.device,
+    dtype: torch.dtype,
+    full_unet: bool,
+    family: ModelFamily | None = None,
 ) -> TrainingComponents:
-    """Load every component from a diffusers folder of a supported family. Frozen weights use
-    `dtype`; a fully fine-tuned UNet stays in fp32 (master weights: small updates do not
-    vanish in bf16)."""
-    family = detect_family(folder)
+    """Load every component from a diffusers folder of a supported family (`family`, or read
+    from its config). Frozen weights use `dtype`; a fully fine-tuned UNet stays in fp32
+    (master weights: small updates do not vanish in bf16). Weights load from safetensors only."""
+    family = family or detect_family(folder)
     text_encoders = [
-        getattr(transformers, class_name).from_pretrained(folder, subfolder=name, dtype=dtype)
+        getattr(transformers, class_name).from_pretrained(
+            folder, subfolder=name, dtype=dtype, use_safetensors=True
+        )
         for name, class_name in zip(
             family.text_encoder_names, family.text_encoder_classes, strict=True
         )
@@ -47,9 +53,13 @@ def load_components(
     # SDXL's VAE overflows in fp16: keep it in fp32 where its config says so.
     force_upcast = AutoencoderKL.load_config(folder, subfolder="vae").get("force_upcast", True)
     vae_dtype = torch.float32 if force_upcast else dtype
-    vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", dtype=vae_dtype)
+    vae = AutoencoderKL.from_pretrained(
+        folder, subfolder="vae", dtype=vae_dtype, use_safetensors=True
+    )
     unet_dtype = torch.float32 if full_unet else dtype
-    unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", dtype=unet_dtype)
+    unet = UNet2DConditionModel.from_pretrained(
+        folder, subfolder="unet", dtype=unet_dtype, use_safetensors=True
+    )
     for model in (*text_encoders, vae, unet):
         model.requires_grad_(False)
     return TrainingComponents(

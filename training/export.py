@@ -1,4 +1,4 @@
-"""Write trained weights in every layout the bundle promises (see DESIGN.md), with the key
+"""Write trained weights in every layout the bundle promises (docs/weights-tarball.md), with the key
 names of the base model's family (`families.py`):
 
 - `lora.safetensors`: diffusers/PEFT keys (`unet.….lora_A.weight`, `text_encoder.…`), with the

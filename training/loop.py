@@ -65,7 +65,7 @@ class TrainingDivergedError(RuntimeError):
 
 @dataclass
 class TrainingResult:
-    config: TrainingConfig  # with the resolution resolved for the family
+    config: TrainingConfig
     family: ModelFamily
     work_dir: Path
     plan: TrainingPlan
@@ -103,10 +103,12 @@ def run_training(
     runtime: Runtime,
     resume_from: Path | None = None,
     timing_steps: int = 0,
+    family: ModelFamily | None = None,
 ) -> TrainingResult:
     """Train on a prepared dataset folder (captions.csv + images + masks) and write weights,
     checkpoints, samples and metrics under `work_dir`. `timing_steps` > 0: a dry run that only
-    times that many steps (for the estimate) and writes nothing."""
+    times that many steps (for the estimate) and writes nothing. `family`: the base model's,
+    when the caller knows it already (else read from its config)."""
     work_dir = Path(work_dir)
     phases: dict[str, float] = {}
     clock = time.perf_counter()
@@ -131,7 +133,7 @@ def run_training(
     torch.manual_seed(config.seed)
 
     # 2. Models.
-    models = load_components(base_model, device, runtime.dtype, config.trains_full_unet)
+    models = load_components(base_model, device, runtime.dtype, config.trains_full_unet, family)
     family = models.family
     phase_done("model load")
 

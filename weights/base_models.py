@@ -27,17 +27,13 @@ from weights.embedded.tiny import build_folder_once, ensure_tiny_model
 from weights.embedded.toy import ensure_toy_model
 from weights.references import is_remote
 from weights.runtime import Runtime
-from weights.settings import TINY, TINY_SD15, TOY, HubSettings, ModelSettings
+from weights.settings import PROFILE_VARIABLE, TINY, TINY_SD15, TOY, HubSettings, ModelSettings
 from weights.store import ModelStore
 from weights.trained_files import refuse_pickle
 
 FP16_VARIANT = "fp16"
 CONFIG_PATTERNS = ["model_index.json"]
 COMPONENT_FILE_PATTERNS = ["*.json", "*.txt"]  # configs, tokenizer vocabularies and merges
-
-
-# The names of the embedded models (see the module docstring).
-BUILTIN_MODELS = (TINY, TINY_SD15, TOY)
 
 
 class ModelUnavailableError(RuntimeError):
@@ -70,7 +66,7 @@ def resolve_model(
         return store.diffusers_folder(reference)
     path = Path(reference).expanduser()
     if not allow_local:
-        return _download_from_hub(reference, variant)
+        return _download_from_hub(reference, variant, role)
     if path.is_file() and _is_single_file(reference):
         return path
     if path.exists():
@@ -80,7 +76,7 @@ def resolve_model(
                 "single-file .safetensors checkpoint."
             )
         return path
-    return _download_from_hub(reference, variant)
+    return _download_from_hub(reference, variant, role)
 
 
 def hub_variant(runtime: Runtime) -> str | None:
@@ -145,18 +141,20 @@ def load_pipeline(
         )
     else:
         variant = FP16_VARIANT if _only_variant_weights(source, FP16_VARIANT) else None
-        pipeline = pipeline_class.from_pretrained(
-            source, dtype=runtime.dtype, variant=variant, **components
+        pipeline = pipeline_class.from_pretrained(  # safetensors only: never unpickle
+            source, dtype=runtime.dtype, variant=variant, use_safetensors=True, **components
         )
     return pipeline.to(runtime.device)
 
 
-def _download_from_hub(repo_id: str, variant: str | None) -> Path:
+def _download_from_hub(reference: str, variant: str | None, role: str) -> Path:
+    """`owner/name` or `owner/name@revision` from the hub: only what the pipeline loads."""
     from huggingface_hub import hf_hub_download, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
+    repo_id, _, revision = reference.partition("@")
     hub = HubSettings.from_env()
-    options = dict(cache_dir=hub.cache_dir, local_files_only=hub.offline)
+    options = dict(cache_dir=hub.cache_dir, local_files_only=hub.offline, revision=revision or None)
     try:
         index = json.loads(
             Path(hf_hub_download(repo_id, "model_index.json", **options)).read_text()
@@ -166,10 +164,12 @@ def _download_from_hub(repo_id: str, variant: str | None) -> Path:
             snapshot_download(repo_id, allow_patterns=allow, ignore_patterns=ignore, **options)
         )
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as error:
+        variable = {"base": "BASE_MODEL", "refiner": "REFINER_MODEL"}.get(role, "BASE_MODEL")
         raise ModelUnavailableError(
-            f"Could not fetch {repo_id!r} from the Hugging Face hub ({_first_line(error)}). "
-            "Point BASE_MODEL / REFINER_MODEL at a local diffusers folder, pre-fill the cache "
-            "under HF_HOME, or use BASE_MODEL=tiny for the embedded test model."
+            f"Could not fetch the {role} model {reference!r} from the Hugging Face hub "
+            f"({_first_line(error)}). Point {variable} at a local diffusers folder, pre-fill the "
+            f"cache under HF_HOME (HF_TOKEN for gated models), or set {PROFILE_VARIABLE}=tiny "
+            "for the embedded test models."
         ) from None
 
 

@@ -10,7 +10,12 @@ from families import SDXL
 
 TINY = "tiny"  # BASE_MODEL / REFINER_MODEL / SAFETY_CHECKER_MODEL: the embedded tiny models
 TINY_SD15 = "tiny-sd15"  # BASE_MODEL: the embedded tiny SD 1.5
-TOY = "toy"  # BASE_MODEL: the tiny SDXL pretrained on the toy world (weights/toy.py)
+TOY = "toy"  # BASE_MODEL: the tiny SDXL pretrained on the toy world (weights/embedded/toy.py)
+EMBEDDED_MODELS = (TINY, TINY_SD15, TOY)
+# SDXL_TUNER_PROFILE=tiny: every model variable left unset is `tiny` and the hub is offline,
+# the one switch for the embedded, offline setup (as is a BASE_MODEL naming an embedded model).
+PROFILE_VARIABLE = "SDXL_TUNER_PROFILE"
+PROFILES = ("tiny",)
 DEFAULT_SAFETY_CHECKER = "CompVis/stable-diffusion-safety-checker"
 GIB = 1 << 30
 # Folders whose files a request may name by path (os.pathsep-separated); see references.py.
@@ -26,8 +31,8 @@ MODEL_VARIABLES = (
 )
 
 # The training-data preprocessors Replicate's SDXL trainer uses (CAPTION_MODEL, MASK_MODEL,
-# UPSCALER_MODEL override them; `tiny` selects weights/tiny_preprocessors.py). `repo@revision`
-# pins a commit: for CLIPSeg and Swin2SR the safetensors weights exist only in the hub's
+# UPSCALER_MODEL override them; `tiny` selects weights/embedded/tiny_preprocessors.py).
+# `repo@revision` pins a commit: for CLIPSeg and Swin2SR the safetensors weights exist only in the hub's
 # conversion pull requests, whose commits these are (we never unpickle .bin files).
 DEFAULT_CAPTION_MODEL = (
     "Salesforce/blip-image-captioning-large@2227ac38c9f16105cb0412e7cab4759978a8fd90"
@@ -58,19 +63,25 @@ class ModelSettings:
     @classmethod
     def from_env(cls) -> ModelSettings:
         cache = os.environ.get("SDXL_TUNER_CACHE") or Path.home() / ".cache" / "sdxl-tuner"
+        base = os.environ.get("BASE_MODEL") or (TINY if tiny_profile() else SDXL.default_base_model)
+        embedded = base in EMBEDDED_MODELS  # the rest follows: no real refiner beside a tiny base
+
+        def model(variable: str, default: str) -> str:
+            return os.environ.get(variable) or (TINY if embedded else default)
+
         return cls(
-            base_model=os.environ.get("BASE_MODEL") or SDXL.default_base_model,
-            refiner_model=os.environ.get("REFINER_MODEL") or SDXL.default_refiner_model,
+            base_model=base,
+            refiner_model=model("REFINER_MODEL", SDXL.default_refiner_model),
             cache_dir=Path(cache),
             device=os.environ.get("TORCH_DEVICE") or None,
             dtype=os.environ.get("TORCH_DTYPE") or None,
-            safety_checker_model=os.environ.get("SAFETY_CHECKER_MODEL") or DEFAULT_SAFETY_CHECKER,
+            safety_checker_model=model("SAFETY_CHECKER_MODEL", DEFAULT_SAFETY_CHECKER),
             single_file_config=os.environ.get("SINGLE_FILE_CONFIG") or None,
             cache_min_free_bytes=_gib("SDXL_TUNER_CACHE_MIN_FREE_GB", 5),
             max_download_bytes=_gib("SDXL_TUNER_MAX_DOWNLOAD_GB", 20),
-            caption_model=os.environ.get("CAPTION_MODEL") or DEFAULT_CAPTION_MODEL,
-            mask_model=os.environ.get("MASK_MODEL") or DEFAULT_MASK_MODEL,
-            upscaler_model=os.environ.get("UPSCALER_MODEL") or DEFAULT_UPSCALER_MODEL,
+            caption_model=model("CAPTION_MODEL", DEFAULT_CAPTION_MODEL),
+            mask_model=model("MASK_MODEL", DEFAULT_MASK_MODEL),
+            upscaler_model=model("UPSCALER_MODEL", DEFAULT_UPSCALER_MODEL),
             local_dirs=tuple(
                 Path(part).expanduser().resolve()
                 for part in os.environ.get(LOCAL_DIRS_VARIABLE, "").split(os.pathsep)
@@ -91,7 +102,15 @@ class HubSettings:
         home = os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface"
         cache = os.environ.get("HF_HUB_CACHE") or Path(home) / "hub"
         offline = os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+        offline = offline or tiny_profile()
         return cls(cache_dir=Path(cache).expanduser(), offline=offline)
+
+
+def tiny_profile() -> bool:
+    profile = os.environ.get(PROFILE_VARIABLE, "")
+    if profile and profile not in PROFILES:
+        raise ValueError(f"{PROFILE_VARIABLE}={profile!r}: use one of {', '.join(PROFILES)}.")
+    return profile == "tiny"
 
 
 def _gib(name: str, default: float) -> int:

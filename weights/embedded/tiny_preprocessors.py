@@ -1,7 +1,7 @@
 """Tiny random-initialised BLIP captioner, CLIPSeg segmenter and Swin2SR upscaler.
 
 The preprocessing models of the trainer cannot be downloaded where tests run, so, as
-`weights/tiny.py` does for SDXL, the project builds small models of the same classes (with
+`weights/embedded/tiny.py` does for SDXL, the project builds small models of the same classes (with
 their processors) and saves them as ordinary `from_pretrained` folders. The preprocessing
 code then loads them exactly as it loads the real ones.
 

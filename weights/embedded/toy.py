@@ -1,8 +1,8 @@
 """The toy base (`BASE_MODEL=toy`): the tiny SDXL with a VAE and UNet pretrained on the toy world.
 
 Only the trained parts ship (fp16 safetensors under weights/embedded/toy_weights/, retrained
-by `make toy-base`); the tiny text encoders, tokenizers and scheduler are rebuilt deterministically, and
-the whole pipeline folder is assembled once in the cache, under a name that changes with the
+by `make toy-base`); the tiny text encoders, tokenizers and scheduler are rebuilt
+deterministically, and the whole pipeline folder is assembled once in the cache, under a name that changes with the
 shipped weights.
 """
 
