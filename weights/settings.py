@@ -32,8 +32,8 @@ MODEL_VARIABLES = (
 
 # The training-data preprocessors Replicate's SDXL trainer uses (CAPTION_MODEL, MASK_MODEL,
 # UPSCALER_MODEL override them; `tiny` selects weights/embedded/tiny_preprocessors.py).
-# `repo@revision` pins a commit: for CLIPSeg and Swin2SR the safetensors weights exist only in the hub's
-# conversion pull requests, whose commits these are (we never unpickle .bin files).
+# `repo@revision` pins a commit: for CLIPSeg and Swin2SR the safetensors weights exist only in
+# the hub's conversion pull requests, whose commits these are (we never unpickle .bin files).
 DEFAULT_CAPTION_MODEL = (
     "Salesforce/blip-image-captioning-large@2227ac38c9f16105cb0412e7cab4759978a8fd90"
 )

@@ -2,8 +2,8 @@
 
 Only the trained parts ship (fp16 safetensors under weights/embedded/toy_weights/, retrained
 by `make toy-base`); the tiny text encoders, tokenizers and scheduler are rebuilt
-deterministically, and the whole pipeline folder is assembled once in the cache, under a name that changes with the
-shipped weights.
+deterministically, and the whole pipeline folder is assembled once in the cache, under a
+name that changes with the shipped weights.
 """
 
 from __future__ import annotations
