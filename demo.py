@@ -1,8 +1,8 @@
 """The README's demo: train on the bundled emblem photos (a subject the toy base has never
 seen) on top of the toy base, then generate with the trained weights, in-process through the
 same entry points as `cog train` / `cog predict`. Uses `BASE_MODEL=toy` (the tiny SDXL
-pretrained on the toy world) and the embedded tiny refiner/preprocessors unless BASE_MODEL
-etc. are already set."""
+pretrained on the toy world, which brings the embedded tiny refiner and preprocessors) unless
+BASE_MODEL is set."""
 
 import os
 import time
@@ -37,11 +37,9 @@ def cog_arguments(inputs: dict) -> list[str]:
 
 
 def main() -> None:
-    from weights.settings import MODEL_VARIABLES, TINY, TOY
+    from weights.settings import TOY
 
     os.environ.setdefault("BASE_MODEL", TOY)
-    for variable in MODEL_VARIABLES:
-        os.environ.setdefault(variable, TINY)
     from serving.cli import main as cog  # after the models are chosen
 
     OUTPUT_DIR.mkdir(parents=True, exist_ok=True)

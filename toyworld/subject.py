@@ -6,12 +6,13 @@ measured by colour alone. `write_subject_zip` packs training photos the way user
 The photos are framed and captioned the way a fine-tune of real SDXL is fed, at the toy's scale:
 
 - the emblem fills a third to a half of each photo (radius 20-26 of 64 pixels), as a subject
-  does in the crops a user uploads; at radius 12-18 each of its quarters was one or two cells
-  of the 8x8 latent, and the default pivotal tuning drew it in 0.03 of the images;
+  does in the crops a user uploads; smaller, each of its quarters would be one or two cells of
+  the 8x8 latent, too few to learn;
 - captions are in the language the base was trained on, with the trigger where the grammar
   names the object: "a TOK on a striped blue background", as "a photo of TOK dog" speaks
-  SDXL's language. The toy base never saw "a photo of", and with that prefix the default
-  pivotal tuning drew the (large) emblem in 0.12 of the images after 400 steps, against 0.38.
+  SDXL's language (the toy base never saw "a photo of").
+
+How much each choice matters is measured in docs/quality.md.
 """
 
 from __future__ import annotations

@@ -95,6 +95,102 @@ class TrainingResult:
         return sorted((self.work_dir / CHECKPOINTS_DIR).glob("checkpoint-*"))
 
 
+@dataclass
+class PhaseClock:
+    """Seconds spent in each phase of the run (model load, latent caching, training, ...)."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+    _since: float = field(default_factory=time.perf_counter)
+
+    def done(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + now - self._since
+        self._since = now
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """What a run trains, and what writing its weights and checkpoints needs."""
+
+    config: TrainingConfig
+    models: TrainingComponents
+    handler: TokenEmbeddingsHandler | None  # None: no new tokens
+    token_map: dict[str, str]
+    trainable: dict[str, torch.Tensor]  # name -> parameter
+    runtime: Runtime
+    work_dir: Path
+
+
+@dataclass
+class DenoisingObjective:
+    """The loss of one micro-batch: cached latents noised at random timesteps, their
+    captions' conditioning, the UNet's prediction against the noise (or velocity)."""
+
+    config: TrainingConfig
+    dataset: CachedLatentsDataset
+    captions: list[str]  # with the trained tokens in place of the trigger
+    models: TrainingComponents
+    unet: torch.nn.Module  # as accelerate wrapped it
+    text_encoders: list
+    device: torch.device
+    text_cache: dict = field(default_factory=dict)  # caption -> (embeds, pooled)
+
+    def loss(self, indices, generator, rng, text_trains: bool) -> torch.Tensor:
+        config, dataset, family = self.config, self.dataset, self.models.family
+        # 8a. The batch: cached latents (flipped or not), masks, captions.
+        flips = [config.flip_augmentation and rng.random() < 0.5 for _ in indices]
+        latents = dataset.latents(indices, flips, generator).to(self.device)
+        masks = dataset.mask_batch(indices, flips)
+        texts = [caption_for_step(self.captions[i], config, rng) for i in indices]
+        # 8b. Text conditioning: through the encoders while anything on the text side
+        #     trains, else encoded once per distinct caption and reused.
+        if text_trains:
+            prompt_embeds, pooled = encode_prompts(
+                family, self.text_encoders, self.models.tokenizers, texts, self.device
+            )
+        else:
+            prompt_embeds, pooled = self._cached_prompts(texts)
+        # 8c. Noise, timesteps, prediction, loss.
+        noise = torch.randn(latents.shape, generator=generator)
+        if config.noise_offset:
+            noise += config.noise_offset * torch.randn(
+                (*latents.shape[:2], 1, 1), generator=generator
+            )
+        noise = noise.to(self.device)
+        schedule = self.models.noise_scheduler
+        timesteps = torch.randint(
+            0, schedule.config.num_train_timesteps, (len(indices),), generator=generator
+        ).to(self.device)
+        noisy = schedule.add_noise(latents, noise, timesteps)
+        pixel_sizes = [dataset.pixel_sizes[i] for i in indices]
+        prediction = self.unet(
+            noisy,
+            timesteps,
+            prompt_embeds,
+            added_cond_kwargs=added_conditions(family, pooled, pixel_sizes, self.device),
+        ).sample
+        target = (
+            noise
+            if schedule.config.prediction_type == "epsilon"
+            else schedule.get_velocity(latents, noise, timesteps)
+        )
+        return diffusion_loss(prediction, target, masks, timesteps, schedule, config)
+
+    @torch.no_grad()
+    def _cached_prompts(self, texts: list[str]):
+        cache, models = self.text_cache, self.models
+        missing = [t for t in dict.fromkeys(texts) if t not in cache]
+        if missing:
+            embeds, pooled = encode_prompts(
+                models.family, models.text_encoders, models.tokenizers, missing, self.device
+            )
+            for index, text in enumerate(missing):
+                cache[text] = (embeds[index], None if pooled is None else pooled[index])
+        embeds = torch.stack([cache[t][0] for t in texts])
+        pooled = None if cache[texts[0]][1] is None else torch.stack([cache[t][1] for t in texts])
+        return embeds, pooled
+
+
 def run_training(
     config: TrainingConfig,
     dataset_folder: Path,
@@ -110,13 +206,7 @@ def run_training(
     times that many steps (for the estimate) and writes nothing. `family`: the base model's,
     when the caller knows it already (else read from its config)."""
     work_dir = Path(work_dir)
-    phases: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def phase_done(name: str) -> None:
-        nonlocal clock
-        phases[name] = phases.get(name, 0.0) + time.perf_counter() - clock
-        clock = time.perf_counter()
+    clock = PhaseClock()
 
     # 1. Processes, device and precision. Trainable parameters are always fp32; on GPU the
     #    compute runs under bf16 autocast.
@@ -135,14 +225,14 @@ def run_training(
     # 2. Models.
     models = load_components(base_model, device, runtime.dtype, config.trains_full_unet, family)
     family = models.family
-    phase_done("model load")
+    clock.done("model load")
 
     # 3. Latents, once per image (and per flip). Captions get the trigger's token string.
     items = read_captions(dataset_folder)
     dataset = CachedLatentsDataset(items, models.vae, config.flip_augmentation, config.use_masks)
     if not (config.sample_prompts and is_main):
         models.vae = None  # not needed any more
-    phase_done("latent caching")
+    clock.done("latent caching")
 
     # 4. New tokens <s0><s1> in every tokenizer and text encoder (pivotal tuning).
     handler, token_map = None, {}
@@ -214,52 +304,12 @@ def run_training(
     if resume_from is not None:
         start_step = _load_state(Path(resume_from), trainable, optimizer, lr_scheduler)
         _truncate_metrics(work_dir / METRICS_FILE, start_step)
+    run = TrainingRun(config, models, handler, token_map, trainable, runtime, work_dir)
     summary = _summary(config, plan, dataset, trainable, device, runtime, accelerator, family)
     if is_main and not timing_steps:
         print(_format_summary(summary))
 
-    # The loss of one micro-batch (steps 8a-8c of the loop below).
-    text_cache: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
-
-    def micro_batch_loss(indices, generator, rng, text_trains: bool) -> torch.Tensor:
-        # 8a. The batch: cached latents (flipped or not), masks, captions.
-        flips = [config.flip_augmentation and rng.random() < 0.5 for _ in indices]
-        latents = dataset.latents(indices, flips, generator).to(device)
-        masks = dataset.mask_batch(indices, flips)
-        texts = [caption_for_step(captions[i], config, rng) for i in indices]
-        # 8b. Text conditioning: through the encoders while anything on the text side
-        #     trains, else encoded once per distinct caption and reused.
-        if text_trains:
-            prompt_embeds, pooled = encode_prompts(
-                family, text_encoders, models.tokenizers, texts, device
-            )
-        else:
-            prompt_embeds, pooled = _cached_prompts(text_cache, models, texts, device)
-        # 8c. Noise, timesteps, prediction, loss.
-        noise = torch.randn(latents.shape, generator=generator)
-        if config.noise_offset:
-            noise += config.noise_offset * torch.randn(
-                (*latents.shape[:2], 1, 1), generator=generator
-            )
-        noise = noise.to(device)
-        schedule = models.noise_scheduler
-        timesteps = torch.randint(
-            0, schedule.config.num_train_timesteps, (len(indices),), generator=generator
-        ).to(device)
-        noisy = schedule.add_noise(latents, noise, timesteps)
-        pixel_sizes = [dataset.pixel_sizes[i] for i in indices]
-        prediction = unet(
-            noisy,
-            timesteps,
-            prompt_embeds,
-            added_cond_kwargs=added_conditions(family, pooled, pixel_sizes, device),
-        ).sample
-        target = (
-            noise
-            if schedule.config.prediction_type == "epsilon"
-            else schedule.get_velocity(latents, noise, timesteps)
-        )
-        return diffusion_loss(prediction, target, masks, timesteps, schedule, config)
+    objective = DenoisingObjective(config, dataset, captions, models, unet, text_encoders, device)
 
     # 8. The loop.
     metrics_file = (work_dir / METRICS_FILE) if is_main and not timing_steps else None
@@ -294,7 +344,7 @@ def run_training(
             rng = random.Random(seeded(config.seed, micro_index, rank, 1))
             with accelerator.accumulate(*prepared[:-1]):
                 with accelerator.autocast():  # bf16 compute on GPU; fp32 master weights
-                    loss = micro_batch_loss(indices, generator, rng, text_trains)
+                    loss = objective.loss(indices, generator, rng, text_trains)
                 # 8d. A NaN/inf loss stops the run (on every process) before it writes garbage.
                 mean_loss = accelerator.reduce(loss.detach(), "mean").item()
                 if not math.isfinite(mean_loss):
@@ -333,34 +383,23 @@ def run_training(
             }
             with metrics_file.open("a") as file:
                 file.write(json.dumps(row) + "\n")
-        phase_done("training")
+        clock.done("training")
         # 8f. Checkpoints and samples along the way.
         if timing_steps:
             continue
         if _due(config.checkpointing_steps, done, plan.max_train_steps):
             accelerator.wait_for_everyone()
             if is_main:
-                _save_checkpoint(
-                    work_dir,
-                    done,
-                    config,
-                    models,
-                    handler,
-                    token_map,
-                    trainable,
-                    optimizer,
-                    lr_scheduler,
-                    runtime,
-                )
+                _save_checkpoint(run, done, optimizer, lr_scheduler)
             accelerator.wait_for_everyone()
-            phase_done("saving")
+            clock.done("saving")
         if (
             is_main
             and config.sample_prompts
             and _due(config.sample_every, done, plan.max_train_steps)
         ):
             render_samples(models, config, token_map, work_dir / SAMPLES_DIR, done, accelerator)
-            phase_done("sampling")
+            clock.done("sampling")
     bar.close()
 
     result = TrainingResult(
@@ -370,7 +409,7 @@ def run_training(
         plan,
         token_map,
         summary,
-        phases,
+        clock.seconds,
         step_seconds,
         loss_value,
         is_main,
@@ -381,13 +420,13 @@ def run_training(
     # 9. The final weights (main process), and the last samples.
     accelerator.wait_for_everyone()
     if is_main:
-        _save_weights(work_dir / WEIGHTS_DIR, config, models, handler, token_map, runtime)
-        phase_done("saving")
+        _save_weights(run, work_dir / WEIGHTS_DIR)
+        clock.done("saving")
         if config.sample_prompts:
             render_samples(
                 models, config, token_map, work_dir / SAMPLES_DIR, plan.max_train_steps, accelerator
             )
-            phase_done("sampling")
+            clock.done("sampling")
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return result
@@ -425,41 +464,27 @@ def _is_embedding(parameter, models: TrainingComponents) -> bool:
     return any(parameter is e.get_input_embeddings().weight for e in models.text_encoders)
 
 
-@torch.no_grad()
-def _cached_prompts(cache, models: TrainingComponents, texts, device):
-    missing = [t for t in dict.fromkeys(texts) if t not in cache]
-    if missing:
-        embeds, pooled = encode_prompts(
-            models.family, models.text_encoders, models.tokenizers, missing, device
-        )
-        for index, text in enumerate(missing):
-            cache[text] = (embeds[index], None if pooled is None else pooled[index])
-    embeds = torch.stack([cache[t][0] for t in texts])
-    pooled = None if cache[texts[0]][1] is None else torch.stack([cache[t][1] for t in texts])
-    return embeds, pooled
-
-
-def _save_weights(folder, config, models, handler, token_map, runtime) -> None:
+def _save_weights(run: TrainingRun, folder: Path) -> None:
     """Weights only (what the bundle ships), written beside and renamed into place."""
     staging = folder.with_name(folder.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
-    dtype = torch.float32 if runtime.device.type == "cpu" else torch.float16
-    save_trained_weights(staging, config, models, handler, token_map, dtype)
+    dtype = torch.float32 if run.runtime.device.type == "cpu" else torch.float16
+    save_trained_weights(staging, run.config, run.models, run.handler, run.token_map, dtype)
     shutil.rmtree(folder, ignore_errors=True)
     staging.rename(folder)
 
 
-def _save_checkpoint(
-    work_dir, step, config, models, handler, token_map, trainable, optimizer, lr_scheduler, runtime
-) -> None:
-    folder = work_dir / CHECKPOINTS_DIR / f"checkpoint-{step:06d}"
+def _save_checkpoint(run: TrainingRun, step: int, optimizer, lr_scheduler) -> None:
+    """The weights at `step`, with the state a resumed run needs to continue exactly."""
+    checkpoints = run.work_dir / CHECKPOINTS_DIR
+    folder = checkpoints / f"checkpoint-{step:06d}"
     staging = folder.with_name(folder.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
-    _save_weights(staging, config, models, handler, token_map, runtime)
+    _save_weights(run, staging)
     state = staging / STATE_DIR
     state.mkdir()
     save_file(
-        {k: v.detach().float().cpu().contiguous() for k, v in trainable.items()},
+        {k: v.detach().float().cpu().contiguous() for k, v in run.trainable.items()},
         str(state / "parameters.safetensors"),
     )
     save_state(
@@ -473,7 +498,7 @@ def _save_checkpoint(
     )
     staging.rename(folder)
     # Resuming needs only the newest state (a full fine-tune's is 3x the UNet): drop older ones.
-    for older in (work_dir / CHECKPOINTS_DIR).glob("checkpoint-*"):
+    for older in checkpoints.glob("checkpoint-*"):
         if older != folder:
             shutil.rmtree(older / STATE_DIR, ignore_errors=True)
 

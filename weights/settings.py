@@ -63,8 +63,9 @@ class ModelSettings:
     @classmethod
     def from_env(cls) -> ModelSettings:
         cache = os.environ.get("SDXL_TUNER_CACHE") or Path.home() / ".cache" / "sdxl-tuner"
-        base = os.environ.get("BASE_MODEL") or (TINY if tiny_profile() else SDXL.default_base_model)
-        embedded = base in EMBEDDED_MODELS  # the rest follows: no real refiner beside a tiny base
+        profile = tiny_profile()
+        base = os.environ.get("BASE_MODEL") or (TINY if profile else SDXL.default_base_model)
+        embedded = profile or base in EMBEDDED_MODELS  # no real refiner beside a tiny base
 
         def model(variable: str, default: str) -> str:
             return os.environ.get(variable) or (TINY if embedded else default)
