@@ -89,7 +89,7 @@ class GenerationEngine:
         request, notes = validate(request, self.local_dirs)
         if request.refine != "no_refiner" and self.refiner is None:
             raise InvalidRequestError(
-                f"refine={request.refine!r} needs a refiner, and {self.family.name} models have "
+                f"refine={request.refine!r} needs a refiner, and {self.family.title} models have "
                 "none: use refine='no_refiner'."
             )
         image, mask = self._input_images(request, notes)

@@ -105,7 +105,8 @@ def validate(
         sizes[name] = value - value % SIZE_MULTIPLE
         if sizes[name] != value:
             notes.append(f"{name} {value} is not a multiple of 8: using {sizes[name]}.")
-    _check_pixels(request.num_outputs, sizes["width"], sizes["height"])
+    if request.mode != "img2img":  # img2img works at the image's own size (working_size)
+        _check_pixels(request.num_outputs, sizes["width"], sizes["height"])
     return replace(request, **sizes), notes
 
 
@@ -154,18 +155,18 @@ def load_image(path, name: str, mode: str = "RGB") -> Image.Image:
 
 def working_size(image: Image.Image, count: int) -> tuple[tuple[int, int], str | None]:
     """The size img2img works at: the input's own, rounded down to multiples of 8 (as
-    Replicate's model does), scaled down to fit the per-request pixel budget. Returns the
-    size and a note when it differs from the input's."""
+    Replicate's model does), scaled down to fit the per-request pixel budget and MAX_SIDE.
+    Returns the size and a note when it differs from the input's."""
     width, height = image.size
     budget = MAX_PIXELS_PER_REQUEST / count
-    scale = min(1.0, math.sqrt(budget / (width * height)))
+    scale = min(1.0, math.sqrt(budget / (width * height)), MAX_SIDE / max(width, height))
     size = tuple(
         max(MIN_SIDE, int(side * scale) // SIZE_MULTIPLE * SIZE_MULTIPLE)
         for side in (width, height)
     )
     if size == (width, height):
         return size, None
-    reason = "to fit the per-request pixel budget" if scale < 1 else "to multiples of 8"
+    reason = "to fit the size limits" if scale < 1 else "to multiples of 8"
     return size, f"The input image is {width}x{height}: working at {size[0]}x{size[1]} ({reason})."
 
 

@@ -270,3 +270,12 @@ def test_unavailable_safety_checker_fails_fast_with_guidance(monkeypatch, tmp_pa
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelUnavailableError, match="SAFETY_CHECKER_MODEL"):
         resolve_safety_checker("someone/no-such-checker", tmp_path)
+
+
+def test_img2img_is_bounded_by_its_own_size_not_by_width_and_height(predictor, tmp_path, capsys):
+    wide = tmp_path / "wide.png"
+    Image.new("RGB", (5000, 64), (30, 90, 200)).save(wide)
+    # 4096 x 4096 is over the pixel budget, but img2img does not use those sizes.
+    images = predict_arrays(predictor, image=wide, width=4096, height=4096, num_outputs=1)
+    assert images[0].shape == (64, 4096, 3)
+    assert "working at 4096x64 (to fit the size limits)" in capsys.readouterr().out

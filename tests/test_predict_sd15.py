@@ -43,7 +43,9 @@ def test_every_mode_runs_on_sd15_deterministically(predictor, photo, half_mask):
 
 @pytest.mark.parametrize("refine", ["expert_ensemble_refiner", "base_image_refiner"])
 def test_refiner_modes_say_sd15_has_no_refiner(predictor, refine):
-    with pytest.raises(InvalidRequestError, match="sd15 models have none: use refine='no_refiner'"):
+    with pytest.raises(
+        InvalidRequestError, match="SD 1.5 models have none: use refine='no_refiner'"
+    ):
         predict_arrays(predictor, refine=refine)
 
 

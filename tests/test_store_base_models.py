@@ -26,7 +26,7 @@ from weights.base_models import (
 from weights.download import DownloadPolicy
 from weights.runtime import pick_runtime
 from weights.single_file import export_single_file
-from weights.store import ModelStore
+from weights.store import ModelStore, StoreError
 from weights.trained_files import UnsafeFormatError
 
 CPU = pick_runtime("cpu")
@@ -129,6 +129,15 @@ def test_url_of_a_diffusers_folder_tarball(tiny_env, tiny_models, file_server, s
     assert isinstance(
         load_pipeline(StableDiffusionXLPipeline, resolved, CPU), StableDiffusionXLPipeline
     )
+    entries = sorted(p.name for p in store.root.iterdir())
+    not_a_model = io.BytesIO()
+    with tarfile.open(fileobj=not_a_model, mode="w") as archive:
+        archive.add(folder / "unet", arcname="unet")  # a model part, no model_index.json
+    with pytest.raises(StoreError, match="no model_index.json at its top level"):
+        resolve_model(
+            file_server.add("/unet.tar", not_a_model.getvalue()), "base", tiny_env, store=store
+        )
+    assert sorted(p.name for p in store.root.iterdir()) == entries  # refused: not stored
 
 
 def test_hub_id_from_prefilled_cache_uses_fp16_weights_offline(

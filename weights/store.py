@@ -121,15 +121,20 @@ class ModelStore:
         return accept(content)
 
     def diffusers_folder(self, reference: str) -> Path:
-        """A diffusers model folder from a URL (or local path) of a tar/zip of one."""
-        content = self.fetch(reference).content
-        for folder in (content, *sorted(p for p in content.iterdir() if p.is_dir())):
-            if (folder / "model_index.json").is_file():
-                return folder
-        raise StoreError(
-            f"{describe_source(reference)} has no model_index.json at its top level: "
-            "it is not an archive of a diffusers model folder."
-        )
+        """A diffusers model folder from a URL (or local path) of a tar/zip of one; an archive
+        without one never becomes an entry."""
+
+        def model_folder_within(content: Path) -> Path:
+            for folder in (content, *sorted(p for p in content.iterdir() if p.is_dir())):
+                if (folder / "model_index.json").is_file():
+                    return folder.relative_to(content)
+            raise StoreError(
+                f"{describe_source(reference)} has no model_index.json at its top level: "
+                "it is not an archive of a diffusers model folder."
+            )
+
+        entry = self.fetch(reference, model_folder_within)
+        return entry.content / entry.value
 
     def fetch(self, reference: str, read: Callable[[Path], Any] | None = None) -> Entry:
         """The cached entry for a URL, data URI or local archive, building it on a miss.
