@@ -206,3 +206,11 @@ def test_resolution_defaults_to_replicates_768():
     assert TrainingConfig(seed=0, resolution=1024).resolution == 1024
     with pytest.raises(InvalidTrainingConfig, match="resolution=4096: must be between 64 and"):
         TrainingConfig(seed=0, resolution=4096)
+
+
+def test_command_line_settings_parse_as_json_where_they_can():
+    from training.config import parse_settings
+
+    settings = parse_settings(["lora_rank=16", "token_string=sks", 'sample_prompts=["a", "b"]'])
+    assert settings == {"lora_rank": 16, "token_string": "sks", "sample_prompts": ["a", "b"]}
+    assert TrainingConfig(seed=0, **settings).sample_prompts == ("a", "b")

@@ -12,25 +12,13 @@ written to WORK_DIR/trained_model.tar.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from formats.bundle import BUNDLE_FILE
-from training.config import TrainingConfig
+from training.config import TrainingConfig, parse_settings
 from training.job import PreparedImages, TrainingJob, run_job
 from training.loop import latest_checkpoint
 from weights.settings import ModelSettings
-
-
-def parse_settings(pairs: list[str]) -> dict:
-    settings = {}
-    for pair in pairs:
-        key, _, value = pair.partition("=")
-        try:
-            settings[key] = json.loads(value)
-        except json.JSONDecodeError:
-            settings[key] = value
-    return settings
 
 
 def main(argv=None) -> None:

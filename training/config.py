@@ -8,6 +8,7 @@ with a message that says what to change.
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 from dataclasses import asdict, dataclass, field
 
@@ -181,6 +182,19 @@ class TrainingConfig:
                     f"ti_frac={self.ti_frac} with pure textual inversion: nothing would train "
                     "after the pivot. Use ti_frac=1 or train a LoRA too."
                 )
+
+
+def parse_settings(pairs: list[str]) -> dict:
+    """`FIELD=VALUE` pairs (the command line's `--set`) as a dict; values parsed as JSON when
+    they parse (`lora_rank=16` is a number, `token_string=sks` a string)."""
+    settings = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        try:
+            settings[key] = json.loads(value)
+        except json.JSONDecodeError:
+            settings[key] = value
+    return settings
 
 
 def _lines(prompts: str | tuple[str, ...] | None) -> tuple[str, ...]:

@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from training.__main__ import parse_settings  # noqa: E402 (after the path set-up)
+from training.config import parse_settings  # noqa: E402 (after the path set-up)
 
 TIMESTEPS = (100, 300, 500, 700, 900)
 

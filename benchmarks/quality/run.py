@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from training.__main__ import parse_settings  # noqa: E402 (after the path set-up)
+from training.config import parse_settings  # noqa: E402 (after the path set-up)
 
 HERE = Path(__file__).resolve().parent
 # The train() inputs each method changes from the declared defaults.
