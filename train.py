@@ -5,6 +5,7 @@ and runs the training job (training/job.py) on the preprocessed upload."""
 import logging
 import shutil
 import tempfile
+from dataclasses import replace
 from typing import Optional
 
 from cog import Input, Path
@@ -209,22 +210,21 @@ def train(
     settings = ModelSettings.from_env()
     check_file_input("input_images", input_images, settings.local_dirs)
     look_locally = check_model_input("base_model", base_model, settings.local_dirs, EMBEDDED_MODELS)
+    preprocessing = PreprocessConfig(
+        **{
+            **field_inputs(PreprocessConfig, inputs),
+            "input_path": Path(str(input_images)),
+            "output_dir": Path("dataset"),  # inside the work folder, made below
+            "resolution": config.resolution,
+            "token_string": config.token_string,
+            "caption_prefix": config.caption_prefix,
+        }
+    )
     output = HANDOFF.next_folder()  # the previous training's tarball goes now
     work = Path(tempfile.mkdtemp(prefix="sdxl-train-"))
 
     def prepare_images() -> PreparedImages:
-        prepared = preprocess(
-            PreprocessConfig(
-                **{
-                    **field_inputs(PreprocessConfig, inputs),
-                    "input_path": Path(str(input_images)),
-                    "output_dir": work / "dataset",
-                    "resolution": config.resolution,
-                    "token_string": config.token_string,
-                    "caption_prefix": config.caption_prefix,
-                }
-            )
-        )
+        prepared = preprocess(replace(preprocessing, output_dir=work / "dataset"))
         return PreparedImages(prepared.folder, prepared.preview, tuple(prepared.skipped))
 
     # 2. Base model, images, training and the tarball (training/job.py).

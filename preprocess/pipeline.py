@@ -24,7 +24,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from formats.dataset_folder import CAPTIONS_FILE, CaptionedImage, write_captions
-from formats.input_ranges import one_of
+from formats.input_ranges import one_of, range_problems
 from preprocess.captioning import (
     Captioner,
     caption_images,
@@ -82,6 +82,20 @@ class PreprocessConfig:
     aspect_buckets: bool = False
     # Which models to use and where to run them; None reads the environment (settings.py).
     settings: ModelSettings | None = None
+
+    def __post_init__(self):
+        """Every option checked when the config is made, before any work."""
+        problems = range_problems(self)
+        if self.resolution < 8:
+            problems.append(f"resolution must be at least 8 pixels, got {self.resolution}.")
+        if self.clipseg_temperature <= 0:
+            problems.append(
+                f"clipseg_temperature must be positive, got {self.clipseg_temperature}."
+            )
+        if not self.token_string.strip():
+            problems.append("token_string must not be empty.")
+        if problems:
+            raise PreprocessError(" ".join(problems))
 
 
 @dataclass(frozen=True)
@@ -232,14 +246,6 @@ def _resize(settings, crops, mask_crops, sizes):
 
 
 def _check_config(config: PreprocessConfig, output_dir: Path) -> None:
-    if config.resolution < 8:
-        raise PreprocessError(f"resolution must be at least 8 pixels, got {config.resolution}.")
-    if config.clipseg_temperature <= 0:
-        raise PreprocessError(
-            f"clipseg_temperature must be positive, got {config.clipseg_temperature}."
-        )
-    if not config.token_string.strip():
-        raise PreprocessError("token_string must not be empty.")
     if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
         raise PreprocessError(f"{output_dir} already exists and is not an empty folder.")
 

@@ -353,7 +353,7 @@ def test_local_folder_ignores_symlinks(tmp_path, run):
     [
         ({"clipseg_temperature": 0.0}, "clipseg_temperature must be positive"),
         ({"token_string": " "}, "token_string must not be empty"),
-        ({"input_images_filetype": "rar"}, "input_images_filetype must be one of"),
+        ({"input_images_filetype": "rar"}, "input_images_filetype=.rar.: use one of"),
         ({"resolution": 4}, "resolution must be at least"),
     ],
 )

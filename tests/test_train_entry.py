@@ -16,6 +16,7 @@ from formats.bundle import (
     SPECIAL_PARAMS_FILE,
     TRAINING_CONFIG_FILE,
 )
+from preprocess import PreprocessError
 from serving.cli import parse_inputs
 from serving.schema import TRAINER_REF, inspect_entry
 from tests.train_helpers import one_thread  # noqa: F401 (autouse fixture)
@@ -107,9 +108,18 @@ def test_invalid_combinations_fail_before_any_work(tiny_env, monkeypatch):
     def no_preprocessing(*args, **kwargs):
         raise AssertionError("preprocessing started")
 
+    def no_job(*args, **kwargs):
+        raise AssertionError("the job started (base model, images)")
+
     monkeypatch.setattr(entry, "preprocess", no_preprocessing)
+    monkeypatch.setattr(entry, "run_job", no_job)
     with pytest.raises(InvalidTrainingConfig, match="needs is_lora=true"):
         train_with(is_lora="false", train_text_encoder="true")
+    with pytest.raises(PreprocessError, match="clipseg_temperature must be positive"):
+        train_with(clipseg_temperature=0)
+    with pytest.raises(PreprocessError, match="input_images_filetype='rar': use one of"):
+        inputs = parse_inputs([f"input_images={EXAMPLE}"], None, inspect_entry(TRAINER_REF))
+        entry.train(**{**inputs, "input_images_filetype": "rar"})  # past the schema's choices
 
 
 def test_aspect_buckets_is_a_train_input(tiny_env):

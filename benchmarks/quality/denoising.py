@@ -54,7 +54,8 @@ def main() -> None:
     rows = [("base model", denoise(evaluator, None))]
     with tempfile.TemporaryDirectory(prefix="denoising-") as work:
         inputs = dict(resolution=64, seed=0, max_train_steps=args.steps, checkpointing_steps=0,
-                      verbose=False, **parse_settings(args.set))  # fmt: skip
+                      verbose=False)  # fmt: skip
+        inputs.update(parse_settings(args.set))
         trained = train_subject(
             write_subject_zip(Path(work) / "emblem.zip"), args.base_model, Path(work), **inputs
         )

@@ -1,15 +1,18 @@
 """Fine-tuning quality in the toy world: LoRA, textual inversion, pivotal tuning and full
-fine-tuning of the emblem at a few step counts, against the base model (step 0).
+fine-tuning of the emblem at a few step counts, over several training seeds, against the base
+model (step 0).
 
-    .venv/bin/python benchmarks/quality/run.py                  # base model `toy`
-    .venv/bin/python benchmarks/quality/run.py --quick          # fewer steps and seeds
+    .venv/bin/python benchmarks/quality/run.py                  # base model `toy`, 5 seeds
+    .venv/bin/python benchmarks/quality/run.py --quick          # 400 steps, fewer seeds
     .venv/bin/python benchmarks/quality/run.py --set lora_lr=1e-3 --steps 100 200
-    .venv/bin/python benchmarks/quality/run.py --steps 400 --lora-scale 1.0 --out /tmp/q
+    .venv/bin/python benchmarks/quality/run.py --methods "pivotal tuning" --training-seeds 0 1
 
 Every run is the Cog `train()` on the emblem zip (`toyworld.subject`) with the declared
-defaults except resolution 64, the step count, seed 0, no checkpoints, and what `--set` gives;
-each method changes only the inputs listed in METHODS. The metrics are `toyworld.evaluate`'s
-(see its docstring). Prints a markdown table; writes the plot and the figures as JSON.
+defaults except resolution 64, the step count, the training seed, no checkpoints, and what
+`--set` gives; each method changes only the inputs listed in METHODS. The metrics are
+`toyworld.evaluate`'s (see its docstring). Prints a markdown table per training seed and one of
+the mean, standard error and worst seed per method and step count; writes the plot and the
+figures as JSON.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
+import statistics
 import sys
 import tempfile
 from dataclasses import replace
@@ -39,6 +44,10 @@ METHODS = {
 STEPS = (100, 200, 400)
 QUICK_STEPS = (400,)  # where the defaults first draw the subject
 QUICK_SEEDS = (0, 1)
+TRAINING_SEEDS = (0, 1, 2, 3, 4)
+# Reported over training seeds as the mean and the worst seed: the lowest, or for drift and
+# leak (lower is better) the highest.
+LOWER_IS_BETTER = ("drift", "leak")
 COLUMNS = ("subject", "emblem", "prompt", "pattern", "preserved", "drift", "leak", "scene")
 PLOTTED = (
     ("subject", "subject fidelity"),
@@ -52,7 +61,10 @@ def main() -> None:
     parser.add_argument("--base-model", default="toy")
     parser.add_argument("--steps", type=int, nargs="+", default=None)
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
-    parser.add_argument("--quick", action="store_true", help=f"steps {QUICK_STEPS}, 2 seeds")
+    parser.add_argument(
+        "--quick", action="store_true", help=f"steps {QUICK_STEPS}, 2 evaluation seeds"
+    )
+    parser.add_argument("--training-seeds", type=int, nargs="+", default=list(TRAINING_SEEDS))
     parser.add_argument("--set", action="append", default=[], metavar="INPUT=VALUE",
                         help="a train() input for every run (value parsed as JSON)")  # fmt: skip
     parser.add_argument("--lora-scale", type=float, help="evaluate at this LoRA scale (0.6)")
@@ -77,6 +89,8 @@ def main() -> None:
         if getattr(args, name) is not None:
             evaluation = replace(evaluation, **{name: getattr(args, name)})
     extra = parse_settings(args.set)  # checked against train()'s declarations by each run
+    if "seed" in extra:
+        parser.error("--set seed=… would train every seed alike: use --training-seeds.")
     cache = Path(os.environ["SDXL_TUNER_CACHE"])
 
     # 1. The base model's own row.
@@ -93,19 +107,26 @@ def main() -> None:
         subject_zip = write_subject_zip(Path(work) / "emblem.zip")
         for method in args.methods:
             for count in steps:
-                inputs = dict(resolution=64, seed=0, max_train_steps=count,
-                              checkpointing_steps=0, verbose=False)  # fmt: skip
-                inputs.update(extra)
-                inputs.update(METHODS[method])
-                trained = train_subject(subject_zip, args.base_model, Path(work), **inputs)
-                scores = evaluator.evaluate(str(trained.path))
-                rows.append({"method": method, "steps": count, "seconds": trained.seconds,
-                             **scores.fidelity.as_dict()})  # fmt: skip
-                samples[f"{method}, {count} steps"] = scores.first_seed()
-                trained.path.unlink()
-                print(table(rows[-1:], header=False), flush=True)
+                for seed in args.training_seeds:
+                    inputs = dict(resolution=64, seed=seed, max_train_steps=count,
+                                  checkpointing_steps=0, verbose=False)  # fmt: skip
+                    inputs.update(extra)
+                    inputs.update(METHODS[method])
+                    trained = train_subject(subject_zip, args.base_model, Path(work), **inputs)
+                    scores = evaluator.evaluate(str(trained.path))
+                    fidelity = scores.fidelity.as_dict()
+                    rows.append(
+                        {"method": method, "steps": count, "training_seed": seed,
+                         "seconds": trained.seconds, **fidelity}
+                    )  # fmt: skip
+                    if seed == args.training_seeds[0]:
+                        samples[f"{method}, {count} steps"] = scores.first_seed()
+                    trained.path.unlink()
+                    print(table(rows[-1:], header=False), flush=True)
 
-    print("\n" + table(rows))
+    print("\nPer training seed:\n" + table(rows))
+    summary = summarise(rows[1:])
+    print(f"\nOver training seeds {args.training_seeds}:\n" + summary_table(rows[0], summary))
     args.out.mkdir(parents=True, exist_ok=True)
     record = dict(
         base_model=args.base_model,
@@ -113,24 +134,71 @@ def main() -> None:
         set=args.set,
         evaluation=dataclasses.asdict(evaluation),
         subject_ceiling=ceiling,
+        training_seeds=args.training_seeds,
         rows=rows,
+        summary=summary,
     )
     (args.out / "results.json").write_text(json.dumps(record, indent=1) + "\n")
-    plot(rows, args.out / "quality.png", args.base_model)
+    means = [{**group, **group["mean"]} for group in summary]
+    plot([rows[0], *means], args.out / "quality.png", args.base_model)
     sample_sheet(samples, steps[-1]).save(args.out / "samples.png")
     print(f"Wrote results.json, quality.png and samples.png to {args.out}")
 
 
 def table(rows: list[dict], header: bool = True) -> str:
-    names = ("method", "steps", "train s", *COLUMNS)
+    names = ("method", "steps", "seed", "train s", *COLUMNS)
     lines = []
     if header:
         lines += ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
     for row in rows:
-        cells = [row["method"], str(row["steps"]), f"{row['seconds']:.0f}"]
-        cells += [f"{row[c]:.3f}" if c == "drift" else f"{row[c]:.2f}" for c in COLUMNS]
+        cells = [row["method"], str(row["steps"]), str(row.get("training_seed", "–"))]
+        cells += [f"{row['seconds']:.0f}"] + [_figure(row[c], c) for c in COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Per method and step count: the mean, the standard error and the worst training seed of
+    every metric, and the mean training time."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["method"], row["steps"]), []).append(row)
+    summary = []
+    for (method, steps), group in groups.items():
+        values = {c: [row[c] for row in group] for c in COLUMNS}
+        summary.append({
+            "method": method,
+            "steps": steps,
+            "seeds": [row["training_seed"] for row in group],
+            "seconds": statistics.fmean(row["seconds"] for row in group),
+            "mean": {c: statistics.fmean(v) for c, v in values.items()},
+            "stderr": {
+                c: statistics.stdev(v) / math.sqrt(len(v)) if len(v) > 1 else 0.0
+                for c, v in values.items()
+            },
+            "worst": {c: (max if c in LOWER_IS_BETTER else min)(v) for c, v in values.items()},
+        })  # fmt: skip
+    return summary
+
+
+def summary_table(base: dict, summary: list[dict]) -> str:
+    """Mean ± standard error (worst seed) of each metric."""
+    names = ("method", "steps", "seeds", "train s", *COLUMNS)
+    lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
+    base_cells = [_figure(base[c], c) for c in COLUMNS]
+    lines.append("| " + " | ".join(["base model", "0", "–", "0", *base_cells]) + " |")
+    for group in summary:
+        cells = [group["method"], str(group["steps"]), str(len(group["seeds"]))]
+        cells.append(f"{group['seconds']:.0f}")
+        for c in COLUMNS:
+            mean, error, worst = group["mean"][c], group["stderr"][c], group["worst"][c]
+            cells.append(f"{_figure(mean, c)} ± {_figure(error, c)} ({_figure(worst, c)})")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _figure(value: float, column: str) -> str:
+    return f"{value:.3f}" if column == "drift" else f"{value:.2f}"
 
 
 def plot(rows: list[dict], file: Path, base_model: str) -> None:
