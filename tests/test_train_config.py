@@ -214,3 +214,10 @@ def test_command_line_settings_parse_as_json_where_they_can():
     settings = parse_settings(["lora_rank=16", "token_string=sks", 'sample_prompts=["a", "b"]'])
     assert settings == {"lora_rank": 16, "token_string": "sks", "sample_prompts": ["a", "b"]}
     assert TrainingConfig(seed=0, **settings).sample_prompts == ("a", "b")
+
+
+def test_prodigy_needs_one_learning_rate_for_every_trained_group():
+    with pytest.raises(InvalidTrainingConfig, match=r"must be equal \(lora_lr=0.5, ti_lr=1\)"):
+        TrainingConfig(seed=0, optimizer="prodigy", lora_lr=0.5, ti_lr=1.0)
+    TrainingConfig(seed=0, optimizer="prodigy", lora_lr=1.0, ti_lr=1.0)
+    TrainingConfig(seed=0, optimizer="prodigy", lora_lr=1.0, ti_lr=0)  # tokens do not train

@@ -143,6 +143,16 @@ class TrainingConfig:
             return "textual inversion"
         return "LoRA" + (" + pivotal tuning" if self.trains_tokens else "")
 
+    def _trained_rates(self) -> dict[str, float]:
+        """The learning rate of each group of parameters this config trains."""
+        rates = {
+            "lora_lr": self.lora_lr if self.trains_unet_lora else None,
+            "unet_learning_rate": self.unet_learning_rate if self.trains_full_unet else None,
+            "ti_lr": self.ti_lr if self.trains_tokens else None,
+            "text_encoder_lr": self.text_encoder_lr if self.train_text_encoder else None,
+        }
+        return {name: rate for name, rate in rates.items() if rate is not None}
+
     def to_json(self) -> dict:
         return asdict(self)
 
@@ -161,6 +171,12 @@ class TrainingConfig:
                 "optimizer='adamw8bit' needs bitsandbytes, which the Cog image installs "
                 "(cog.yaml) but this environment lacks (`pip install bitsandbytes==0.50.2`): "
                 "use adamw or adafactor."
+            )
+        if self.optimizer == "prodigy" and len(set(self._trained_rates().values())) > 1:
+            rates = ", ".join(f"{k}={v:g}" for k, v in self._trained_rates().items())
+            yield (
+                f"optimizer='prodigy' adapts one step size for every trained group, so their "
+                f"learning rates must be equal ({rates}): set them all to 1.0."
             )
         if not self.token_string.strip() or any(c.isspace() for c in self.token_string):
             yield f"token_string={self.token_string!r}: use one word without spaces, e.g. TOK."
