@@ -190,6 +190,18 @@ def train(
     sample_every: int = _config(
         "sample_every", "Render the samples every N steps (0: at the end only)"
     ),
+    class_prompt: Optional[str] = _config(
+        "class_prompt",
+        "Prior preservation: prompts of the subject's class without the trigger, one per line "
+        "(e.g. 'a photo of a dog'); the base model draws num_class_images of them before "
+        "training, and the training keeps drawing those for them",
+    ),
+    num_class_images: int = _config(
+        "num_class_images", "Prior preservation: how many class images (0: none)"
+    ),
+    prior_loss_weight: float = _config(
+        "prior_loss_weight", "Prior preservation: weight of the class images' loss"
+    ),
     base_model: Optional[str] = Input(
         description="Base model, SDXL or SD 1.5 (told from its config): a Hugging Face repo "
         "id or an http(s) URL of a single-file .safetensors checkpoint or of a tar of a "

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DDPMScheduler
+from PIL import Image
 from safetensors.torch import load_file
 
 from families import FAMILIES, SDXL, ModelFamily
@@ -35,6 +36,7 @@ from training.bundle import write_bundle, write_dry_run_report
 from training.dataset import load_pixels
 from training.job import PreparedImages
 from training.loop import STATE_DIR, TrainingDivergedError, run_training
+from training.schedule import seeded
 from weights.archive import unpack_archive
 from weights.runtime import pick_runtime
 from weights.trained_files import inspect_weights
@@ -383,3 +385,38 @@ def test_dry_run_times_a_few_steps_and_reports_the_plan(dataset, tiny_models, tm
     assert plan["skipped"] == [{"file": "notes.docx", "reason": "not an image"}]
     assert plan["images"][0]["caption"] == "a photo of TOK, a red square"
     assert plan["estimated_training_seconds"] == pytest.approx(500 * timing.seconds_per_step, 0.01)
+
+
+def test_prior_preservation_trains_on_the_base_models_own_class_images(
+    dataset, tiny_models, tmp_path
+):
+    base = Base(tiny_models["base"], SDXL)
+    settings = dict(max_train_steps=12, lora_lr=3e-2, ti_lr=0, lora_rank=8)
+    prior = dict(class_prompt="a photo of a cat\na photo of a dog", num_class_images=4)
+    plain = train(dataset, base.folder, tmp_path / "plain", **settings)
+    weightless = train(dataset, base.folder, tmp_path / "w0", **settings, **prior,
+                       prior_loss_weight=0.0)  # fmt: skip
+    kept = train(dataset, base.folder, tmp_path / "kept", **settings, **prior)
+
+    # The base model drew the class images before anything trained, the prompts in turn.
+    class_images = sorted((tmp_path / "kept" / "class_images").glob("*.png"))
+    assert len(class_images) == 4 and kept.summary["class_images"] == 4
+    assert "class images" in kept.phase_seconds and "class_images" not in plain.summary
+    config = kept.config
+    drawn = base.pipeline()(
+        "a photo of a dog",
+        height=64,
+        width=64,
+        num_inference_steps=config.sample_steps,
+        generator=torch.Generator().manual_seed(seeded(config.seed, 1, 0xC1A55)),
+        output_type="np",
+    ).images[0]
+    assert np.abs(np.asarray(Image.open(class_images[1]), float) / 255 - drawn).max() < 2 / 255
+
+    # Their loss is part of what trains: weighted 0 it changes nothing, weighted 1 it does.
+    def lora(result):
+        return load_file(str(result.weights_dir / LORA_FILE))
+
+    assert all(torch.equal(lora(weightless)[k], v) for k, v in lora(plain).items())
+    assert any(not torch.equal(lora(kept)[k], v) for k, v in lora(plain).items())
+    assert kept.final_loss > plain.final_loss  # the subject's loss plus the class images'

@@ -258,7 +258,7 @@ def train_subject(subject_zip: Path, base_model: str, out_dir: Path, **inputs) -
     out_dir.mkdir(parents=True, exist_ok=True)
     target = Path(tempfile.mkdtemp(prefix="bundle-", dir=out_dir)) / bundle.name
     shutil.move(bundle, target)
-    shutil.rmtree(bundle.parent, ignore_errors=True)  # train()'s work folder
+    shutil.rmtree(bundle.parent, ignore_errors=True)  # the folder train() handed it over in
     return TrainedBundle(target, seconds)
 
 

@@ -82,6 +82,11 @@ class TrainingConfig:
     sample_negative_prompt: str = ""
     sample_every: int = ranged(0, 0, MAX_STEPS)  # 0: samples at the end only (with prompts)
     sample_steps: int = ranged(25, 1, 500)
+    # Prior preservation: images of the class prompts drawn by the base model before training,
+    # trained on beside the subject so the LoRA keeps drawing what the base drew for them.
+    class_prompt: str | tuple[str, ...] | None = None  # one prompt per line
+    num_class_images: int = ranged(0, 0, 1000)  # 0: no prior preservation
+    prior_loss_weight: float = ranged(1.0, 0.0, None)
     # Steps between checkpoints, kept in the bundle's checkpoints/; 0 (or more than the run):
     # none, so the tarball holds the final weights only (as Replicate's trainer's does).
     checkpointing_steps: int = ranged(0, 0, MAX_STEPS)
@@ -98,7 +103,8 @@ class TrainingConfig:
             else self.caption_prefix,
             "lora_lr": preset["lora_lr"] if self.lora_lr is None else self.lora_lr,
             "use_masks": preset["use_masks"] if self.use_masks is None else self.use_masks,
-            "sample_prompts": tuple(p.strip() for p in _lines(self.sample_prompts) if p.strip()),
+            "sample_prompts": _prompts(self.sample_prompts),
+            "class_prompt": _prompts(self.class_prompt),
         }
         for name, value in filled.items():
             object.__setattr__(self, name, value)  # frozen: filled once, here
@@ -178,6 +184,8 @@ class TrainingConfig:
                 f"optimizer='prodigy' adapts one step size for every trained group, so their "
                 f"learning rates must be equal ({rates}): set them all to 1.0."
             )
+        if self.num_class_images and not self.class_prompt:
+            yield "num_class_images > 0 needs a class_prompt, e.g. 'a photo of a dog'."
         if not self.token_string.strip() or any(c.isspace() for c in self.token_string):
             yield f"token_string={self.token_string!r}: use one word without spaces, e.g. TOK."
         if self.train_text_encoder and not self.is_lora:
@@ -213,7 +221,9 @@ def parse_settings(pairs: list[str]) -> dict:
     return settings
 
 
-def _lines(prompts: str | tuple[str, ...] | None) -> tuple[str, ...]:
+def _prompts(prompts: str | tuple[str, ...] | None) -> tuple[str, ...]:
+    """Prompts one per line (as a Cog input gives them) or as a sequence, without blank ones."""
     if prompts is None:
         return ()
-    return tuple(prompts.splitlines()) if isinstance(prompts, str) else tuple(prompts)
+    lines = prompts.splitlines() if isinstance(prompts, str) else prompts
+    return tuple(line.strip() for line in lines if line.strip())

@@ -43,7 +43,7 @@ from training.components import (
 from training.config import NUM_TOKENS, TrainingConfig
 from training.dataset import CachedLatentsDataset
 from training.export import save_trained_weights
-from training.samples import render_samples
+from training.samples import render_class_images, render_samples
 from training.schedule import (
     BatchSchedule,
     TrainingPlan,
@@ -55,6 +55,7 @@ from training.state_files import load_state, save_state
 from weights.runtime import Runtime
 
 WEIGHTS_DIR = "weights"
+CLASS_IMAGES_DIR = "class_images"
 STATE_DIR = "training_state"  # optimizer/scheduler/parameters for resuming; not bundled
 MIXED_PRECISION = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "no"}
 
@@ -176,6 +177,12 @@ class DenoisingObjective:
         )
         return diffusion_loss(prediction, target, masks, timesteps, schedule, config)
 
+    def loss_of_draw(self, count: int, seed: int, text_trains: bool) -> torch.Tensor:
+        """The loss of `count` images drawn at random (prior preservation's class images)."""
+        rng = random.Random(seed)
+        indices = [rng.randrange(len(self.dataset)) for _ in range(count)]
+        return self.loss(indices, torch.Generator().manual_seed(seed), rng, text_trains)
+
     @torch.no_grad()
     def _cached_prompts(self, texts: list[str]):
         cache, models = self.text_cache, self.models
@@ -228,11 +235,17 @@ def run_training(
     clock.done("model load")
 
     # 3. Latents, once per image (and per flip). Captions get the trigger's token string.
+    #    Prior preservation: the base model draws the class images first, before anything trains.
     items = read_captions(dataset_folder)
     dataset = CachedLatentsDataset(items, models.vae, config.flip_augmentation, config.use_masks)
+    clock.done("latent caching")
+    class_set = None
+    if config.num_class_images:
+        class_items = render_class_images(models, config, work_dir / CLASS_IMAGES_DIR, accelerator)
+        class_set = CachedLatentsDataset(class_items, models.vae, config.flip_augmentation, False)
+        clock.done("class images")
     if not (config.sample_prompts and is_main):
         models.vae = None  # not needed any more
-    clock.done("latent caching")
 
     # 4. New tokens <s0><s1> in every tokenizer and text encoder (pivotal tuning).
     handler, token_map = None, {}
@@ -310,6 +323,11 @@ def run_training(
         print(_format_summary(summary))
 
     objective = DenoisingObjective(config, dataset, captions, models, unet, text_encoders, device)
+    prior = None
+    if class_set is not None:
+        prior = DenoisingObjective(
+            config, class_set, class_set.captions, models, unet, text_encoders, device
+        )
 
     # 8. The loop.
     metrics_file = (work_dir / METRICS_FILE) if is_main and not timing_steps else None
@@ -345,6 +363,10 @@ def run_training(
             with accelerator.accumulate(*prepared[:-1]):
                 with accelerator.autocast():  # bf16 compute on GPU; fp32 master weights
                     loss = objective.loss(indices, generator, rng, text_trains)
+                    if prior is not None:  # as many class images, with their own draws
+                        loss = loss + config.prior_loss_weight * prior.loss_of_draw(
+                            len(indices), seeded(config.seed, micro_index, rank, 2), text_trains
+                        )
                 # 8d. A NaN/inf loss stops the run (on every process) before it writes garbage.
                 mean_loss = accelerator.reduce(loss.detach(), "mean").item()
                 if not math.isfinite(mean_loss):
@@ -537,6 +559,7 @@ def _summary(config, plan, dataset, trainable, device, runtime, accelerator, fam
         "mode": config.mode,
         "resolution": config.resolution,
         "images": len(dataset),
+        **({"class_images": config.num_class_images} if config.num_class_images else {}),
         # Image sizes (width x height) and how many images have each: one without buckets.
         "sizes": {f"{w}x{h}": len(group) for (h, w), group in sorted(dataset.buckets().items())},
         "steps": plan.max_train_steps,

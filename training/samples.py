@@ -1,4 +1,5 @@
-"""Sample images rendered with the weights as they are being trained."""
+"""Images rendered with the model being trained: the sample prompts, as the weights train, and
+the class images of prior preservation, by the base model before anything trains."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import diffusers
 import torch
 from diffusers import EulerDiscreteScheduler
 
+from formats.dataset_folder import CaptionedImage
 from formats.tokens import apply_token_map
 from training.components import TrainingComponents
 from training.config import TrainingConfig
+from training.schedule import seeded
 
 
 def sample_file(folder: Path, step: int, index: int) -> Path:
@@ -23,16 +26,7 @@ def render_samples(
 ):
     """One image per sample prompt at the training resolution, same seed every time, so the
     images of successive steps show how the training moves."""
-    family = models.family
-    pipeline = getattr(diffusers, family.txt2img_pipeline)(
-        vae=models.vae,
-        unet=models.unet,
-        scheduler=EulerDiscreteScheduler.from_pretrained(models.folder, subfolder="scheduler"),
-        **models.named_text_encoders(),
-        **dict(zip(family.tokenizer_names, models.tokenizers, strict=True)),
-        **family.pipeline_options,
-    )
-    pipeline.set_progress_bar_config(disable=True)
+    pipeline = _pipeline(models)
     folder.mkdir(parents=True, exist_ok=True)
     files = []
     for index, prompt in enumerate(config.sample_prompts):
@@ -48,3 +42,51 @@ def render_samples(
         files.append(sample_file(folder, step, index))
         image.save(files[-1])
     return files
+
+
+@torch.no_grad()
+def render_class_images(
+    models: TrainingComponents, config: TrainingConfig, folder: Path, accelerator
+) -> list[CaptionedImage]:
+    """`num_class_images` images of the class prompts (in turn), drawn by the base model before
+    anything trains: what prior preservation keeps the model drawing for them. Rendered by the
+    main process; every process gets the same list."""
+    items = [
+        CaptionedImage(folder / f"class-{index:04d}.png", None, prompt)
+        for index, prompt in zip(
+            range(config.num_class_images),
+            config.class_prompt * config.num_class_images,
+            strict=False,
+        )
+    ]
+    if accelerator.is_main_process:
+        pipeline = _pipeline(models)
+        folder.mkdir(parents=True, exist_ok=True)
+        for index, item in enumerate(items):
+            with accelerator.autocast():
+                image = pipeline(
+                    prompt=item.caption,
+                    negative_prompt=config.sample_negative_prompt or None,
+                    height=config.resolution,
+                    width=config.resolution,
+                    num_inference_steps=config.sample_steps,
+                    generator=torch.Generator().manual_seed(seeded(config.seed, index, 0xC1A55)),
+                ).images[0]
+            image.save(item.image_path)
+    accelerator.wait_for_everyone()
+    return items
+
+
+def _pipeline(models: TrainingComponents):
+    """The family's text-to-image pipeline on the training components, as they are now."""
+    family = models.family
+    pipeline = getattr(diffusers, family.txt2img_pipeline)(
+        vae=models.vae,
+        unet=models.unet,
+        scheduler=EulerDiscreteScheduler.from_pretrained(models.folder, subfolder="scheduler"),
+        **models.named_text_encoders(),
+        **dict(zip(family.tokenizer_names, models.tokenizers, strict=True)),
+        **family.pipeline_options,
+    )
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
