@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -157,7 +158,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-i", "--input", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--json", help="inputs as JSON, or @file.json")
     parser.add_argument("-o", "--output", help="output file name")
-    parser.add_argument("--weights", help="predict with these trained weights (COG_WEIGHTS)")
+    parser.add_argument(
+        "--weights",
+        default=os.environ.get("COG_WEIGHTS"),
+        help="predict with these trained weights (default: $COG_WEIGHTS, as Cog's server)",
+    )
     args = parser.parse_args(argv)
 
     reference = PREDICTOR_REF if args.command == "predict" else TRAINER_REF
