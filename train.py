@@ -248,6 +248,7 @@ def train(
         allow_local_base=look_locally,
         dry_run=dry_run,
         inputs=inputs,
+        processes=settings.training_processes,
     )
     try:
         return Path(run_job(job, settings, prepare_images))

@@ -257,3 +257,32 @@ def test_a_trigger_other_than_tok_follows_into_captions_tokens_and_prompts(
         tokens = predict_arrays(predictor, prompt=f"a photo of {token_map['sks']}")
         tok = predict_arrays(predictor, prompt="a photo of TOK")
     assert same(with_trigger, tokens) and not same(with_trigger, tok)  # sks is the trained tokens
+
+
+def test_a_data_parallel_training_is_cancelled_with_its_processes(
+    tmp_path, server_env, file_server, work_tmp, monkeypatch
+):
+    monkeypatch.setenv("SDXL_TUNER_TRAINING_PROCESSES", "2")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # CPU processes even where a GPU exists
+    data_url = file_server.add("/photos.zip", ROOT / "examples" / "cat_photos.zip")
+    body = {"input": {"input_images": data_url, **QUICK_TRAINING, "max_train_steps": 5000}}
+    with running_server(tmp_path / "parallel.log", mode="train") as url, Receiver() as receiver:
+        server = _worker_process(url)
+        body["webhook"] = f"{receiver.url}/hook"
+        status, started = request(
+            "POST", f"{url}/trainings", body, headers={"Prefer": "respond-async"}
+        )
+        assert status == 202
+
+        def logged(text: str) -> bool:
+            return any(text in (e.get("logs") or "") for e in receiver.received.webhooks)
+
+        wait_for(lambda: logged("processes 2"), timeout=240)  # the launched processes' summary
+        assert logged("Training data-parallel in 2 processes")
+        launched = [p for p in server.children(recursive=True) if "training" in p.cmdline()]
+        assert len(launched) >= 2
+        status, _ = request("POST", f"{url}/trainings/{started['id']}/cancel")
+        assert status == 200
+        wait_for(lambda: any(e["status"] == "canceled" for e in receiver.received.webhooks))
+        wait_for(lambda: not any(p.is_running() for p in launched), timeout=60)
+    assert not list(work_tmp.glob("sdxl-train-*"))

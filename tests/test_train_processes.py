@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load, load_file
 
 from formats.bundle import BUNDLE_FILE, EMBEDDINGS_PTI_FILE, LORA_FILE, TRAINING_CONFIG_FILE
 from tests.train_helpers import make_dataset, one_thread, small_config  # noqa: F401 (autouse)
@@ -90,3 +90,37 @@ def test_accelerate_launch_with_two_cpu_processes_writes_one_bundle(tiny_env, tm
     assert record["summary"]["processes"] == 2
     assert record["plan"]["global_batch_size"] == 2 and record["plan"]["steps"] == 3
     assert len((work / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_train_on_two_processes_matches_one_process(tiny_env, monkeypatch, capsys):
+    """`train()` with two (CPU) processes trains as one process at the same global batch. Not
+    bit-exact: the processes average their gradients in an all-reduce, whose floating-point
+    summation order differs from the single process's mean over the batch."""
+    from tests.test_train_entry import train_with
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # CPU processes (gloo) even with a GPU
+    inputs = dict(seed=0, resolution=64, train_batch_size=2, max_train_steps=8,
+                  lr_warmup_steps=0, lora_rank=4, lora_lr=1e-3)  # fmt: skip
+    runs = {}
+    for processes in ("1", "2"):
+        monkeypatch.setenv("SDXL_TUNER_TRAINING_PROCESSES", processes)
+        with tarfile.open(train_with(**inputs)) as tar:  # read before the next train() call
+            runs[processes] = {
+                "names": sorted(tar.getnames()),
+                "record": json.load(tar.extractfile(TRAINING_CONFIG_FILE)),
+                "lora": load(tar.extractfile(LORA_FILE).read()),
+                "losses": [json.loads(line)["loss"] for line in tar.extractfile("metrics.jsonl")],
+            }
+    one, two = runs["1"], runs["2"]
+    log = capsys.readouterr().out
+    assert "Training data-parallel in 2 processes, a batch of 1 each." in log
+    assert "processes 2" in log  # the processes' own log reaches train()'s
+    assert one["names"] == two["names"]
+    assert [r["record"]["summary"]["processes"] for r in (one, two)] == [1, 2]
+    assert one["record"]["plan"]["global_batch_size"] == two["record"]["plan"]["global_batch_size"]
+    assert (
+        two["record"]["base_model"] == "tiny" and two["record"]["inputs"]["train_batch_size"] == 2
+    )
+    assert one["losses"] == pytest.approx(two["losses"], rel=1e-4)
+    for key, value in one["lora"].items():
+        assert torch.allclose(value, two["lora"][key], rtol=1e-3, atol=1e-5), key

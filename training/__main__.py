@@ -12,6 +12,7 @@ written to WORK_DIR/trained_model.tar.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from formats.bundle import BUNDLE_FILE
@@ -28,6 +29,12 @@ def main(argv=None) -> None:
     parser.add_argument("--base-model", help="default: $BASE_MODEL")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
+    parser.add_argument(
+        "--output", type=Path, help="the tarball (default WORK_DIR/trained_model.tar)"
+    )
+    parser.add_argument("--preview", type=Path, help="a preview.png to put in the tarball")
+    parser.add_argument("--inputs", type=Path, help="a JSON file of inputs to record instead")
+    parser.add_argument("--base-model-name", help="how the record names the base model")
     args = parser.parse_args(argv)
 
     inputs = parse_settings(args.set)
@@ -38,12 +45,14 @@ def main(argv=None) -> None:
     job = TrainingJob(
         TrainingConfig(**{"seed": 0, **inputs}),  # one seed for every process
         base_model=args.base_model or settings.base_model,
+        base_model_name=args.base_model_name,
         run_dir=args.work_dir,
-        output=args.work_dir / BUNDLE_FILE,
+        output=args.output or args.work_dir / BUNDLE_FILE,
         resume_from=resume,
-        inputs=inputs,
+        inputs=json.loads(args.inputs.read_text()) if args.inputs else inputs,
+        processes=1,  # one process, or one of those `accelerate launch` started
     )
-    bundle = run_job(job, settings, lambda: PreparedImages(args.dataset))
+    bundle = run_job(job, settings, lambda: PreparedImages(args.dataset, args.preview))
     if bundle is not None:
         print(f"Wrote {bundle}")
 

@@ -5,25 +5,32 @@
     -> weights tarball
 
 The training images come from the caller's `prepare()`: `train()` preprocesses an upload there,
-`python -m training` names a folder that is already prepared (formats/dataset_folder.py).
+`python -m training` names a folder that is already prepared (formats/dataset_folder.py). With
+several GPUs, `train()`'s job trains data-parallel through `python -m training` under
+`accelerate launch` (training/processes.py).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from families import ModelFamily, detect_family
 from training.bundle import bundle_size_report, write_bundle, write_dry_run_report
 from training.config import TrainingConfig
 from training.loop import run_training
+from training.processes import launch_command, processes_for, run_launch
 from weights.base_models import diffusers_folder, resolve_model
 from weights.runtime import pick_runtime
 from weights.settings import ModelSettings
 
 DRY_RUN_TIMED_STEPS = 3
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
@@ -46,10 +53,14 @@ class TrainingJob:
     base_model: str
     run_dir: Path  # the loop's checkpoints, samples and metrics
     output: Path  # the tarball (or, for a dry run, the report) to write
+    base_model_name: str | None = None  # how the record names it (default: base_model)
     allow_local_base: bool = True  # False for a base model a request named
     dry_run: bool = False
     resume_from: Path | None = None
     inputs: dict = field(default_factory=dict)  # recorded in training_config.json
+    # Data-parallel processes: None, one per visible GPU; 1 (as under `accelerate launch`
+    # already), this process alone.
+    processes: int | None = None
 
 
 def resolve_base(reference: str, settings: ModelSettings, allow_local: bool = True) -> BaseModel:
@@ -68,6 +79,7 @@ def run_job(
     # 1. Where to run, and the base model (before the images: a bad reference fails fast).
     runtime = pick_runtime(settings.device, settings.dtype)
     base = resolve_base(job.base_model, settings, job.allow_local_base)
+    base = BaseModel(job.base_model_name or base.reference, base.folder, base.family)
     print(f"Base model: {base.reference} ({base.family.title}), training at {config.resolution}px")
 
     # 2. The training images.
@@ -88,7 +100,10 @@ def run_job(
         )
         return write_dry_run_report(timing, images, job.output, preprocess_seconds)
 
-    # 4. Train.
+    # 4. Train, here or data-parallel in several processes (which write the tarball).
+    processes = processes_for(config, job.processes or max(1, torch.cuda.device_count()))
+    if processes > 1:
+        return _train_in_processes(job, base, images, processes, runtime)
     result = run_training(
         config,
         images.folder,
@@ -109,3 +124,18 @@ def run_job(
     print("Time per phase: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.phase_seconds.items()))
     print(bundle_size_report(bundle, settings.max_download_bytes))
     return bundle
+
+
+def _train_in_processes(job: TrainingJob, base: BaseModel, images, processes: int, runtime) -> Path:
+    share = job.config.train_batch_size // processes
+    print(f"Training data-parallel in {processes} processes, a batch of {share} each.")
+    job.run_dir.mkdir(parents=True, exist_ok=True)
+    inputs_file = job.run_dir / "inputs.json"
+    inputs_file.write_text(json.dumps(job.inputs, default=str))
+    command = launch_command(
+        job.config, processes, images.folder, job.run_dir, base.folder, job.output, runtime
+    )
+    command += ["--base-model-name", base.reference, "--inputs", str(inputs_file)]
+    command += ["--preview", str(images.preview)] if images.preview is not None else []
+    run_launch(command, cwd=ROOT)
+    return job.output

@@ -136,13 +136,17 @@ class DenoisingObjective:
     device: torch.device
     text_cache: dict = field(default_factory=dict)  # caption -> (embeds, pooled)
 
-    def loss(self, indices, generator, rng, text_trains: bool) -> torch.Tensor:
+    def loss(self, batch, part: slice, generator, rng, text_trains: bool) -> torch.Tensor:
+        """The loss of this process's `part` of the global `batch`. Every random draw is made
+        for the whole batch and then sliced, so an image gets the same noise, timestep, flip
+        and caption whether one process or several share the batch."""
         config, dataset, family = self.config, self.dataset, self.models.family
         # 8a. The batch: cached latents (flipped or not), masks, captions.
-        flips = [config.flip_augmentation and rng.random() < 0.5 for _ in indices]
-        latents = dataset.latents(indices, flips, generator).to(self.device)
+        flips = [config.flip_augmentation and rng.random() < 0.5 for _ in batch]
+        latents = dataset.latents(batch, flips, generator)
+        texts = [caption_for_step(self.captions[i], config, rng) for i in batch][part]
+        indices, flips = batch[part], flips[part]
         masks = dataset.mask_batch(indices, flips)
-        texts = [caption_for_step(self.captions[i], config, rng) for i in indices]
         # 8b. Text conditioning: through the encoders while anything on the text side
         #     trains, else encoded once per distinct caption and reused.
         if text_trains:
@@ -157,11 +161,12 @@ class DenoisingObjective:
             noise += config.noise_offset * torch.randn(
                 (*latents.shape[:2], 1, 1), generator=generator
             )
-        noise = noise.to(self.device)
         schedule = self.models.noise_scheduler
         timesteps = torch.randint(
-            0, schedule.config.num_train_timesteps, (len(indices),), generator=generator
-        ).to(self.device)
+            0, schedule.config.num_train_timesteps, (len(batch),), generator=generator
+        )
+        latents, noise = latents[part].to(self.device), noise[part].to(self.device)
+        timesteps = timesteps[part].to(self.device)
         noisy = schedule.add_noise(latents, noise, timesteps)
         pixel_sizes = [dataset.pixel_sizes[i] for i in indices]
         prediction = self.unet(
@@ -177,11 +182,12 @@ class DenoisingObjective:
         )
         return diffusion_loss(prediction, target, masks, timesteps, schedule, config)
 
-    def loss_of_draw(self, count: int, seed: int, text_trains: bool) -> torch.Tensor:
-        """The loss of `count` images drawn at random (prior preservation's class images)."""
+    def loss_of_draw(self, count: int, part: slice, seed: int, text_trains: bool) -> torch.Tensor:
+        """This process's `part` of the loss of `count` images drawn at random (prior
+        preservation's class images)."""
         rng = random.Random(seed)
-        indices = [rng.randrange(len(self.dataset)) for _ in range(count)]
-        return self.loss(indices, torch.Generator().manual_seed(seed), rng, text_trains)
+        batch = [rng.randrange(len(self.dataset)) for _ in range(count)]
+        return self.loss(batch, part, torch.Generator().manual_seed(seed), rng, text_trains)
 
     @torch.no_grad()
     def _cached_prompts(self, texts: list[str]):
@@ -353,19 +359,19 @@ def run_training(
         step_loss = 0.0
         for micro in range(plan.accumulation):
             micro_index = step * plan.accumulation + micro
-            global_batch = batches.micro_batch(micro_index, plan.micro_batches_per_epoch)
+            # Each process takes its slice of the global batch; the draws are the same in
+            # every process (seeded by the step alone), so N processes train as one.
+            batch = batches.micro_batch(micro_index, plan.micro_batches_per_epoch)
             rank = accelerator.process_index
-            indices = global_batch[
-                rank * config.train_batch_size : (rank + 1) * config.train_batch_size
-            ]
-            generator = torch.Generator().manual_seed(seeded(config.seed, micro_index, rank))
-            rng = random.Random(seeded(config.seed, micro_index, rank, 1))
+            part = slice(rank * config.train_batch_size, (rank + 1) * config.train_batch_size)
+            generator = torch.Generator().manual_seed(seeded(config.seed, micro_index, 0))
+            rng = random.Random(seeded(config.seed, micro_index, 0, 1))
             with accelerator.accumulate(*prepared[:-1]):
                 with accelerator.autocast():  # bf16 compute on GPU; fp32 master weights
-                    loss = objective.loss(indices, generator, rng, text_trains)
+                    loss = objective.loss(batch, part, generator, rng, text_trains)
                     if prior is not None:  # as many class images, with their own draws
                         loss = loss + config.prior_loss_weight * prior.loss_of_draw(
-                            len(indices), seeded(config.seed, micro_index, rank, 2), text_trains
+                            len(batch), part, seeded(config.seed, micro_index, 0, 2), text_trains
                         )
                 # 8d. A NaN/inf loss stops the run (on every process) before it writes garbage.
                 mean_loss = accelerator.reduce(loss.detach(), "mean").item()

@@ -59,6 +59,7 @@ class ModelSettings:
     mask_model: str = DEFAULT_MASK_MODEL  # CLIPSeg prompt masks
     upscaler_model: str = DEFAULT_UPSCALER_MODEL  # Swin2SR super-resolution
     local_dirs: tuple[Path, ...] = ()  # the operator's allow-list for paths in requests
+    training_processes: int | None = None  # data-parallel training; None: one per GPU
 
     @classmethod
     def from_env(cls) -> ModelSettings:
@@ -88,6 +89,7 @@ class ModelSettings:
                 for part in os.environ.get(LOCAL_DIRS_VARIABLE, "").split(os.pathsep)
                 if part
             ),
+            training_processes=_count("SDXL_TUNER_TRAINING_PROCESSES"),
         )
 
 
@@ -112,6 +114,15 @@ def tiny_profile() -> bool:
     if profile and profile not in PROFILES:
         raise ValueError(f"{PROFILE_VARIABLE}={profile!r}: use one of {', '.join(PROFILES)}.")
     return profile == "tiny"
+
+
+def _count(name: str) -> int | None:
+    value = os.environ.get(name)
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{name}={value!r}: use a whole number of processes, at least 1.")
+    return int(value)
 
 
 def _gib(name: str, default: float) -> int:
