@@ -4,6 +4,7 @@ and a hub id served from a pre-filled HF_HOME with only the fp16 weights."""
 
 import hashlib
 import io
+import json
 import tarfile
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from safetensors import safe_open
 from families import SDXL, detect_family
 from weights.base_models import (
     ModelUnavailableError,
+    _has_variant_weights,
     diffusers_folder,
     hub_file_patterns,
     hub_variant,
@@ -235,3 +237,31 @@ def _hashes(folder: Path) -> dict[str, str]:
         for f in sorted(folder.rglob("*"))
         if f.is_file()
     }
+
+
+def test_a_hub_model_without_an_fp16_variant_loads_its_full_weights_in_half_precision(
+    tiny_env, tiny_models, tmp_path, monkeypatch
+):
+    snapshot = tmp_path / "hf/hub/models--someone--full-only/snapshots/4567cdef"
+    StableDiffusionXLPipeline.from_pretrained(tiny_models["base"]).save_pretrained(snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs/main").write_text("4567cdef")
+    assert not list(snapshot.glob("*/*.fp16.safetensors"))  # no fp16 variant at all
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    half = pick_runtime("cpu", "fp16")
+    folder = resolve_model("someone/full-only", "base", tiny_env, variant=hub_variant(half))
+    assert folder == snapshot
+    loaded = load_pipeline(StableDiffusionXLPipeline, folder, half)
+    assert loaded.unet.dtype == torch.float16  # the full weights, cast
+    # What decides the second download online: the fp16 files are missing for some part.
+    index = json.loads((snapshot / "model_index.json").read_text())
+    assert not _has_variant_weights(snapshot, index, "fp16")
+    fp16 = tmp_path / "fp16"
+    StableDiffusionXLPipeline.from_pretrained(tiny_models["base"]).save_pretrained(
+        fp16, variant="fp16"
+    )
+    assert _has_variant_weights(fp16, index, "fp16")
+    next(fp16.glob("unet/*.fp16.safetensors")).unlink()  # one component without it
+    assert not _has_variant_weights(fp16, index, "fp16")

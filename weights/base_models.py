@@ -160,9 +160,14 @@ def _download_from_hub(reference: str, variant: str | None, role: str) -> Path:
             Path(hf_hub_download(repo_id, "model_index.json", **options)).read_text()
         )
         allow, ignore = hub_file_patterns(index, variant)
-        return Path(
-            snapshot_download(repo_id, allow_patterns=allow, ignore_patterns=ignore, **options)
-        )
+        folder = snapshot_download(repo_id, allow_patterns=allow, ignore_patterns=ignore, **options)
+        if variant and not _has_variant_weights(Path(folder), index, variant):
+            # The repository has no such variant (of some component): its full weights.
+            allow, ignore = hub_file_patterns(index, None)
+            folder = snapshot_download(
+                repo_id, allow_patterns=allow, ignore_patterns=ignore, **options
+            )
+        return Path(folder)
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as error:
         variable = {"base": "BASE_MODEL", "refiner": "REFINER_MODEL"}.get(role, "BASE_MODEL")
         raise ModelUnavailableError(
@@ -171,6 +176,15 @@ def _download_from_hub(reference: str, variant: str | None, role: str) -> Path:
             f"cache under HF_HOME (HF_TOKEN for gated models), or set {PROFILE_VARIABLE}=tiny "
             "for the embedded test models."
         ) from None
+
+
+def _has_variant_weights(folder: Path, model_index: dict, variant: str) -> bool:
+    """Whether every model of the pipeline (a component with a `config.json`; tokenizers and
+    schedulers have none) has `*.<variant>.safetensors` weights."""
+    allow, _ = hub_file_patterns(model_index, variant)
+    parts = {pattern.split("/")[0] for pattern in allow if "/" in pattern}
+    models = [name for name in parts if (folder / name / "config.json").is_file()]
+    return all(any((folder / name).glob(f"*.{variant}.safetensors")) for name in models)
 
 
 def _is_single_file(reference: str) -> bool:
