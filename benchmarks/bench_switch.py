@@ -1,8 +1,9 @@
 """How fast the predictor switches between two LoRAs at the real SDXL UNet size.
 
 The UNet is built from SDXL base's real config on the meta device and materialised with
-random bf16 weights on the CPU (no download). Two random rank-32 LoRAs on every attention
-projection (~93 MB each) are saved as diffusers-layout safetensors. Then, in one run:
+random bf16 weights (no download; see benchmarks/sdxl_architecture.py). Two random rank-32
+LoRAs on every attention projection (~93 MB each) are saved as diffusers-layout safetensors.
+Then, in one run:
 
 - ours, warm: both LoRAs already in the weights cache (in memory); a switch copies tensors
   into the existing LoRA layers;
@@ -33,6 +34,7 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.sdxl_architecture import build_unet as build_sdxl_unet  # noqa: E402
 from families import SDXL  # noqa: E402
 from generation.switcher import Selection, WeightsSwitcher  # noqa: E402
 from generation.weights_cache import prepare_weights  # noqa: E402
@@ -40,42 +42,13 @@ from weights.embedded.tiny import ensure_tiny_model  # noqa: E402
 from weights.runtime import Runtime  # noqa: E402
 from weights.trained_files import inspect_weights  # noqa: E402
 
-# stabilityai/stable-diffusion-xl-base-1.0, unet/config.json
-SDXL_UNET = dict(
-    sample_size=128,
-    in_channels=4,
-    out_channels=4,
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    block_out_channels=(320, 640, 1280),
-    layers_per_block=2,
-    transformer_layers_per_block=(1, 2, 10),
-    attention_head_dim=(5, 10, 20),
-    cross_attention_dim=2048,
-    use_linear_projection=True,
-    addition_embed_type="text_time",
-    addition_time_embed_dim=256,
-    projection_class_embeddings_input_dim=2816,
-    norm_num_groups=32,
-)
 RANK = 32
 PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
 DTYPE = torch.bfloat16
 
 
-def build_unet() -> UNet2DConditionModel:
-    with torch.device("meta"):
-        unet = UNet2DConditionModel(**SDXL_UNET)
-    unet = unet.to(DTYPE).to_empty(device="cpu")
-    # Tiling one random block is much faster than drawing 2.6 B bf16 numbers.
-    block = (torch.randn(1 << 20, generator=torch.Generator().manual_seed(0)) * 0.02).to(DTYPE)
-    with torch.no_grad():
-        for parameter in unet.parameters():
-            flat = parameter.view(-1)
-            for start in range(0, flat.numel(), block.numel()):
-                end = min(start + block.numel(), flat.numel())
-                flat[start:end].copy_(block[: end - start])
-    return unet.requires_grad_(False).eval()
+def build_unet(device="cpu") -> UNet2DConditionModel:
+    return build_sdxl_unet(device, DTYPE).requires_grad_(False).eval()
 
 
 def write_lora(unet, file: Path, seed: int) -> int:
@@ -105,11 +78,13 @@ def median_of(repeats: int, files, switch) -> float:
 
 def unet_output(unet) -> torch.Tensor:
     generator = torch.Generator().manual_seed(1)
-    sample = torch.randn(1, 4, 8, 8, generator=generator).to(DTYPE)
-    text = torch.randn(1, 8, 2048, generator=generator).to(DTYPE)
+    device, config = unet.device, unet.config
+    pooled = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
+    sample = torch.randn(1, 4, 8, 8, generator=generator).to(device, DTYPE)
+    text = torch.randn(1, 8, config.cross_attention_dim, generator=generator).to(device, DTYPE)
     added = {
-        "text_embeds": torch.randn(1, 1280, generator=generator).to(DTYPE),
-        "time_ids": torch.tensor([[64.0, 64.0, 0.0, 0.0, 64.0, 64.0]]).to(DTYPE),
+        "text_embeds": torch.randn(1, pooled, generator=generator).to(device, DTYPE),
+        "time_ids": torch.tensor([[64.0, 64.0, 0.0, 0.0, 64.0, 64.0]]).to(device, DTYPE),
     }
     with torch.no_grad():
         return unet(sample, 500, text, added_cond_kwargs=added).sample
@@ -130,12 +105,23 @@ def main() -> None:
     )
     folder = Path(tempfile.mkdtemp(prefix="bench-switch-"))
     try:
-        run(unet, folder, args.repeats)
+        rows, identical = run(unet, folder, args.repeats)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+    print(
+        f"\nswitch time between two LoRAs, median of {args.repeats}, "
+        f"{torch.get_num_threads()} threads\n"
+    )
+    print(f"| {'method':<50} | seconds |")
+    print(f"|{'-' * 52}|---------|")
+    for name, seconds in rows:
+        print(f"| {name:<50} | {seconds:7.3f} |")
+    print(f"\nUNet output after A->B->A->none->B->A identical to a fresh load of A: {identical}")
 
 
-def run(unet, folder: Path, repeats: int) -> None:
+def run(unet, folder: Path, repeats: int) -> tuple[list[tuple[str, float]], bool]:
+    """(method, median switch seconds) rows, and whether the output after a sequence of
+    switches is bit-identical to a fresh load; on the UNet's device."""
     files = [folder / "lora_a.safetensors", folder / "lora_b.safetensors"]
     size = write_lora(unet, files[0], seed=1)
     write_lora(unet, files[1], seed=2)
@@ -147,7 +133,7 @@ def run(unet, folder: Path, repeats: int) -> None:
     rows = []
     # Ours.
     switcher = WeightsSwitcher({"unet": unet}, token_targets=[])
-    runtime = Runtime(torch.device("cpu"), DTYPE)
+    runtime = Runtime(unet.device, DTYPE)
     read = {f: lambda f=f: prepare_weights(inspect_weights(f), runtime, SDXL) for f in files}
     prepared = {f: read[f]() for f in files}
     first = timed(lambda: switcher.activate(Selection(prepared[files[0]])))
@@ -176,7 +162,7 @@ def run(unet, folder: Path, repeats: int) -> None:
 
     # Diffusers baselines on a pipeline around the same UNet (other components tiny).
     tiny = ensure_tiny_model("base", folder / "models")
-    pipe = StableDiffusionXLPipeline.from_pretrained(tiny, unet=unet)
+    pipe = StableDiffusionXLPipeline.from_pretrained(tiny, unet=unet).to(unet.device)
     pipe.load_lora_weights(str(files[0]), adapter_name="bench")
 
     def unfused(file):
@@ -203,15 +189,8 @@ def run(unet, folder: Path, repeats: int) -> None:
         pipe.load_lora_weights(str(file), adapter_name="bench", hotswap=True)
 
     rows.append(("diffusers: hotswap=True", median_of(repeats, files, hotswap)))
-
-    print(
-        f"\nswitch time between two LoRAs, median of {repeats}, {torch.get_num_threads()} threads\n"
-    )
-    print(f"| {'method':<50} | seconds |")
-    print(f"|{'-' * 52}|---------|")
-    for name, seconds in rows:
-        print(f"| {name:<50} | {seconds:7.3f} |")
-    print(f"\nUNet output after A->B->A->none->B->A identical to a fresh load of A: {identical}")
+    pipe.unload_lora_weights()
+    return rows, identical
 
 
 if __name__ == "__main__":
