@@ -30,13 +30,16 @@ test: setup
 lint: setup
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
 
-# .cog/openapi_schema.json, as `cog build` would write it (the serve targets refresh it too).
+# .cog/openapi_schema.json, as `cog build` would write it, and .cog/schemas/<container>.json
+# for each container (the serve targets refresh the served one too).
 schema: setup
 	$(PY) -m serving.schema
 
-# Cog's real HTTP server on 127.0.0.1:$(PORT). WEIGHTS=<url or path> serves a trained version
-# (COG_WEIGHTS); UPLOAD_URL=<url> PUTs output files there.
-SERVER_ARGS = --port $(PORT) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(UPLOAD_URL),--upload-url $(UPLOAD_URL))
+# Cog's real HTTP server on 127.0.0.1:$(PORT). CONTAINER=flux serves the FLUX.1 container
+# (default sdxl); WEIGHTS=<url or path> serves a trained version (COG_WEIGHTS);
+# UPLOAD_URL=<url> PUTs output files there.
+CONTAINER ?= sdxl
+SERVER_ARGS = --port $(PORT) --container $(CONTAINER) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(UPLOAD_URL),--upload-url $(UPLOAD_URL))
 serve: setup
 	$(PY) -m serving.server --mode predict $(SERVER_ARGS)
 

@@ -1,8 +1,7 @@
-"""Facts about each supported model family, in one table.
+"""Facts about each supported model family (SDXL, SD 1.5, FLUX.1), in one table.
 
-Adding a family (SD 1.5, Flux, ...) means adding a row here plus the few family-specific
-functions that really differ; training and generation code read these facts instead of
-hard-coding SDXL's numbers.
+Adding a family means adding a row here plus the few family-specific functions that really
+differ; training and generation code read these facts instead of hard-coding SDXL's numbers.
 """
 
 from __future__ import annotations
@@ -31,6 +30,8 @@ class ModelFamily:
     native_resolution: int
     default_base_model: str
     default_refiner_model: str | None
+    # Image sides are multiples of this: the VAE's 8, times 2 for Flux's 2x2 latent packing.
+    pixel_multiple: int
     # diffusers pipeline class names, by generation mode.
     txt2img_pipeline: str
     img2img_pipeline: str
@@ -42,11 +43,32 @@ class ModelFamily:
     # Keys of the textual-inversion files, one per text encoder.
     pti_keys: tuple[str, ...]  # embeddings.pti (Replicate's SDXL trainer layout)
     embedding_keys: tuple[str, ...]  # embeddings.safetensors (A1111 / ComfyUI layout)
-    # kohya's key prefix for the UNet and each text encoder.
+    # kohya's key prefix for the denoiser and each text encoder.
     kohya_unet_prefix: str
     kohya_text_encoder_prefixes: tuple[str, ...]
-    # Attention projections LoRA trains by default.
-    lora_target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+    # The kohya file's module names: the original SGM UNet's ("sgm", SDXL and SD 1.5) or
+    # BFL's Flux transformer, with q/k/v fused ("bfl").
+    kohya_layout: str = "sgm"
+    # The denoising model: its pipeline component name and diffusers class.
+    denoiser: str = "unet"
+    denoiser_class: str = "UNet2DConditionModel"
+    # The training objective: "denoising" (noise / velocity prediction on a DDPM schedule) or
+    # "flow_matching" (rectified flow: predict noise - image along a straight path).
+    objective: str = "denoising"
+    # transformers class of each tokenizer, in pipeline order.
+    tokenizer_classes: tuple[str, ...] = ("CLIPTokenizer", "CLIPTokenizer")
+    # Tokens of the sequence text encoder's prompt (Flux's T5; CLIP families: the tokenizer's).
+    max_sequence_length: int | None = None
+    # Whether the pipelines take a negative prompt and a scheduler by name (Flux: neither; its
+    # guidance is distilled into the model and its scheduler is fixed).
+    negative_prompt: bool = True
+    named_schedulers: bool = True
+    # Whether the img2img pipeline needs the image's width and height (Flux's otherwise
+    # resizes to its default size; SDXL's takes the image's own).
+    img2img_takes_size: bool = False
+    # Modules LoRA trains by default: names (a module matches by its last parts) or one regular
+    # expression over the full module names.
+    lora_target_modules: tuple[str, ...] | str = ("to_q", "to_k", "to_v", "to_out.0")
     # Text-encoder attention projections a text-encoder LoRA trains.
     text_encoder_lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "out_proj")
     # Options for loading the family's pipelines: no invisible watermark inside them (the
@@ -75,6 +97,7 @@ SDXL = ModelFamily(
     text_encoder_classes=("CLIPTextModel", "CLIPTextModelWithProjection"),
     prompt_from_penultimate_layer=True,
     native_resolution=1024,
+    pixel_multiple=8,
     default_base_model="stabilityai/stable-diffusion-xl-base-1.0",
     default_refiner_model="stabilityai/stable-diffusion-xl-refiner-1.0",
     txt2img_pipeline="StableDiffusionXLPipeline",
@@ -94,8 +117,10 @@ SD15 = ModelFamily(
     title="SD 1.5",
     text_encoder_dims=(768,),
     text_encoder_classes=("CLIPTextModel",),
+    tokenizer_classes=("CLIPTokenizer",),
     prompt_from_penultimate_layer=False,
     native_resolution=512,
+    pixel_multiple=8,
     default_base_model="stable-diffusion-v1-5/stable-diffusion-v1-5",
     default_refiner_model=None,
     txt2img_pipeline="StableDiffusionPipeline",
@@ -114,7 +139,48 @@ SD15 = ModelFamily(
     ),
 )
 
-FAMILIES = {family.name: family for family in (SDXL, SD15)}
+# The modules of FLUX.1's 19 double-stream and 38 single-stream blocks a LoRA trains: every
+# attention projection and MLP (as Replicate's / ai-toolkit's Flux trainer), not the
+# modulation layers, the embedders or the final projection.
+FLUX_LORA_TARGETS = (
+    r"(transformer_blocks\.\d+\.(attn\.(to_[qkv]|to_out\.0|add_[qkv]_proj|to_add_out)"
+    r"|ff(_context)?\.net\.(0\.proj|2))"
+    r"|single_transformer_blocks\.\d+\.(attn\.to_[qkv]|proj_mlp|proj_out))"
+)
+
+FLUX = ModelFamily(
+    name="flux",
+    title="FLUX.1",
+    text_encoder_dims=(768, 4096),  # CLIP-L (pooled), T5-XXL (sequence)
+    text_encoder_classes=("CLIPTextModel", "T5EncoderModel"),
+    prompt_from_penultimate_layer=False,
+    native_resolution=1024,
+    pixel_multiple=16,
+    default_base_model="black-forest-labs/FLUX.1-dev",
+    default_refiner_model=None,
+    txt2img_pipeline="FluxPipeline",
+    img2img_pipeline="FluxImg2ImgPipeline",
+    inpaint_pipeline="FluxInpaintPipeline",
+    base_time_ids=None,
+    refiner_time_ids=None,
+    pti_keys=(),  # the trigger word stays text: Flux's T5 reads new words well
+    embedding_keys=(),
+    # BFL / kohya names ComfyUI and Forge load (`lora_unet_double_blocks_0_img_attn_qkv`).
+    kohya_unet_prefix="lora_unet",
+    kohya_text_encoder_prefixes=("lora_te1", "lora_te2"),
+    kohya_layout="bfl",
+    denoiser="transformer",
+    denoiser_class="FluxTransformer2DModel",
+    objective="flow_matching",
+    tokenizer_classes=("CLIPTokenizer", "T5TokenizerFast"),
+    max_sequence_length=512,  # FLUX.1-dev's (schnell was distilled at 256)
+    negative_prompt=False,
+    named_schedulers=False,
+    img2img_takes_size=True,
+    lora_target_modules=FLUX_LORA_TARGETS,
+)
+
+FAMILIES = {family.name: family for family in (SDXL, SD15, FLUX)}
 
 
 class UnknownFamilyError(ValueError):
@@ -137,6 +203,8 @@ def detect_family(model_folder: Path) -> ModelFamily:
             family.inpaint_pipeline,
         ):
             return family
+    if _read_json(folder / FLUX.denoiser / "config.json").get("_class_name") == FLUX.denoiser_class:
+        return FLUX
     unet = _read_json(folder / "unet" / "config.json")
     if unet:
         return SDXL if unet.get("addition_embed_type") == "text_time" else SD15
@@ -146,8 +214,14 @@ def detect_family(model_folder: Path) -> ModelFamily:
     )
 
 
-# Tensor-name prefixes of the original (single-file) checkpoints' text encoders.
-SINGLE_FILE_TEXT_ENCODER_PREFIXES = {"conditioner.embedders.": SDXL, "cond_stage_model.": SD15}
+# Tensor-name prefixes that tell an original (single-file) checkpoint's family: SDXL's and
+# SD 1.5's text encoders, BFL's Flux transformer (alone, or under ComfyUI's prefix).
+SINGLE_FILE_PREFIXES = {
+    "conditioner.embedders.": SDXL,
+    "cond_stage_model.": SD15,
+    "double_blocks.": FLUX,
+    "model.diffusion_model.double_blocks.": FLUX,
+}
 
 
 def _single_file_family(checkpoint: Path) -> ModelFamily:
@@ -155,19 +229,20 @@ def _single_file_family(checkpoint: Path) -> ModelFamily:
 
     with safe_open(str(checkpoint), framework="pt") as tensors:
         names = list(tensors.keys())
-    for prefix, family in SINGLE_FILE_TEXT_ENCODER_PREFIXES.items():
+    for prefix, family in SINGLE_FILE_PREFIXES.items():
         if any(name.startswith(prefix) for name in names):
             return family
     raise UnknownFamilyError(
         f"{checkpoint} is not a checkpoint of a supported family ({', '.join(FAMILIES)}): "
-        f"no tensor names start with {' or '.join(SINGLE_FILE_TEXT_ENCODER_PREFIXES)}."
+        f"no tensor names start with {' or '.join(SINGLE_FILE_PREFIXES)}."
     )
 
 
 # Tensor-name fragments that only one family's trained weights have (LoRAs in the diffusers,
 # kohya or Replicate layouts, full UNets): SDXL's second text encoder, its added embedding and
 # its deeper transformer blocks; SD 1.5's lone text encoder (kohya `lora_te_`) and the attention
-# of its first down block (SDXL's first down block has none).
+# of its first down block (SDXL's first down block has none); Flux's transformer blocks in the
+# diffusers and the BFL / kohya names.
 WEIGHT_NAME_MARKERS = {
     SDXL: (
         "text_encoder_2.",
@@ -182,6 +257,13 @@ WEIGHT_NAME_MARKERS = {
         "down_blocks_0_attentions_",
         "input_blocks_1_1_",
     ),
+    FLUX: (
+        "single_transformer_blocks.",
+        "transformer.transformer_blocks.",
+        "double_blocks.",
+        "double_blocks_",
+        "single_blocks_",
+    ),
 }
 
 
@@ -191,13 +273,15 @@ def family_from_weight_names(names) -> ModelFamily | None:
     tells by holding exactly the family's keys (one table per text encoder)."""
     names = set(names)
     for family in FAMILIES.values():
-        if names in (set(family.pti_keys), set(family.embedding_keys)):
+        if family.pti_keys and names in (set(family.pti_keys), set(family.embedding_keys)):
             return family
     found = {
         family
         for family, markers in WEIGHT_NAME_MARKERS.items()
         if any(marker in name for name in names for marker in markers)
     }
+    if FLUX in found:  # Flux's block names also contain SDXL's `transformer_blocks.1.`
+        return FLUX
     return found.pop() if len(found) == 1 else None
 
 

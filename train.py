@@ -1,28 +1,20 @@
 """Cog `train()`: declares the inputs (names and defaults as Replicate's SDXL trainer, plus what
 other trainers offer; each default and range lives on its configuration field), checks them,
-and runs the training job (training/job.py) on the preprocessed upload."""
+and runs the training call (serving/training_call.py) on the upload."""
 
 import logging
-import shutil
-import tempfile
-from dataclasses import replace
 from typing import Optional
 
 from cog import Input, Path
 
-from formats.bundle import BUNDLE_FILE
-from preprocess import PreprocessConfig, preprocess
-from serving.handoff import OutputHandoff
+from families import SDXL
+from preprocess import PreprocessConfig
 from serving.inputs import declared, field_inputs
+from serving.training_call import train_on_upload
 from training.config import TrainingConfig
-from training.job import PreparedImages, TrainingJob, run_job
-from weights.references import check_file_input, check_model_input
-from weights.settings import EMBEDDED_MODELS, ModelSettings
 
 # The summaries of preprocessing and the store are INFO logs; Cog shows what reaches stderr.
 logging.basicConfig(level=logging.INFO, format="%(message)s")
-# The tarball handed to Cog stays until the next training starts; nothing else stays.
-HANDOFF = OutputHandoff("sdxl-tuner-training-")
 
 
 def _config(name: str, description: str):
@@ -90,6 +82,16 @@ def train(
         "photo of TOK, ', the caption will be 'a photo of TOK, a cat sitting'. Empty: 'a photo "
         "of <token_string>, ' ('in the style of <token_string>, ' with lora_type=style)",
     ),
+    caption_suffix: str = _preprocess(
+        "caption_suffix",
+        "Text after automatic captions, e.g. ' in the style of TOK' (then caption_prefix may "
+        "leave the token_string out)",
+    ),
+    autocaption: bool = _preprocess(
+        "autocaption",
+        "Caption images that come without a caption file with BLIP; false: those get the "
+        "caption prefix alone",
+    ),
     mask_target_prompts: Optional[str] = _preprocess(
         "mask_target_prompts",
         "Prompt that describes part of the image that you will find important. For example, "
@@ -124,6 +126,21 @@ def train(
         "input_images_filetype",
         "Filetype of the input images. Can be either `zip` or `tar`. By default its `infer`, "
         "and it will be inferred from the ext of input file.",
+    ),
+    bucket_resolutions: Optional[str] = _config(
+        "bucket_resolutions",
+        "Smaller sizes every image is also trained at, a comma list below resolution (e.g. "
+        "'512,640' with resolution 768): multi-resolution buckets",
+    ),
+    lora_layers_regex: Optional[str] = _config(
+        "lora_layers_regex",
+        "A regular expression searched in the U-Net's module names (e.g. 'unet\\.up_blocks'): "
+        "LoRA trains the linear layers it matches. Empty: the attention projections",
+    ),
+    base_quantization: str = _config(
+        "base_quantization",
+        "int8: hold the frozen U-Net's weights in 8 bits while the LoRA trains (half the "
+        "memory, slightly different results)",
     ),
     aspect_buckets: bool = _preprocess(
         "aspect_buckets",
@@ -215,45 +232,8 @@ def train(
     ),
 ) -> Path:
     inputs = {k: v for k, v in locals().items() if k != "input_images"}
-
-    # 1. Settings: every input checked before any work.
     config = TrainingConfig(**field_inputs(TrainingConfig, inputs))
-    print(f"Using seed: {config.seed}")
-    settings = ModelSettings.from_env()
-    check_file_input("input_images", input_images, settings.local_dirs)
-    look_locally = check_model_input("base_model", base_model, settings.local_dirs, EMBEDDED_MODELS)
-    preprocessing = PreprocessConfig(
-        **{
-            **field_inputs(PreprocessConfig, inputs),
-            "input_path": Path(str(input_images)),
-            "output_dir": Path("dataset"),  # inside the work folder, made below
-            "resolution": config.resolution,
-            "token_string": config.token_string,
-            "caption_prefix": config.caption_prefix,
-        }
+    preprocessing = field_inputs(PreprocessConfig, inputs)
+    return Path(
+        train_on_upload(config, preprocessing, input_images, base_model, SDXL, inputs, dry_run)
     )
-    output = HANDOFF.next_folder()  # the previous training's tarball goes now
-    work = Path(tempfile.mkdtemp(prefix="sdxl-train-"))
-
-    def prepare_images() -> PreparedImages:
-        prepared = preprocess(replace(preprocessing, output_dir=work / "dataset"))
-        return PreparedImages(prepared.folder, prepared.preview, tuple(prepared.skipped))
-
-    # 2. Base model, images, training and the tarball (training/job.py).
-    job = TrainingJob(
-        config,
-        base_model=str(base_model) if base_model else settings.base_model,
-        run_dir=work / "run",
-        output=output / ("dry_run.tar" if dry_run else BUNDLE_FILE),
-        allow_local_base=look_locally,
-        dry_run=dry_run,
-        inputs=inputs,
-        processes=settings.training_processes,
-    )
-    try:
-        return Path(run_job(job, settings, prepare_images))
-    except BaseException:  # failed or canceled (Cog's CancelationException): hand over nothing
-        HANDOFF.release()
-        raise
-    finally:
-        shutil.rmtree(work, ignore_errors=True)

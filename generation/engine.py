@@ -48,6 +48,9 @@ class GenerationEngine:
         base_source = resolve_model(settings.base_model, "base", cache_dir, variant)
         self.base = load_base(base_source, self.runtime, settings.single_file_config)
         self.family = self.base.family
+        # FLUX.1 dev or schnell, told by whether the transformer embeds a guidance scale.
+        denoiser_config = getattr(self.base.txt2img, self.family.denoiser).config
+        self.flux_variant = "dev" if denoiser_config.get("guidance_embeds") else "schnell"
         self.refiner = None  # REFINER_MODEL is not loaded for a family without a refiner
         if self.family.default_refiner_model is not None:
             refiner_source = resolve_model(settings.refiner_model, "refiner", cache_dir, variant)
@@ -69,7 +72,8 @@ class GenerationEngine:
                     self.refiner.set_tokenizers,
                 )
             )
-        self.switcher = WeightsSwitcher({"unet": txt2img.unet, **encoders}, token_targets)
+        denoiser = {self.family.denoiser: getattr(txt2img, self.family.denoiser)}
+        self.switcher = WeightsSwitcher({**denoiser, **encoders}, token_targets)
         # Weights that do not fit these models are refused before they become cache entries.
         self.weights_cache = WeightsCache(
             self.runtime,
@@ -87,6 +91,13 @@ class GenerationEngine:
         """Run one request; the images are written into `output_dir`."""
         # 1. Check the inputs before any work.
         request, notes = validate(request, self.local_dirs)
+        requested_variant = getattr(request, "model", None)
+        if requested_variant not in (None, self.flux_variant):
+            raise InvalidRequestError(
+                f"model={requested_variant!r}, but this deployment serves FLUX.1-"
+                f"{self.flux_variant}: send model={self.flux_variant!r} (or deploy with "
+                f"BASE_MODEL=black-forest-labs/FLUX.1-{requested_variant})."
+            )
         if request.refine != "no_refiner" and self.refiner is None:
             raise InvalidRequestError(
                 f"refine={request.refine!r} needs a refiner, and {self.family.title} models have "
@@ -135,20 +146,21 @@ class GenerationEngine:
         return GenerationResult(paths, seed, flagged)
 
     def _input_images(self, request: GenerationRequest, notes: list[str]):
-        """The image and mask at the size they are used: inpainting paints at width x height;
-        img2img keeps the image's own size (as Replicate's model does)."""
+        """The image and mask at the size they are used: img2img keeps the image's own size
+        (as Replicate's models do); SDXL's inpainting paints at width x height, Flux's at the
+        image's size."""
         if request.image is None:
             self._note_oversize(request.width, request.height, notes)
             return None, None
         image = load_image(request.image, "image")
-        if request.mask is None:
-            size, note = working_size(image, request.num_outputs)
+        if request.works_at_image_size:
+            size, note = working_size(image, request.num_outputs, request.size_multiple)
             notes += [note] if note else []
-            self._note_oversize(*size, notes)
-            return resize(image, size), None
-        size = (request.width, request.height)
+        else:
+            size = (request.width, request.height)
         self._note_oversize(*size, notes)
-        return resize(image, size), resize(load_image(request.mask, "mask", mode="L"), size)
+        mask = None if request.mask is None else load_image(request.mask, "mask", mode="L")
+        return resize(image, size), None if mask is None else resize(mask, size)
 
     def _note_oversize(self, width: int, height: int, notes: list[str]) -> None:
         native = self.family.native_resolution
@@ -187,10 +199,11 @@ class GenerationEngine:
             return [image.copy() for _ in range(request.num_outputs)]
         common = dict(
             prompt=[prompt] * request.num_outputs,
-            negative_prompt=[negative_prompt] * request.num_outputs,
-            guidance_scale=request.guidance_scale,
+            guidance_scale=request.guidance_scale,  # Flux: the distilled guidance
             generator=generator,
         )
+        if self.family.negative_prompt:
+            common["negative_prompt"] = [negative_prompt] * request.num_outputs
         steps = request.num_inference_steps
         base_args = dict(common, num_inference_steps=steps)
         if image is None:
@@ -201,8 +214,11 @@ class GenerationEngine:
             base_args.update(image=image, strength=request.prompt_strength)
             base_args["num_inference_steps"] = _steps_for_strength(steps, request.prompt_strength)
             if mask is not None:
-                base_args.update(mask_image=mask, width=request.width, height=request.height)
-        pipeline.scheduler = self.base.schedulers.get(request.scheduler)
+                base_args.update(mask_image=mask, width=image.width, height=image.height)
+            elif self.family.img2img_takes_size:  # else it would work at its default size
+                base_args.update(width=image.width, height=image.height)
+        if self.family.named_schedulers:
+            pipeline.scheduler = self.base.schedulers.get(request.scheduler)
         if request.refine == "no_refiner":
             return pipeline(**base_args).images
 

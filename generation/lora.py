@@ -12,6 +12,7 @@ torch.compile'd or CUDA-graphed model; the predictor runs eagerly.)
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 from collections import Counter
@@ -34,8 +35,10 @@ from families import ModelFamily
 from formats.bundle import TEXT_MODEL
 from weights.runtime import Runtime
 
-# The pipeline components a LoRA file may address, by their key prefix.
-COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+# The pipeline components a LoRA file may address, by their key prefix (the denoiser of each
+# family, then the text encoders).
+COMPONENTS = ("unet", "transformer", "text_encoder", "text_encoder_2")
+DENOISERS = ("unet", "transformer")
 KEYS_ADVICE = (
     "Nothing was loaded. Use a LoRA saved by diffusers, peft or kohya's scripts for this "
     "base model (`.lora_A/.lora_B` or `.lora_down/.lora_up` keys)."
@@ -78,9 +81,11 @@ def read_lora(
     Conversion and alpha handling follow the family pipeline's `load_lora_weights`."""
     source = source or Path(file).name
     pipeline_class = getattr(diffusers, family.txt2img_pipeline)
+    # SDXL's and SD 1.5's readers always return the alphas; Flux's when asked.
+    asks = "return_alphas" in inspect.signature(pipeline_class.lora_state_dict).parameters
     try:
         state_dict, alphas, metadata = pipeline_class.lora_state_dict(
-            str(file), return_lora_metadata=True
+            str(file), return_lora_metadata=True, **({"return_alphas": True} if asks else {})
         )
     except (ValueError, KeyError, IndexError) as error:  # diffusers' converters on odd keys
         message = " ".join(str(error).split())[:300]
@@ -103,7 +108,9 @@ def read_lora(
                 part, part_alphas, part_metadata, component, runtime, source
             )
     if not modules:
-        raise LoraFormatError(f"{source}: no LoRA weights for the UNet or the text encoders.")
+        raise LoraFormatError(
+            f"{source}: no LoRA weights for the {family.denoiser} or the text encoders."
+        )
     return PreparedLora(source, modules)
 
 
@@ -124,8 +131,8 @@ def _refuse_unplaced(source: str, keys: list[str]) -> None:
 
 
 def _canonical(state_dict, alphas, metadata, component, runtime, source) -> dict[str, ModuleLora]:
-    if component == "unet":
-        if not any("lora_A" in key for key in state_dict):
+    if component in DENOISERS:
+        if not any("lora_A" in key for key in state_dict):  # Flux's readers give PEFT keys
             state_dict = convert_unet_state_dict_to_peft(state_dict)
     else:
         state_dict = convert_state_dict_to_peft(convert_state_dict_to_diffusers(state_dict))
@@ -142,7 +149,7 @@ def _canonical(state_dict, alphas, metadata, component, runtime, source) -> dict
     _refuse_unplaced(source, [f"{component}.{k}" for k in state_dict if k not in placed])
     ranks = {k: v.shape[1] for k, v in state_dict.items() if "lora_B" in k and v.ndim > 1}
     config: LoraConfig = _create_lora_config(
-        state_dict, alphas, metadata, {f"^{k}": r for k, r in ranks.items()}, component == "unet"
+        state_dict, alphas, metadata, {f"^{k}": r for k, r in ranks.items()}, component in DENOISERS
     )
     modules = {}
     for key in paired:

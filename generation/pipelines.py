@@ -1,6 +1,6 @@
 """Pipelines for every mode of a model family, sharing one copy of each model component.
 
-The family (SDXL, SD 1.5) is read from the model's config; its pipeline classes and the
+The family (SDXL, SD 1.5, FLUX.1) is read from the model's config; its pipeline classes and the
 few loading options that differ come from the family table."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import diffusers
 
-from families import SDXL, TOKENIZER_NAMES, ModelFamily, detect_family
+from families import SD15, SDXL, TOKENIZER_NAMES, ModelFamily, detect_family
 from generation.schedulers import SchedulerCache
 from weights.base_models import load_pipeline
 from weights.runtime import Runtime
@@ -91,4 +91,6 @@ def _pipeline_options(source, family: ModelFamily) -> dict:
             "requires_aesthetics_score": source.config.get("requires_aesthetics_score", False),
             "add_watermarker": False,
         }
-    return {"requires_safety_checker": False}
+    if family is SD15:
+        return {"requires_safety_checker": False}
+    return {}  # Flux's pipelines take components only

@@ -8,9 +8,11 @@ import math
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import ClassVar
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from families import FLUX, SDXL
 from formats.input_ranges import one_of, range_problems, ranged, seed_field
 from generation.schedulers import DEFAULT_SCHEDULER, SCHEDULERS
 from weights.references import LocalPathRefused, check_file_input
@@ -23,7 +25,7 @@ MIN_GUIDANCE, MAX_GUIDANCE = 1.0, 50.0
 MAX_LORA_SCALE = 4.0  # LoRAs are often used above 1 (the reference stopped at 1)
 MAX_STACKED_LORAS = 8  # extra_lora plus the entries of `loras`
 MIN_SIDE, MAX_SIDE = 64, 4096
-SIZE_MULTIPLE = 8  # the VAE downsamples by 8
+SIZE_MULTIPLE = SDXL.pixel_multiple  # the VAE downsamples by 8
 # Pixels per request (all outputs together): 4 images of 1536x1536, or one of 3072x3072.
 MAX_PIXELS_PER_REQUEST = 4 * 1536 * 1536
 # The inputs that name files: over HTTP, only as URLs or data URIs (weights/references.py).
@@ -36,6 +38,12 @@ class InvalidRequestError(ValueError):
 
 @dataclass(frozen=True)
 class GenerationRequest:
+    """Replicate's SDXL predictor's inputs (SDXL and SD 1.5 bases)."""
+
+    # Output sides are rounded down to this; inpainting paints at width x height.
+    size_multiple: ClassVar[int] = SIZE_MULTIPLE
+    inpaints_at_image_size: ClassVar[bool] = False
+
     prompt: str = "An astronaut riding a rainbow unicorn"
     negative_prompt: str = ""
     # Files: a URL or data URI (text), or a path Cog downloaded or the operator chose (Path).
@@ -70,21 +78,90 @@ class GenerationRequest:
             return "inpaint"
         return "img2img" if self.image is not None else "txt2img"
 
+    @property
+    def works_at_image_size(self) -> bool:
+        """img2img (and Flux's inpainting) work at the input image's own size."""
+        return self.image is not None and (self.mask is None or self.inpaints_at_image_size)
+
     def stacked_loras(self) -> list[tuple[str | os.PathLike, float]]:
         """The LoRAs stacked on the main weights, in order: extra_lora, then `loras`."""
         stacked = [(self.extra_lora, self.extra_lora_scale)] if self.extra_lora else []
         return stacked + list((self.loras or {}).items())
 
+    def sized(self) -> tuple[GenerationRequest, list[str]]:
+        """The request with its output width and height decided, and notes for the log."""
+        return self, []
+
+
+# Replicate's Flux predictor's aspect ratios (about one megapixel, sides multiples of 64).
+ASPECT_RATIOS = {
+    "1:1": (1024, 1024),
+    "16:9": (1344, 768),
+    "21:9": (1536, 640),
+    "3:2": (1216, 832),
+    "2:3": (832, 1216),
+    "4:5": (896, 1088),
+    "5:4": (1088, 896),
+    "3:4": (896, 1152),
+    "4:3": (1152, 896),
+    "9:16": (768, 1344),
+    "9:21": (640, 1536),
+}
+CUSTOM = "custom"
+# FLUX.1-dev embeds the guidance scale (guidance-distilled); schnell (timestep-distilled) not.
+FLUX_VARIANTS = ("dev", "schnell")
+FLUX_MIN_SIDE, FLUX_MAX_SIDE = 256, 1440
+
+
+@dataclass(frozen=True)
+class FluxGenerationRequest(GenerationRequest):
+    """Replicate's Flux predictor's inputs (FLUX.1 bases): the size comes from `aspect_ratio`
+    (`custom`: width and height, rounded to 16) or from the input image; guidance is FLUX.1's
+    distilled guidance (no negative prompt); LoRA scales may be negative."""
+
+    size_multiple: ClassVar[int] = FLUX.pixel_multiple
+    inpaints_at_image_size: ClassVar[bool] = True
+
+    width: int | None = ranged(None, FLUX_MIN_SIDE, FLUX_MAX_SIDE)
+    height: int | None = ranged(None, FLUX_MIN_SIDE, FLUX_MAX_SIDE)
+    num_inference_steps: int = ranged(28, 1, 50)
+    guidance_scale: float = ranged(3.5, 0.0, 10.0)
+    lora_scale: float = ranged(1.0, -1.0, 2.0)
+    extra_lora_scale: float = ranged(1.0, -1.0, 2.0)
+    apply_watermark: bool = False  # Replicate's Flux model marks nothing
+    output_format: str = one_of("webp", OUTPUT_FORMATS)
+    output_quality: int = ranged(90, 0, 100)
+    aspect_ratio: str = one_of("1:1", (*ASPECT_RATIOS, CUSTOM))
+    model: str = one_of("dev", FLUX_VARIANTS)  # must be the variant the deployment serves
+
+    def sized(self) -> tuple[FluxGenerationRequest, list[str]]:
+        if self.aspect_ratio != CUSTOM:
+            notes = []
+            width, height = ASPECT_RATIOS[self.aspect_ratio]
+            if self.width is not None or self.height is not None:
+                notes.append(
+                    f"width and height are used only with aspect_ratio='custom': "
+                    f"{self.aspect_ratio} gives {width}x{height}."
+                )
+            return replace(self, width=width, height=height), notes
+        if self.width is None or self.height is None:
+            raise InvalidRequestError(
+                "aspect_ratio='custom' needs width and height (256 to 1440), e.g. width=1024, "
+                "height=768; or pick a ratio such as 16:9."
+            )
+        return self, []
+
 
 def validate(
     request: GenerationRequest, local_dirs: tuple[Path, ...] = ()
 ) -> tuple[GenerationRequest, list[str]]:
-    """Check every input; return the request with sizes rounded down to multiples of 8, and
-    notes for the log about anything adjusted. `local_dirs`: the folders whose files a request
-    may name by path (the operator's allow-list)."""
+    """Check every input; return the request with its size decided and rounded down to the
+    request's size multiple, and notes for the log about anything adjusted. `local_dirs`: the
+    folders whose files a request may name by path (the operator's allow-list)."""
     problems = range_problems(request)
     if problems:
         raise InvalidRequestError("Invalid inputs:\n- " + "\n- ".join(problems))
+    request, notes = request.sized()
     if request.mask is not None and request.image is None:
         raise InvalidRequestError(
             "A mask was given without an image: inpainting needs the image to paint into. "
@@ -99,13 +176,13 @@ def validate(
     except LocalPathRefused as error:
         raise InvalidRequestError(str(error)) from None
 
-    notes, sizes = [], {}
+    sizes, multiple = {}, request.size_multiple
     for name in ("width", "height"):
         value = getattr(request, name)
-        sizes[name] = value - value % SIZE_MULTIPLE
+        sizes[name] = value - value % multiple
         if sizes[name] != value:
-            notes.append(f"{name} {value} is not a multiple of 8: using {sizes[name]}.")
-    if request.mode != "img2img":  # img2img works at the image's own size (working_size)
+            notes.append(f"{name} {value} is not a multiple of {multiple}: using {sizes[name]}.")
+    if not request.works_at_image_size:  # that size is checked by working_size
         _check_pixels(request.num_outputs, sizes["width"], sizes["height"])
     return replace(request, **sizes), notes
 
@@ -153,20 +230,21 @@ def load_image(path, name: str, mode: str = "RGB") -> Image.Image:
         ) from None
 
 
-def working_size(image: Image.Image, count: int) -> tuple[tuple[int, int], str | None]:
-    """The size img2img works at: the input's own, rounded down to multiples of 8 (as
-    Replicate's model does), scaled down to fit the per-request pixel budget and MAX_SIDE.
-    Returns the size and a note when it differs from the input's."""
+def working_size(
+    image: Image.Image, count: int, multiple: int = SIZE_MULTIPLE
+) -> tuple[tuple[int, int], str | None]:
+    """The size img2img works at: the input's own, rounded down to `multiple` (as Replicate's
+    models do), scaled down to fit the per-request pixel budget and MAX_SIDE. Returns the
+    size and a note when it differs from the input's."""
     width, height = image.size
     budget = MAX_PIXELS_PER_REQUEST / count
     scale = min(1.0, math.sqrt(budget / (width * height)), MAX_SIDE / max(width, height))
     size = tuple(
-        max(MIN_SIDE, int(side * scale) // SIZE_MULTIPLE * SIZE_MULTIPLE)
-        for side in (width, height)
+        max(MIN_SIDE, int(side * scale) // multiple * multiple) for side in (width, height)
     )
     if size == (width, height):
         return size, None
-    reason = "to fit the size limits" if scale < 1 else "to multiples of 8"
+    reason = "to fit the size limits" if scale < 1 else f"to multiples of {multiple}"
     return size, f"The input image is {width}x{height}: working at {size[0]}x{size[1]} ({reason})."
 
 

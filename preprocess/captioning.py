@@ -1,8 +1,8 @@
 """Captions: the trigger word, caption.csv and .txt sidecars, and BLIP auto-captioning.
 
 Precedence per image: a `caption.csv` row (columns `image_file`, `caption`, matched by file
-name), then a `.txt` sidecar with the image's stem, then BLIP prefixed with `caption_prefix`,
-then (no captioning weights) the prefix alone.
+name), then a `.txt` sidecar with the image's stem, then BLIP between `caption_prefix` and
+`caption_suffix`, then (no captioning weights, or autocaption off) the prefix alone.
 """
 
 from __future__ import annotations
@@ -29,10 +29,11 @@ CAPTION_BEAMS = 3  # beam search: deterministic, and better than greedy for BLIP
 CAPTION_BATCH = 8
 
 
-def effective_prefix(caption_prefix: str, trigger: str) -> str:
-    """The caption prefix, with the trigger prepended (and a warning) when it lacks it."""
+def effective_prefix(caption_prefix: str, trigger: str, suffix: str = "") -> str:
+    """The caption prefix, with the trigger prepended (and a warning) when neither it nor the
+    suffix has it."""
     prefix = caption_prefix.strip()
-    if contains_trigger(prefix, trigger):
+    if contains_trigger(prefix, trigger) or contains_trigger(suffix, trigger):
         return prefix
     logger.warning(
         "caption_prefix %r does not contain the trigger %r; using %r so every caption has it.",
@@ -43,12 +44,12 @@ def effective_prefix(caption_prefix: str, trigger: str) -> str:
     return f"{trigger}, {prefix}".strip(", ")
 
 
-def join_caption(prefix: str, text: str) -> str:
-    """The prefix and a generated caption; without one, the prefix without its separator
-    (`a photo of TOK`, not `a photo of TOK,`)."""
+def join_caption(prefix: str, text: str, suffix: str = "") -> str:
+    """The prefix, a generated caption and the suffix; without a caption, the prefix without
+    its separator (`a photo of TOK`, not `a photo of TOK,`)."""
     if not text.strip():
-        return prefix.rstrip(" ,;")
-    return f"{prefix} {text.strip()}".strip()
+        return (prefix.rstrip(" ,;") + suffix).strip()
+    return (f"{prefix} {text.strip()}".strip() + suffix).strip()
 
 
 def ensure_trigger(caption: str, trigger: str) -> str:
@@ -190,8 +191,10 @@ def caption_images(
     captioner: Captioner | None,
     prefix: str,
     trigger: str,
+    suffix: str = "",
 ) -> list[str]:
-    """One caption per image, in order, each containing the trigger."""
+    """One caption per image, in order, each containing the trigger; the prefix and suffix
+    go around the generated ones (the prefix alone without a captioner)."""
     captions, without_trigger = [], []
     to_caption = [i for i, name in enumerate(names) if name not in sources.captions]
     generated: dict[int, str] = {}
@@ -210,7 +213,7 @@ def caption_images(
             if caption != sources.captions[name]:
                 without_trigger.append(name)
         else:
-            caption = join_caption(prefix, generated.get(index, ""))
+            caption = join_caption(prefix, generated.get(index, ""), suffix)
         captions.append(caption)
     if without_trigger:
         logger.warning(

@@ -8,17 +8,18 @@ import numpy as np
 from PIL import Image
 
 MAX_BUCKET_ASPECT = 2.0  # from 1:2 to 2:1
-BUCKET_STEP = 64  # SDXL-friendly sides; smaller resolutions (tests) use 8
+BUCKET_STEP = 64  # SDXL-friendly sides; smaller resolutions (tests) use the size multiple
 
 
 def square(resolution: int) -> tuple[int, int]:
     return resolution, resolution
 
 
-def aspect_buckets(resolution: int) -> list[tuple[int, int]]:
+def aspect_buckets(resolution: int, size_multiple: int = 8) -> list[tuple[int, int]]:
     """(width, height) sizes of about `resolution`² pixels, sides multiples of the step,
-    aspect ratios from 1:2 to 2:1, always including the square."""
-    step = BUCKET_STEP if resolution >= 4 * BUCKET_STEP else 8
+    aspect ratios from 1:2 to 2:1, always including the square. `size_multiple`: what every
+    side must be a multiple of (the VAE's 8; Flux's 2x2 packing makes 16)."""
+    step = BUCKET_STEP if resolution >= 4 * BUCKET_STEP else size_multiple
     area = resolution * resolution
     buckets = {square(resolution)}
     for width in range(step, 2 * resolution + 1, step):

@@ -74,12 +74,15 @@ class PreprocessConfig:
     resolution: int = 768
     token_string: str = "TOK"
     caption_prefix: str = "a photo of TOK, "
+    caption_suffix: str = ""  # after generated captions, e.g. " in the style of TOK"
+    autocaption: bool = True  # False: images without a caption file get the prefix alone
     mask_target_prompts: str | None = None
     crop_based_on_salience: bool = True
     use_face_detection_instead: bool = False
     clipseg_temperature: float = 1.0
     input_images_filetype: str = one_of("infer", FILETYPES)
     aspect_buckets: bool = False
+    size_multiple: int = 8  # of every crop's sides: the family's pixel_multiple
     # Which models to use and where to run them; None reads the environment (settings.py).
     settings: ModelSettings | None = None
 
@@ -146,11 +149,12 @@ def preprocess(config: PreprocessConfig, clock: StageClock | None = None) -> Pre
 
         # 3. Captions: caption.csv, .txt, then BLIP after the prefix (which has the trigger).
         with clock.stage("caption"):
-            prefix = effective_prefix(config.caption_prefix, config.token_string)
-            needs_blip = any(name not in sources.captions for name in names)
+            suffix = config.caption_suffix
+            prefix = effective_prefix(config.caption_prefix, config.token_string, suffix)
+            needs_blip = config.autocaption and any(n not in sources.captions for n in names)
             captioner = _load_captioner(settings) if needs_blip else None
             captions = caption_images(
-                names, images, sources, captioner, prefix, config.token_string
+                names, images, sources, captioner, prefix, config.token_string, suffix
             )
             del captioner
 
@@ -252,7 +256,7 @@ def _check_config(config: PreprocessConfig, output_dir: Path) -> None:
 
 def _targets(config: PreprocessConfig) -> list[tuple[int, int]]:
     if config.aspect_buckets:
-        return aspect_buckets(config.resolution)
+        return aspect_buckets(config.resolution, config.size_multiple)
     return [square(config.resolution)]
 
 

@@ -3,6 +3,7 @@
     python -m serving.cli predict -i prompt="a photo of TOK" -i image=@in.png
     python -m serving.cli train -i input_images=@data.zip -i max_train_steps=50
     python -m serving.cli predict --json @inputs.json
+    python -m serving.cli --container flux train -i input_images=@data.zip -i steps=50
 
 Inputs are validated against the same declarations the HTTP server uses (Cog's inspector
 reads them from predict.py / train.py). `-i name=` leaves an optional input empty. Whoever runs
@@ -28,7 +29,8 @@ from cog import _inspector
 from cog.types import URLPath
 
 from generation.request import FILE_INPUTS
-from serving.schema import PREDICTOR_REF, TRAINER_REF, inspect_entry
+from serving.containers import CONTAINERS, DEFAULT_CONTAINER, Container
+from serving.schema import PREDICTOR_REF, inspect_entry
 from weights.references import is_remote
 
 # Text inputs that name files or models; a local path in one becomes a `pathlib.Path`, which
@@ -129,8 +131,10 @@ def output_names(count: int, suffixes: list[str], template: str | None) -> list[
     return [f"{stem}.{i}{suffix}" for i, suffix in enumerate(suffixes)]
 
 
-def run_predict(kwargs: dict, weights: str | None, output: str | None) -> list[str]:
-    predictor = _load(PREDICTOR_REF)()
+def run_predict(
+    container: Container, kwargs: dict, weights: str | None, output: str | None
+) -> list[str]:
+    predictor = _load(container.predictor)()
     predictor.setup(weights)
     result = predictor.predict(**kwargs)
     files = result if isinstance(result, list) else [result]
@@ -140,8 +144,8 @@ def run_predict(kwargs: dict, weights: str | None, output: str | None) -> list[s
     return names
 
 
-def run_train(kwargs: dict, output: str | None) -> list[str]:
-    result = _load(TRAINER_REF)(**kwargs)
+def run_train(container: Container, kwargs: dict, output: str | None) -> list[str]:
+    result = _load(container.trainer)(**kwargs)
     name = output or "weights"
     shutil.copyfile(getattr(result, "weights", result), name)
     return [name]
@@ -154,6 +158,9 @@ def _load(reference: str):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run predict/train like the cog CLI.")
+    parser.add_argument(
+        "--container", choices=CONTAINERS, default=DEFAULT_CONTAINER, help="sdxl or flux"
+    )
     parser.add_argument("command", choices=("predict", "train"))
     parser.add_argument("-i", "--input", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--json", help="inputs as JSON, or @file.json")
@@ -165,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    reference = PREDICTOR_REF if args.command == "predict" else TRAINER_REF
+    container = CONTAINERS[args.container]
+    reference = container.predictor if args.command == "predict" else container.trainer
     try:
         kwargs = parse_inputs(args.input, args.json, inspect_entry(reference))
     except (InputError, OSError, json.JSONDecodeError) as error:
@@ -173,9 +181,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if args.command == "predict":
-            written = run_predict(kwargs, args.weights, args.output)
+            written = run_predict(container, kwargs, args.weights, args.output)
         else:
-            written = run_train(kwargs, args.output)
+            written = run_train(container, kwargs, args.output)
     except Exception as error:  # one clear line for the user; the traceback is noise here
         print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
         return 1

@@ -1,8 +1,10 @@
-"""Generate `.cog/openapi_schema.json` from predict.py and train.py, as `cog build` does.
+"""Generate a container's OpenAPI schema from its entry files, as `cog build` does.
 
-Cog's server (coglet) validates inputs and serves `/openapi.json` only when this file exists.
-Without Docker there is no `cog build`, so the project writes it itself from the same
-declarations, using Cog's own inspector to read them (one source of truth).
+Cog's server (coglet) validates inputs and serves `/openapi.json` only when
+`.cog/openapi_schema.json` exists. Without Docker there is no `cog build`, so the project
+writes it itself from the same declarations, using Cog's own inspector to read them (one
+source of truth): `.cog/openapi_schema.json` for the container being served, and
+`.cog/schemas/<container>.json` for each (`python -m serving.schema`).
 """
 
 from __future__ import annotations
@@ -17,10 +19,13 @@ from typing import Any
 from cog import _adt as adt
 from cog import _inspector
 
+from serving.containers import CONTAINERS, DEFAULT_CONTAINER, Container
+
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA_PATH = ROOT / ".cog" / "openapi_schema.json"
-PREDICTOR_REF = "predict.py:Predictor"
-TRAINER_REF = "train.py:train"
+SCHEMA_PATH = ROOT / ".cog" / "openapi_schema.json"  # the one coglet reads, from its cwd
+SCHEMAS_DIR = ROOT / ".cog" / "schemas"
+PREDICTOR_REF = CONTAINERS[DEFAULT_CONTAINER].predictor
+TRAINER_REF = CONTAINERS[DEFAULT_CONTAINER].trainer
 
 
 def inspect_entry(reference: str) -> adt.PredictorInfo:
@@ -103,13 +108,15 @@ def build_schema(predictor_ref: str = PREDICTOR_REF, trainer_ref: str = TRAINER_
     }
 
 
-def schema_text() -> str:
-    return json.dumps(build_schema(), indent=2) + "\n"
+def schema_text(container: Container = CONTAINERS[DEFAULT_CONTAINER]) -> str:
+    return json.dumps(build_schema(container.predictor, container.trainer), indent=2) + "\n"
 
 
-def write_schema(path: Path = SCHEMA_PATH) -> Path:
-    """Write the schema (only when its content changed, atomically)."""
-    text = schema_text()
+def write_schema(
+    container: Container = CONTAINERS[DEFAULT_CONTAINER], path: Path = SCHEMA_PATH
+) -> Path:
+    """Write `container`'s schema (only when its content changed, atomically)."""
+    text = schema_text(container)
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists() or path.read_text() != text:
         staging = path.with_suffix(".tmp")
@@ -275,13 +282,16 @@ _COMMON_SCHEMAS = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="fail if the file is stale")
+    parser.add_argument("--check", action="store_true", help="fail if a file is stale")
     args = parser.parse_args()
-    if args.check:
-        if not SCHEMA_PATH.exists() or SCHEMA_PATH.read_text() != schema_text():
-            sys.exit(f"{SCHEMA_PATH} is stale: run `make schema`.")
-        return
-    print(write_schema())
+    targets = {SCHEMA_PATH: CONTAINERS[DEFAULT_CONTAINER]}
+    targets.update((SCHEMAS_DIR / f"{name}.json", c) for name, c in CONTAINERS.items())
+    for path, container in targets.items():
+        if args.check:
+            if not path.exists() or path.read_text() != schema_text(container):
+                sys.exit(f"{path} is stale: run `make schema`.")
+        else:
+            print(write_schema(container, path))
 
 
 if __name__ == "__main__":

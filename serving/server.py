@@ -1,7 +1,9 @@
-"""Start Cog's real HTTP server (coglet) from the project root, in predict or train mode.
+"""Start Cog's real HTTP server (coglet) from the project root, in predict or train mode, for
+one container (SDXL / SD 1.5 or FLUX.1, serving/containers.py).
 
 Used by `make serve` / `make serve-train` and by the end-to-end tests, so both run the
-server exactly the same way. The schema is regenerated first so it never goes stale.
+server exactly the same way. The container's schema is written first (coglet reads it from
+`.cog/openapi_schema.json` during its setup), so it never goes stale.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from serving.schema import PREDICTOR_REF, ROOT, TRAINER_REF, write_schema
+from serving.containers import CONTAINERS, DEFAULT_CONTAINER
+from serving.schema import ROOT, write_schema
 
 MODES = ("predict", "train")
 
@@ -28,18 +31,22 @@ class ServerOptions:
     host: str = "127.0.0.1"
     weights: str | None = None  # COG_WEIGHTS: serve a trained version
     upload_url: str | None = None  # PUT output files here instead of inlining them
+    container: str = DEFAULT_CONTAINER  # a key of CONTAINERS
 
 
 def server_command(options: ServerOptions) -> tuple[list[str], dict[str, str]]:
     """The command line and environment that run coglet for `options`."""
     if options.mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {options.mode!r}")
+    if options.container not in CONTAINERS:
+        raise ValueError(f"container must be one of {tuple(CONTAINERS)}: {options.container!r}")
+    container = CONTAINERS[options.container]
     env = dict(os.environ)
     # Cog's worker subprocess runs a bare `python`: this interpreter's folder comes first.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["PORT"] = str(options.port)
-    env["COG_PREDICT_TYPE_STUB"] = PREDICTOR_REF
-    env["COG_TRAIN_TYPE_STUB"] = TRAINER_REF
+    env["COG_PREDICT_TYPE_STUB"] = container.predictor
+    env["COG_TRAIN_TYPE_STUB"] = container.trainer
     env.pop("COG_WEIGHTS", None)
     if options.weights:
         env["COG_WEIGHTS"] = options.weights
@@ -53,7 +60,7 @@ def server_command(options: ServerOptions) -> tuple[list[str], dict[str, str]]:
 
 def start_server(options: ServerOptions, log_file=None) -> subprocess.Popen:
     """Start coglet in the background from the project root (it reads .cog/ from there)."""
-    write_schema()
+    write_schema(CONTAINERS[options.container])
     command, env = server_command(options)
     return subprocess.Popen(
         command,
@@ -96,9 +103,12 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--weights", default=os.environ.get("COG_WEIGHTS"))
     parser.add_argument("--upload-url", default=None)
+    parser.add_argument("--container", choices=CONTAINERS, default=DEFAULT_CONTAINER)
     args = parser.parse_args()
-    options = ServerOptions(args.mode, args.port, args.host, args.weights, args.upload_url)
-    write_schema()
+    options = ServerOptions(
+        args.mode, args.port, args.host, args.weights, args.upload_url, args.container
+    )
+    write_schema(CONTAINERS[options.container])
     command, env = server_command(options)
     os.chdir(ROOT)
     os.execve(command[0], command, env)

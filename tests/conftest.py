@@ -51,3 +51,10 @@ def file_server():
     """A real HTTP server on 127.0.0.1; `file_server.add(path, data, ...)` returns the URL."""
     with FileServer() as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def file_server_module():
+    """`file_server` for a whole test module (its files outlive one test)."""
+    with FileServer() as server:
+        yield server

@@ -5,16 +5,18 @@ from dataclasses import MISSING, fields
 
 import pytest
 
-from generation.request import GenerationRequest
+from generation.request import FluxGenerationRequest, GenerationRequest
 from preprocess import PreprocessConfig
+from serving.containers import CONTAINERS
 from serving.schema import PREDICTOR_REF, TRAINER_REF, build_schema, inspect_entry
 from training.config import TrainingConfig
+from training.flux_inputs import FluxTrainingInputs
 
 # train() inputs that belong to the job itself rather than to a configuration dataclass.
 JOB_INPUTS = {"input_images": MISSING, "base_model": None, "dry_run": False}
 # PreprocessConfig fields train() takes from TrainingConfig or sets itself.
 PREPROCESS_PLUMBING = {"input_path", "output_dir", "resolution", "token_string", "caption_prefix"}
-PREPROCESS_PLUMBING |= {"settings"}
+PREPROCESS_PLUMBING |= {"settings", "size_multiple"}
 # TrainingConfig fields that are not Cog inputs (tuning and bookkeeping).
 TRAINING_INTERNAL = {"weight_decay", "sample_steps", "use_masks", "extra"}
 
@@ -23,9 +25,12 @@ def declared_fields(*classes, leave_out=frozenset()):
     return {f.name: f for c in classes for f in fields(c) if f.name not in leave_out}
 
 
-def assert_agree(reference: str, schema_name: str, expected: dict, job: dict) -> None:
+def assert_agree(
+    reference: str, schema_name: str, expected: dict, job: dict, container: str = "sdxl"
+) -> None:
     signature = inspect_entry(reference).inputs
-    schema = build_schema()["components"]["schemas"]
+    entries = CONTAINERS[container]
+    schema = build_schema(entries.predictor, entries.trainer)["components"]["schemas"]
     properties = schema[schema_name]["properties"]
     assert set(signature) == set(properties) == set(expected) | set(job)
     for name, field in expected.items():
@@ -51,6 +56,30 @@ def test_train_inputs_are_the_training_and_preprocessing_configs():
         **declared_fields(PreprocessConfig, leave_out=PREPROCESS_PLUMBING),
     }
     assert_agree(TRAINER_REF, "TrainingInput", expected, JOB_INPUTS)
+
+
+# FluxGenerationRequest fields the Flux predictor leaves out: Replicate's Flux model has no
+# negative prompt, scheduler, refiner, watermark choice or `loras` object.
+FLUX_PREDICT_LEFT_OUT = {
+    "negative_prompt",
+    "scheduler",
+    "refine",
+    "high_noise_frac",
+    "refine_steps",
+    "apply_watermark",
+    "loras",
+}
+
+
+def test_flux_predict_inputs_are_the_flux_generation_request():
+    expected = declared_fields(FluxGenerationRequest, leave_out=FLUX_PREDICT_LEFT_OUT)
+    assert_agree(CONTAINERS["flux"].predictor, "Input", expected, {}, container="flux")
+
+
+def test_flux_train_inputs_are_the_flux_training_inputs():
+    job = {"input_images": MISSING, "base_model": None, "dry_run": False}
+    expected = declared_fields(FluxTrainingInputs)
+    assert_agree(CONTAINERS["flux"].trainer, "TrainingInput", expected, job, container="flux")
 
 
 @pytest.mark.parametrize(

@@ -180,7 +180,7 @@ def test_masked_loss_is_averaged_over_the_mask_and_min_snr_weights_it():
     from diffusers import DDPMScheduler
     from diffusers.training_utils import compute_snr
 
-    from training.loop import diffusion_loss
+    from training.objectives import diffusion_loss
 
     schedule = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
     target = torch.zeros(2, 4, 8, 8)

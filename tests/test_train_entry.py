@@ -80,7 +80,7 @@ def test_dry_run_reports_the_plan_without_training(tiny_env):
 
 
 def test_resolution_is_replicates_768_on_every_family_unless_given(tiny_env, monkeypatch):
-    import train as entry
+    import serving.training_call as entry
 
     class Stop(Exception):
         pass
@@ -103,7 +103,8 @@ def test_resolution_is_replicates_768_on_every_family_unless_given(tiny_env, mon
 
 
 def test_invalid_combinations_fail_before_any_work(tiny_env, monkeypatch):
-    import train as entry
+    import serving.training_call as entry
+    import train
 
     def no_preprocessing(*args, **kwargs):
         raise AssertionError("preprocessing started")
@@ -119,7 +120,7 @@ def test_invalid_combinations_fail_before_any_work(tiny_env, monkeypatch):
         train_with(clipseg_temperature=0)
     with pytest.raises(PreprocessError, match="input_images_filetype='rar': use one of"):
         inputs = parse_inputs([f"input_images={EXAMPLE}"], None, inspect_entry(TRAINER_REF))
-        entry.train(**{**inputs, "input_images_filetype": "rar"})  # past the schema's choices
+        train.train(**{**inputs, "input_images_filetype": "rar"})  # past the schema's choices
 
 
 def test_aspect_buckets_is_a_train_input(tiny_env):

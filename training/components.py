@@ -1,30 +1,34 @@
-"""The components a training run needs (of an SDXL or SD 1.5 base: the family is read from
-the model's config), their adapters, their trainable parameters, and the UNet's conditioning."""
+"""The components a training run needs (of an SDXL, SD 1.5 or FLUX.1 base: the family is read
+from the model's config), their adapters, their trainable parameters, and the denoiser's
+conditioning."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import diffusers
 import torch
 import transformers
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDPMScheduler, FlowMatchEulerDiscreteScheduler
 from diffusers.training_utils import cast_training_params
 from peft import LoraConfig
-from transformers import CLIPTokenizer
 
 from families import ModelFamily, detect_family
+from training.config import InvalidTrainingConfig
 
 
 @dataclass
 class TrainingComponents:
     folder: Path
     family: ModelFamily
-    tokenizers: list[CLIPTokenizer]
+    tokenizers: list  # in pipeline order (the family's tokenizer_classes)
     text_encoders: list  # in pipeline order (the family's text_encoder_classes)
     vae: AutoencoderKL | None  # dropped after latent caching unless samples are rendered
-    unet: UNet2DConditionModel
-    noise_scheduler: DDPMScheduler
+    denoiser: torch.nn.Module  # the UNet (SDXL, SD 1.5) or the transformer (FLUX.1)
+    # The training noise schedule: DDPM's (UNet families) or the flow-matching one (FLUX.1).
+    noise_scheduler: DDPMScheduler | FlowMatchEulerDiscreteScheduler
 
     def named_text_encoders(self) -> dict[str, torch.nn.Module]:
         """The text encoders by their pipeline component names (`text_encoder`, ...)."""
@@ -37,9 +41,10 @@ def load_components(
     dtype: torch.dtype,
     full_unet: bool,
     family: ModelFamily | None = None,
+    quantization: str = "none",
 ) -> TrainingComponents:
     """Load every component from a diffusers folder of a supported family (`family`, or read
-    from its config). Frozen weights use `dtype`; a fully fine-tuned UNet stays in fp32
+    from its config). Frozen weights use `dtype`; a fully fine-tuned denoiser stays in fp32
     (master weights: small updates do not vanish in bf16). Weights load from safetensors only."""
     family = family or detect_family(folder)
     text_encoders = [
@@ -56,33 +61,67 @@ def load_components(
     vae = AutoencoderKL.from_pretrained(
         folder, subfolder="vae", dtype=vae_dtype, use_safetensors=True
     )
-    unet_dtype = torch.float32 if full_unet else dtype
-    unet = UNet2DConditionModel.from_pretrained(
-        folder, subfolder="unet", dtype=unet_dtype, use_safetensors=True
+    denoiser = getattr(diffusers, family.denoiser_class).from_pretrained(
+        folder,
+        subfolder=family.denoiser,
+        dtype=torch.float32 if full_unet else dtype,
+        use_safetensors=True,
     )
-    for model in (*text_encoders, vae, unet):
+    for model in (*text_encoders, vae, denoiser):
         model.requires_grad_(False)
+    if quantization == "int8":
+        quantize_int8(denoiser)
+    scheduler_class = (
+        FlowMatchEulerDiscreteScheduler if family.objective == "flow_matching" else DDPMScheduler
+    )
     return TrainingComponents(
         folder=Path(folder),
         family=family,
         tokenizers=[
-            CLIPTokenizer.from_pretrained(folder, subfolder=name) for name in family.tokenizer_names
+            getattr(transformers, class_name).from_pretrained(folder, subfolder=name)
+            for name, class_name in zip(
+                family.tokenizer_names, family.tokenizer_classes, strict=True
+            )
         ],
         text_encoders=[encoder.to(device) for encoder in text_encoders],
         vae=vae.to(device),
-        unet=unet.to(device),
-        noise_scheduler=DDPMScheduler.from_pretrained(folder, subfolder="scheduler"),
+        denoiser=denoiser.to(device),
+        noise_scheduler=scheduler_class.from_pretrained(folder, subfolder="scheduler"),
     )
 
 
-def add_lora(model, rank: int, alpha: float, target_modules) -> None:
+def quantize_int8(model: torch.nn.Module) -> None:
+    """Every linear layer's weight in int8 (torchao weight-only: per-channel scales, computed
+    in the input's precision), in place; PEFT wraps such layers as it wraps plain ones."""
+    # Imported here: torchao is only needed (and its import only paid) when asked for.
+    from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+    quantize_(model, Int8WeightOnlyConfig())
+
+
+def add_lora(model, rank: int, alpha: float, target_modules: tuple[str, ...] | str) -> None:
     """Attach a peft LoRA adapter; its parameters are the only trainable ones, kept in fp32
-    even when the model runs in bf16 (autocast does the low-precision compute)."""
+    even when the model runs in bf16 (autocast does the low-precision compute).
+    `target_modules`: module names, or one regular expression over the full names."""
+    targets = target_modules if isinstance(target_modules, str) else list(target_modules)
     config = LoraConfig(
-        r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=list(target_modules)
+        r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=targets
     )
     model.add_adapter(config)
     cast_training_params(model, dtype=torch.float32)
+
+
+def lora_targets(model: torch.nn.Module, prefix: str, pattern: str) -> list[str]:
+    """The linear layers of `model` whose names, as `<prefix>.<name>`, match `pattern`
+    (searched, as Replicate's `layers_to_optimize_regex`); at least one must."""
+    linear = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    found = [name for name in linear if re.search(pattern, f"{prefix}.{name}")]
+    if not found:
+        raise InvalidTrainingConfig(
+            f"lora_layers_regex={pattern!r} matches no linear layer of the {prefix} (names "
+            f"look like {prefix}.{linear[len(linear) // 2]})."
+        )
+    return found
 
 
 def trainable_parameters(named_models: dict[str, torch.nn.Module]) -> dict[str, torch.nn.Parameter]:
@@ -100,16 +139,15 @@ def encode_prompts(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The text conditioning as the family's pipelines compute it. SDXL: both encoders'
     penultimate hidden states side by side, and the second encoder's pooled projection.
-    SD 1.5: the encoder's last hidden state (after the final layer norm), no pooled output."""
+    SD 1.5: the encoder's last hidden state (after the final layer norm), no pooled output.
+    FLUX.1: T5's last hidden state over `max_sequence_length` tokens, CLIP's pooled output."""
+    if family.max_sequence_length is not None:
+        (clip_tokenizer, t5_tokenizer), (clip, t5) = tokenizers, text_encoders
+        t5_ids = _token_ids(t5_tokenizer, captions, device, family.max_sequence_length)
+        return t5(t5_ids)[0], clip(_token_ids(clip_tokenizer, captions, device)).pooler_output
     hidden_states, pooled = [], None
     for tokenizer, encoder in zip(tokenizers, text_encoders, strict=True):
-        ids = tokenizer(
-            captions,
-            padding="max_length",
-            max_length=tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(device)
+        ids = _token_ids(tokenizer, captions, device)
         if family.prompt_from_penultimate_layer:
             output = encoder(ids, output_hidden_states=True)
             hidden_states.append(output.hidden_states[-2])
@@ -117,6 +155,17 @@ def encode_prompts(
         else:
             hidden_states.append(encoder(ids)[0])
     return torch.cat(hidden_states, dim=-1), pooled
+
+
+def _token_ids(tokenizer, captions, device, max_length: int | None = None) -> torch.Tensor:
+    """Token ids padded (and truncated) to `max_length`, by default the tokenizer's own."""
+    return tokenizer(
+        captions,
+        padding="max_length",
+        max_length=max_length or tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids.to(device)
 
 
 def added_conditions(

@@ -10,8 +10,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field
 
+from families import ModelFamily
 from formats.input_ranges import one_of, random_seed, range_problems, ranged, seed_field
 
 OPTIMIZERS = ("adamw", "adamw8bit", "adafactor", "prodigy")
@@ -24,6 +26,7 @@ LR_SCHEDULERS = (
     "step",
 )
 LORA_TYPES = ("subject", "style")
+BASE_QUANTIZATIONS = ("none", "int8")
 NUM_TOKENS = 2  # <s0><s1>, as Replicate's SDXL trainer
 MAX_STEPS = 100_000
 
@@ -48,6 +51,9 @@ class TrainingConfig:
 
     seed: int | None = seed_field()
     resolution: int = ranged(768, 64, 2048)  # Replicate's default
+    # Smaller sizes every image is also trained at (multi-resolution buckets, as Replicate's
+    # Flux trainer's "512,768,1024"); a comma list or a tuple, stored as a sorted tuple.
+    bucket_resolutions: str | tuple[int, ...] | None = None
     train_batch_size: int = ranged(4, 1, 64)
     num_train_epochs: int = ranged(4000, 1, MAX_STEPS)
     max_train_steps: int | None = ranged(1000, 1, MAX_STEPS)  # takes precedence over epochs
@@ -57,6 +63,12 @@ class TrainingConfig:
     lora_lr: float | None = ranged(None, 0.0, None)  # 0 (with is_lora): pure textual inversion
     lora_rank: int = ranged(32, 1, 256)
     lora_alpha: float | None = ranged(None, 0.0, 4096.0)  # None: equal to the rank (scale 1)
+    # A regular expression searched in the denoiser's module names (`transformer.…` /
+    # `unet.…`): its linear layers that match are the ones LoRA trains. None: the family's.
+    lora_layers_regex: str | None = None
+    # "int8": the frozen denoiser's linear weights held in 8 bits (torchao, weight-only) while
+    # a LoRA trains on top: half of bf16's memory (FLUX.1-dev's transformer 12 GB, not 24).
+    base_quantization: str = one_of("none", BASE_QUANTIZATIONS)
     lr_scheduler: str = one_of("constant", LR_SCHEDULERS)
     lr_warmup_steps: int = ranged(100, 0, MAX_STEPS)
     token_string: str = "TOK"
@@ -104,6 +116,7 @@ class TrainingConfig:
             "lora_lr": preset["lora_lr"] if self.lora_lr is None else self.lora_lr,
             "use_masks": preset["use_masks"] if self.use_masks is None else self.use_masks,
             "sample_prompts": _prompts(self.sample_prompts),
+            "bucket_resolutions": sizes(self.bucket_resolutions, "bucket_resolutions"),
             "class_prompt": _prompts(self.class_prompt),
         }
         for name, value in filled.items():
@@ -164,9 +177,43 @@ class TrainingConfig:
 
     # --- validation -----------------------------------------------------------------------
 
+    def family_problems(self, family: ModelFamily) -> list[str]:
+        """What this config asks that the base model's family cannot train."""
+        problems = []
+        if self.trains_tokens and not family.pti_keys:
+            problems.append(
+                f"{family.title} trains no new tokens: set ti_lr=0 (the trigger word stays a "
+                "word of the captions)."
+            )
+        if family.objective == "flow_matching":
+            for name in ("min_snr_gamma", "noise_offset"):
+                if getattr(self, name):
+                    problems.append(
+                        f"{name} is a setting of noise-prediction training; {family.title} "
+                        f"trains by flow matching: set {name}=0."
+                    )
+            if self.trains_full_unet or self.train_text_encoder:
+                problems.append(
+                    f"{family.title} trains a LoRA on its transformer only: use is_lora=true "
+                    "and train_text_encoder=false."
+                )
+        return problems
+
     def _problems(self):
         if self.resolution % 64:
             yield f"resolution={self.resolution}: use a multiple of 64 (e.g. 768 or 1024)."
+        for size in self.bucket_resolutions:
+            if size % 64 or not 64 <= size < self.resolution:
+                yield (
+                    f"bucket_resolutions has {size}: each must be a multiple of 64, at least 64 "
+                    f"and below resolution={self.resolution}."
+                )
+        if self.lora_layers_regex is not None:
+            try:
+                re.compile(self.lora_layers_regex)
+            except re.error as error:
+                pattern = self.lora_layers_regex
+                yield f"lora_layers_regex={pattern!r}: not a regular expression ({error})."
         for name in ("unet_learning_rate", "ti_lr", "lora_lr", "text_encoder_lr"):
             if not math.isfinite(getattr(self, name)):
                 yield f"{name}={getattr(self, name)}: learning rates must be finite."
@@ -188,6 +235,11 @@ class TrainingConfig:
             yield "num_class_images > 0 needs a class_prompt, e.g. 'a photo of a dog'."
         if not self.token_string.strip() or any(c.isspace() for c in self.token_string):
             yield f"token_string={self.token_string!r}: use one word without spaces, e.g. TOK."
+        if self.base_quantization != "none" and not self.is_lora:
+            yield (
+                f"base_quantization={self.base_quantization!r} freezes the base weights in 8 "
+                "bits: it trains a LoRA (is_lora=true), not a full fine-tune."
+            )
         if self.train_text_encoder and not self.is_lora:
             yield "train_text_encoder trains a text-encoder LoRA: it needs is_lora=true."
         if self.train_text_encoder and self.text_encoder_lr <= 0:
@@ -219,6 +271,21 @@ def parse_settings(pairs: list[str]) -> dict:
         except json.JSONDecodeError:
             settings[key] = value
     return settings
+
+
+def sizes(value: str | tuple[int, ...] | None, name: str) -> tuple[int, ...]:
+    """Sizes from a comma list ("512, 768") or a sequence, sorted, without repeats; `name`:
+    the input's, for the message."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        parts = [part.strip() for part in value.split(",") if part.strip()]
+        if not all(part.isdigit() for part in parts):
+            raise InvalidTrainingConfig(
+                f"{name}={value!r}: use whole numbers separated by commas, e.g. '512,768'."
+            )
+        value = tuple(int(part) for part in parts)
+    return tuple(sorted(set(value)))
 
 
 def _prompts(prompts: str | tuple[str, ...] | None) -> tuple[str, ...]:

@@ -1,4 +1,5 @@
-"""The training dataset: every image of a prepared dataset folder encoded by the VAE once."""
+"""The training dataset: every image of a prepared dataset folder encoded by the VAE once (at
+each training size, with multi-resolution buckets)."""
 
 from __future__ import annotations
 
@@ -16,28 +17,43 @@ class CachedLatentsDataset:
     """Every training image encoded by the VAE once (and once more mirrored when flips are on).
 
     The VAE's latent distribution (mean, std) is kept, so each step still draws a fresh latent
-    sample without running the encoder again. Masks are kept at latent resolution.
+    sample without running the encoder again. Masks are kept at latent resolution. `scales`
+    below 1 add each image again, downscaled by that factor (sides multiples of 16): the
+    multi-resolution buckets, each size its own bucket.
     """
 
-    def __init__(self, items: list[CaptionedImage], vae, flip: bool, use_masks: bool):
-        self.captions = [item.caption for item in items]
+    def __init__(
+        self,
+        items: list[CaptionedImage],
+        vae,
+        flip: bool,
+        use_masks: bool,
+        scales: tuple[float, ...] = (),
+    ):
+        self.captions = [item.caption for item in items for _ in range(1 + len(scales))]
         self.pixel_sizes: list[tuple[int, int]] = []
         self.means, self.stds, self.masks = [], [], []
         self.flipped: tuple[list, list] | None = ([], []) if flip else None
+        # The VAE's latent normalisation: (latent - shift) * scale (Flux's has a shift).
         self.scaling_factor = vae.config.scaling_factor
+        self.shift_factor = vae.config.get("shift_factor") or 0.0
         for item in items:
-            pixels = load_pixels(item.image_path)
-            self.pixel_sizes.append(tuple(pixels.shape[-2:]))
-            mean, std = self._encode(vae, pixels)
-            self.means.append(mean)
-            self.stds.append(std)
-            if self.flipped is not None:
-                mean, std = self._encode(vae, pixels.flip(-1))
-                self.flipped[0].append(mean)
-                self.flipped[1].append(std)
-            self.masks.append(
-                load_mask(item.mask_path, mean.shape[-2:]) if use_masks and item.mask_path else None
-            )
+            full = load_pixels(item.image_path)
+            for pixels in (full, *(downscale(full, scale) for scale in scales)):
+                self._add(vae, pixels, item, use_masks)
+
+    def _add(self, vae, pixels: torch.Tensor, item: CaptionedImage, use_masks: bool) -> None:
+        self.pixel_sizes.append(tuple(pixels.shape[-2:]))
+        mean, std = self._encode(vae, pixels)
+        self.means.append(mean)
+        self.stds.append(std)
+        if self.flipped is not None:
+            mean, std = self._encode(vae, pixels.flip(-1))
+            self.flipped[0].append(mean)
+            self.flipped[1].append(std)
+        self.masks.append(
+            load_mask(item.mask_path, mean.shape[-2:]) if use_masks and item.mask_path else None
+        )
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -58,7 +74,7 @@ class CachedLatentsDataset:
             stds.append(source[1][index])
         mean, std = torch.stack(means), torch.stack(stds)
         noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
-        return (mean + std * noise) * self.scaling_factor
+        return (mean + std * noise - self.shift_factor) * self.scaling_factor
 
     def mask_batch(self, indices, flips) -> torch.Tensor | None:
         """Masks [B, 1, h, w] in [0, 1], or None when no image of the batch has one."""
@@ -78,6 +94,13 @@ class CachedLatentsDataset:
         batch = pixels[None].to(vae.device, vae.dtype)
         distribution = vae.encode(batch).latent_dist
         return distribution.mean[0].float().cpu(), distribution.std[0].float().cpu()
+
+
+def downscale(pixels: torch.Tensor, scale: float) -> torch.Tensor:
+    """[3, H, W] pixels resized by `scale` (antialiased), sides rounded to multiples of 16."""
+    size = [max(16, round(side * scale / 16) * 16) for side in pixels.shape[-2:]]
+    resized = F.interpolate(pixels[None], size=size, mode="bicubic", antialias=True)
+    return resized[0].clamp(-1, 1)
 
 
 def load_pixels(path: Path) -> torch.Tensor:

@@ -4,7 +4,8 @@ names of the base model's family (`families.py`):
 - `lora.safetensors`: diffusers/PEFT keys (`unet.….lora_A.weight`, `text_encoder.…`), with the
   adapter config (rank, alpha) in the file's metadata so `load_lora_weights` applies alpha;
 - `lora_kohya.safetensors`: kohya keys (SDXL `lora_unet_…`, `lora_te1_…`, `lora_te2_…`;
-  SD 1.5 `lora_unet_…`, `lora_te_…`) with a `.alpha` per module (A1111, ComfyUI);
+  SD 1.5 `lora_unet_…`, `lora_te_…`) with a `.alpha` per module (A1111, ComfyUI); for FLUX.1
+  the BFL names (`lora_unet_double_blocks_0_img_attn_qkv`, training/bfl_export.py);
 - `embeddings.pti` (Replicate's layout: `text_encoders_0`, `text_encoders_1`),
   `embeddings.safetensors` (A1111 / ComfyUI: SDXL `clip_l` / `clip_g`, SD 1.5 `emb_params`),
   and `special_params.json` (the token map);
@@ -33,6 +34,7 @@ from formats.bundle import (
     UNET_FILE,
 )
 from formats.tokens import TokenEmbeddingsHandler
+from training.bfl_export import UnmappableModulesError, to_bfl_kohya
 from training.components import TrainingComponents
 from training.config import TrainingConfig
 
@@ -55,30 +57,34 @@ def save_trained_weights(
         save_lora(
             folder,
             family,
-            models.unet if config.trains_unet_lora else None,
+            models.denoiser if config.trains_unet_lora else None,
             models.named_text_encoders() if config.train_text_encoder else {},
             dtype,
         )
-        save_kohya_lora(
-            folder / LORA_FILE, folder / LORA_KOHYA_FILE, family, config.effective_lora_alpha
-        )
+        if family.kohya_layout == "bfl":
+            save_bfl_lora(folder, models.denoiser, config.effective_lora_alpha)
+        else:
+            save_kohya_lora(
+                folder / LORA_FILE, folder / LORA_KOHYA_FILE, family, config.effective_lora_alpha
+            )
     if config.trains_full_unet:
-        state = {k: v.to(dtype).contiguous() for k, v in models.unet.state_dict().items()}
+        state = {k: v.to(dtype).contiguous() for k, v in models.denoiser.state_dict().items()}
         save_file(state, str(folder / UNET_FILE))
     if handler is not None:
         save_embeddings(folder, handler, family)
     (folder / SPECIAL_PARAMS_FILE).write_text(json.dumps(token_map))
 
 
-def save_lora(folder: Path, family: ModelFamily, unet, text_encoders: dict, dtype) -> None:
-    """`unet`: the UNet carrying a LoRA, or None to leave it out; `text_encoders`: the text
-    encoders carrying one, by component name. Saved by the family pipeline's own saver."""
-    parts = {"unet": unet, **text_encoders}
+def save_lora(folder: Path, family: ModelFamily, denoiser, text_encoders: dict, dtype) -> None:
+    """`denoiser`: the UNet or transformer carrying a LoRA, or None to leave it out;
+    `text_encoders`: the text encoders carrying one, by component name. Saved by the family
+    pipeline's own saver (keys `unet.…` / `transformer.…`, `text_encoder.…`)."""
+    parts = {family.denoiser: denoiser, **text_encoders}
     arguments = {}
     for name, model in parts.items():
         if model is not None:
             state = get_peft_model_state_dict(model)
-            if name != "unet" and not hasattr(model, TEXT_MODEL):
+            if name != family.denoiser and not hasattr(model, TEXT_MODEL):
                 # transformers 5 flattened CLIPTextModel; A1111, ComfyUI and older diffusers
                 # know its modules as `text_model.encoder.…` (kohya: `lora_te_text_model_…`).
                 state = {f"{TEXT_MODEL}.{k}": v for k, v in state.items()}
@@ -110,6 +116,22 @@ def save_kohya_lora(
         if key.endswith(".alpha"):
             kohya[key] = torch.tensor(float(lora_alpha))
     save_file({k: v.contiguous() for k, v in kohya.items()}, str(kohya_file))
+
+
+def save_bfl_lora(folder: Path, transformer, lora_alpha: float) -> None:
+    """The Flux transformer's LoRA (`lora.safetensors`) in BFL / kohya naming, for ComfyUI and
+    Forge. Modules outside the blocks have no place there: the file is then left out."""
+    widths = {  # PEFT wraps each trained layer: its linear is `<name>.base_layer`
+        f"transformer.{name.removesuffix('.base_layer')}": module.out_features
+        for name, module in transformer.named_modules()
+        if isinstance(module, torch.nn.Linear)
+    }
+    try:
+        tensors = to_bfl_kohya(load_file(str(folder / LORA_FILE)), lora_alpha, widths)
+    except UnmappableModulesError as error:
+        print(f"No {LORA_KOHYA_FILE}: {error} Use {LORA_FILE} (diffusers, ComfyUI).")
+        return
+    save_file(tensors, str(folder / LORA_KOHYA_FILE))
 
 
 def save_embeddings(folder: Path, handler: TokenEmbeddingsHandler, family: ModelFamily) -> None:

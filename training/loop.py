@@ -1,5 +1,5 @@
-"""The training loop, top to bottom: load the base model (SDXL or SD 1.5), cache the latents,
-add the new tokens and the adapters, then step; save checkpoints and samples on the way and
+"""The training loop, top to bottom: load the base model (SDXL, SD 1.5 or FLUX.1), cache the
+latents, add the new tokens and the adapters, then step; save checkpoints and samples on the way and
 the final weights at the end. The family's facts (text encoders, conditioning, key layouts)
 come from `families.py`; nothing here is specific to one family.
 
@@ -20,10 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs
-from diffusers.training_utils import compute_snr
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -31,18 +29,17 @@ from families import ModelFamily
 from formats.bundle import CHECKPOINTS_DIR, METRICS_FILE, SAMPLES_DIR
 from formats.dataset_folder import read_captions
 from formats.tokens import TokenEmbeddingsHandler, apply_token_map
-from training.caption_augment import caption_for_step
 from training.components import (
     TrainingComponents,
     add_lora,
-    added_conditions,
-    encode_prompts,
     load_components,
+    lora_targets,
     trainable_parameters,
 )
-from training.config import NUM_TOKENS, TrainingConfig
+from training.config import NUM_TOKENS, InvalidTrainingConfig, TrainingConfig
 from training.dataset import CachedLatentsDataset
 from training.export import save_trained_weights
+from training.objectives import OBJECTIVES
 from training.samples import render_class_images, render_samples
 from training.schedule import (
     BatchSchedule,
@@ -122,88 +119,6 @@ class TrainingRun:
     work_dir: Path
 
 
-@dataclass
-class DenoisingObjective:
-    """The loss of one micro-batch: cached latents noised at random timesteps, their
-    captions' conditioning, the UNet's prediction against the noise (or velocity)."""
-
-    config: TrainingConfig
-    dataset: CachedLatentsDataset
-    captions: list[str]  # with the trained tokens in place of the trigger
-    models: TrainingComponents
-    unet: torch.nn.Module  # as accelerate wrapped it
-    text_encoders: list
-    device: torch.device
-    text_cache: dict = field(default_factory=dict)  # caption -> (embeds, pooled)
-
-    def loss(self, batch, part: slice, generator, rng, text_trains: bool) -> torch.Tensor:
-        """The loss of this process's `part` of the global `batch`. Every random draw is made
-        for the whole batch and then sliced, so an image gets the same noise, timestep, flip
-        and caption whether one process or several share the batch."""
-        config, dataset, family = self.config, self.dataset, self.models.family
-        # 8a. The batch: cached latents (flipped or not), masks, captions.
-        flips = [config.flip_augmentation and rng.random() < 0.5 for _ in batch]
-        latents = dataset.latents(batch, flips, generator)
-        texts = [caption_for_step(self.captions[i], config, rng) for i in batch][part]
-        indices, flips = batch[part], flips[part]
-        masks = dataset.mask_batch(indices, flips)
-        # 8b. Text conditioning: through the encoders while anything on the text side
-        #     trains, else encoded once per distinct caption and reused.
-        if text_trains:
-            prompt_embeds, pooled = encode_prompts(
-                family, self.text_encoders, self.models.tokenizers, texts, self.device
-            )
-        else:
-            prompt_embeds, pooled = self._cached_prompts(texts)
-        # 8c. Noise, timesteps, prediction, loss.
-        noise = torch.randn(latents.shape, generator=generator)
-        if config.noise_offset:
-            noise += config.noise_offset * torch.randn(
-                (*latents.shape[:2], 1, 1), generator=generator
-            )
-        schedule = self.models.noise_scheduler
-        timesteps = torch.randint(
-            0, schedule.config.num_train_timesteps, (len(batch),), generator=generator
-        )
-        latents, noise = latents[part].to(self.device), noise[part].to(self.device)
-        timesteps = timesteps[part].to(self.device)
-        noisy = schedule.add_noise(latents, noise, timesteps)
-        pixel_sizes = [dataset.pixel_sizes[i] for i in indices]
-        prediction = self.unet(
-            noisy,
-            timesteps,
-            prompt_embeds,
-            added_cond_kwargs=added_conditions(family, pooled, pixel_sizes, self.device),
-        ).sample
-        target = (
-            noise
-            if schedule.config.prediction_type == "epsilon"
-            else schedule.get_velocity(latents, noise, timesteps)
-        )
-        return diffusion_loss(prediction, target, masks, timesteps, schedule, config)
-
-    def loss_of_draw(self, count: int, part: slice, seed: int, text_trains: bool) -> torch.Tensor:
-        """This process's `part` of the loss of `count` images drawn at random (prior
-        preservation's class images)."""
-        rng = random.Random(seed)
-        batch = [rng.randrange(len(self.dataset)) for _ in range(count)]
-        return self.loss(batch, part, torch.Generator().manual_seed(seed), rng, text_trains)
-
-    @torch.no_grad()
-    def _cached_prompts(self, texts: list[str]):
-        cache, models = self.text_cache, self.models
-        missing = [t for t in dict.fromkeys(texts) if t not in cache]
-        if missing:
-            embeds, pooled = encode_prompts(
-                models.family, models.text_encoders, models.tokenizers, missing, self.device
-            )
-            for index, text in enumerate(missing):
-                cache[text] = (embeds[index], None if pooled is None else pooled[index])
-        embeds = torch.stack([cache[t][0] for t in texts])
-        pooled = None if cache[texts[0]][1] is None else torch.stack([cache[t][1] for t in texts])
-        return embeds, pooled
-
-
 def run_training(
     config: TrainingConfig,
     dataset_folder: Path,
@@ -236,14 +151,27 @@ def run_training(
     torch.manual_seed(config.seed)
 
     # 2. Models.
-    models = load_components(base_model, device, runtime.dtype, config.trains_full_unet, family)
+    models = load_components(
+        base_model,
+        device,
+        runtime.dtype,
+        config.trains_full_unet,
+        family,
+        config.base_quantization,
+    )
     family = models.family
+    problems = config.family_problems(family)
+    if problems:
+        raise InvalidTrainingConfig("Invalid training inputs:\n- " + "\n- ".join(problems))
     clock.done("model load")
 
     # 3. Latents, once per image (and per flip). Captions get the trigger's token string.
     #    Prior preservation: the base model draws the class images first, before anything trains.
     items = read_captions(dataset_folder)
-    dataset = CachedLatentsDataset(items, models.vae, config.flip_augmentation, config.use_masks)
+    scales = tuple(size / config.resolution for size in config.bucket_resolutions)
+    dataset = CachedLatentsDataset(
+        items, models.vae, config.flip_augmentation, config.use_masks, scales
+    )
     clock.done("latent caching")
     class_set = None
     if config.num_class_images:
@@ -264,15 +192,16 @@ def run_training(
     captions = [apply_token_map(c, token_map) for c in dataset.captions]
 
     # 5. Adapters and trainable parameters, in named optimizer groups.
-    groups = []
+    groups, denoiser_name = [], family.denoiser
     if config.trains_unet_lora:
-        add_lora(
-            models.unet, config.lora_rank, config.effective_lora_alpha, family.lora_target_modules
-        )
-        groups.append(("unet_lora", models.unet, config.lora_lr))
+        targets = family.lora_target_modules
+        if config.lora_layers_regex:
+            targets = lora_targets(models.denoiser, denoiser_name, config.lora_layers_regex)
+        add_lora(models.denoiser, config.lora_rank, config.effective_lora_alpha, targets)
+        groups.append((f"{denoiser_name}_lora", models.denoiser, config.lora_lr))
     if config.trains_full_unet:
-        models.unet.requires_grad_(True)
-        groups.append(("unet", models.unet, config.unet_learning_rate))
+        models.denoiser.requires_grad_(True)
+        groups.append((denoiser_name, models.denoiser, config.unet_learning_rate))
     if config.train_text_encoder:
         for name, encoder in models.named_text_encoders().items():
             add_lora(
@@ -283,8 +212,8 @@ def run_training(
             )
             groups.append((f"{name}_lora", encoder, config.text_encoder_lr))
     if config.gradient_checkpointing:
-        models.unet.enable_gradient_checkpointing()
-    named_models = {"unet": models.unet, **models.named_text_encoders()}
+        models.denoiser.enable_gradient_checkpointing()
+    named_models = {denoiser_name: models.denoiser, **models.named_text_encoders()}
     trainable = trainable_parameters(named_models)
     param_groups = [
         {
@@ -314,7 +243,7 @@ def run_training(
     prepared = accelerator.prepare(*trained_models, optimizer)
     wrapped = dict(zip(map(id, trained_models), prepared[:-1], strict=True))
     optimizer = prepared[-1]
-    unet = wrapped.get(id(models.unet), models.unet)
+    denoiser = wrapped.get(id(models.denoiser), models.denoiser)
     text_encoders = [wrapped.get(id(e), e) for e in models.text_encoders]
 
     # 7. Resume: parameters, optimizer and scheduler state; every random draw is a function of
@@ -328,11 +257,12 @@ def run_training(
     if is_main and not timing_steps:
         print(_format_summary(summary))
 
-    objective = DenoisingObjective(config, dataset, captions, models, unet, text_encoders, device)
+    objective_class = OBJECTIVES[family.objective]
+    objective = objective_class(config, dataset, captions, models, denoiser, text_encoders, device)
     prior = None
     if class_set is not None:
-        prior = DenoisingObjective(
-            config, class_set, class_set.captions, models, unet, text_encoders, device
+        prior = objective_class(
+            config, class_set, class_set.captions, models, denoiser, text_encoders, device
         )
 
     # 8. The loop.
@@ -458,26 +388,6 @@ def run_training(
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return result
-
-
-def diffusion_loss(
-    prediction, target, masks, timesteps, schedule, config: TrainingConfig
-) -> torch.Tensor:
-    """MSE per sample, averaged over the mask's area (not over all pixels, which would shrink
-    the loss of small subjects), then min-SNR weighted when `min_snr_gamma` > 0."""
-    error = F.mse_loss(prediction.float(), target.float(), reduction="none")
-    if masks is None:
-        per_sample = error.mean(dim=(1, 2, 3))
-    else:
-        masks = masks.to(error.device)
-        area = masks.sum(dim=(1, 2, 3)) * error.shape[1]
-        per_sample = (error * masks).sum(dim=(1, 2, 3)) / area.clamp_min(1e-6)
-    if config.min_snr_gamma:
-        snr = compute_snr(schedule, timesteps)
-        weight = snr.clamp(max=config.min_snr_gamma)
-        weight = weight / (snr + 1 if schedule.config.prediction_type == "v_prediction" else snr)
-        per_sample = per_sample * weight
-    return per_sample.mean()
 
 
 # --- helpers ----------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ def render_samples(
         with accelerator.autocast():
             image = pipeline(
                 prompt=apply_token_map(prompt, token_map),
-                negative_prompt=config.sample_negative_prompt or None,
+                **_negative(models, config),
                 height=config.resolution,
                 width=config.resolution,
                 num_inference_steps=config.sample_steps,
@@ -66,7 +66,7 @@ def render_class_images(
             with accelerator.autocast():
                 image = pipeline(
                     prompt=item.caption,
-                    negative_prompt=config.sample_negative_prompt or None,
+                    **_negative(models, config),
                     height=config.resolution,
                     width=config.resolution,
                     num_inference_steps=config.sample_steps,
@@ -80,13 +80,24 @@ def render_class_images(
 def _pipeline(models: TrainingComponents):
     """The family's text-to-image pipeline on the training components, as they are now."""
     family = models.family
+    # Euler for the UNet families (their training scheduler is DDPM's), the model's own
+    # flow-matching Euler for Flux.
+    scheduler_class = (
+        EulerDiscreteScheduler if family.named_schedulers else type(models.noise_scheduler)
+    )
     pipeline = getattr(diffusers, family.txt2img_pipeline)(
         vae=models.vae,
-        unet=models.unet,
-        scheduler=EulerDiscreteScheduler.from_pretrained(models.folder, subfolder="scheduler"),
+        **{family.denoiser: models.denoiser},
+        scheduler=scheduler_class.from_pretrained(models.folder, subfolder="scheduler"),
         **models.named_text_encoders(),
         **dict(zip(family.tokenizer_names, models.tokenizers, strict=True)),
         **family.pipeline_options,
     )
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
+
+
+def _negative(models: TrainingComponents, config: TrainingConfig) -> dict:
+    if not models.family.negative_prompt:
+        return {}
+    return {"negative_prompt": config.sample_negative_prompt or None}

@@ -1,7 +1,8 @@
 """Resolve a base-model reference to local files, and load pipelines from them.
 
 A reference is one of:
-- `tiny` / `tiny-sd15`: the embedded tiny SDXL / SD 1.5 (built on first use);
+- `tiny` / `tiny-sd15` / `tiny-flux`: the embedded tiny SDXL / SD 1.5 / FLUX.1 (built on
+  first use);
 - `toy`: the tiny SDXL pretrained on the toy world (assembled on first use);
 - a Hugging Face repo id: only what the pipeline needs is downloaded (configs, tokenizers,
   safetensors weights of the components in model_index.json; the fp16 variant when running
@@ -27,7 +28,15 @@ from weights.embedded.tiny import build_folder_once, ensure_tiny_model
 from weights.embedded.toy import ensure_toy_model
 from weights.references import is_remote
 from weights.runtime import Runtime
-from weights.settings import PROFILE_VARIABLE, TINY, TINY_SD15, TOY, HubSettings, ModelSettings
+from weights.settings import (
+    PROFILE_VARIABLE,
+    TINY,
+    TINY_FLUX,
+    TINY_SD15,
+    TOY,
+    HubSettings,
+    ModelSettings,
+)
 from weights.store import ModelStore
 from weights.trained_files import refuse_pickle
 
@@ -55,6 +64,8 @@ def resolve_model(
         return ensure_tiny_model(role, cache_dir)
     if reference == TINY_SD15:
         return ensure_tiny_model(role, cache_dir, family="sd15")
+    if reference == TINY_FLUX:
+        return ensure_tiny_model(role, cache_dir, family="flux")
     if reference == TOY:
         return ensure_toy_model(role, cache_dir)
     refuse_pickle(reference)

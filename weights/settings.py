@@ -6,12 +6,15 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from families import SDXL
+from families import FLUX, SDXL, ModelFamily
 
 TINY = "tiny"  # BASE_MODEL / REFINER_MODEL / SAFETY_CHECKER_MODEL: the embedded tiny models
 TINY_SD15 = "tiny-sd15"  # BASE_MODEL: the embedded tiny SD 1.5
+TINY_FLUX = "tiny-flux"  # BASE_MODEL: the embedded tiny FLUX.1
 TOY = "toy"  # BASE_MODEL: the tiny SDXL pretrained on the toy world (weights/embedded/toy.py)
-EMBEDDED_MODELS = (TINY, TINY_SD15, TOY)
+EMBEDDED_MODELS = (TINY, TINY_SD15, TINY_FLUX, TOY)
+# The embedded tiny base of each family (SDXL_TUNER_PROFILE=tiny in that family's container).
+TINY_BASES = {SDXL: TINY, FLUX: TINY_FLUX}
 # SDXL_TUNER_PROFILE=tiny: every model variable left unset is `tiny` and the hub is offline,
 # the one switch for the embedded, offline setup (as is a BASE_MODEL naming an embedded model).
 PROFILE_VARIABLE = "SDXL_TUNER_PROFILE"
@@ -62,10 +65,12 @@ class ModelSettings:
     training_processes: int | None = None  # data-parallel training; None: one per GPU
 
     @classmethod
-    def from_env(cls) -> ModelSettings:
+    def from_env(cls, family: ModelFamily = SDXL) -> ModelSettings:
+        """`family`: the container's (SDXL/SD 1.5 or FLUX.1), whose base is the default."""
         cache = os.environ.get("SDXL_TUNER_CACHE") or Path.home() / ".cache" / "sdxl-tuner"
         profile = tiny_profile()
-        base = os.environ.get("BASE_MODEL") or (TINY if profile else SDXL.default_base_model)
+        default_base = TINY_BASES[family] if profile else family.default_base_model
+        base = os.environ.get("BASE_MODEL") or default_base
         embedded = profile or base in EMBEDDED_MODELS  # no real refiner beside a tiny base
 
         def model(variable: str, default: str) -> str:

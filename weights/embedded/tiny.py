@@ -1,4 +1,4 @@
-"""Tiny random-initialised SDXL and SD 1.5 models with the real architectures.
+"""Tiny random-initialised SDXL, SD 1.5 and FLUX.1 models with the real architectures.
 
 Real weights cannot be downloaded where tests and the demo run, so the project builds
 small models of the same classes and layouts and saves them as ordinary diffusers folders,
@@ -6,7 +6,10 @@ loaded by exactly the code that loads the real models:
 - SDXL: two CLIP text encoders of different widths, a text_time UNet, an 8x VAE, the SDXL
   Euler scheduler, and a refiner;
 - SD 1.5: one CLIP text encoder, a UNet without micro-conditioning, an 8x VAE, SD 1.5's PNDM
-  scheduler, no safety checker.
+  scheduler, no safety checker;
+- FLUX.1: a CLIP text encoder (pooled) and a T5 encoder with a locally built SentencePiece-style
+  vocabulary, a transformer of double- and single-stream blocks with guidance embedding, a
+  16-channel 8x VAE with Flux's scaling and shift, FLUX.1-dev's flow-matching scheduler.
 
 Every builder seeds its own generator, so two builds give byte-identical safetensors.
 """
@@ -17,6 +20,7 @@ import gzip
 import importlib.util
 import json
 import shutil
+import string
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -25,13 +29,24 @@ import torch
 from diffusers import (
     AutoencoderKL,
     EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
     PNDMScheduler,
     StableDiffusionPipeline,
     StableDiffusionXLImg2ImgPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    T5Config,
+    T5EncoderModel,
+    T5TokenizerFast,
+)
 
 # Bump when a builder changes, so cached folders from an older build are not reused.
 BUILD_VERSION = 1
@@ -41,7 +56,7 @@ TIME_EMBED_DIM = 8
 TEXT_ENCODER_DIMS = (32, 64)  # deliberately different, so a swapped concatenation fails
 PROJECTION_DIM = 32
 SAMPLE_SIZE = 8  # latent size: pipelines default to 64x64 images
-ROLES = {"sdxl": ("base", "refiner"), "sd15": ("base",)}  # tiny models, by family
+ROLES = {"sdxl": ("base", "refiner"), "sd15": ("base",), "flux": ("base",)}  # by family
 
 # SDXL base's scheduler settings (stabilityai/stable-diffusion-xl-base-1.0).
 SDXL_SCHEDULER = dict(
@@ -69,6 +84,19 @@ SD15_SCHEDULER = dict(
 )
 SDXL_VAE_SCALING = 0.13025
 SD15_VAE_SCALING = 0.18215
+# FLUX.1-dev's VAE latent normalisation and scheduler (black-forest-labs/FLUX.1-dev).
+FLUX_VAE_SCALING, FLUX_VAE_SHIFT = 0.3611, 0.1159
+FLUX_SCHEDULER = dict(
+    num_train_timesteps=1000,
+    shift=3.0,
+    use_dynamic_shifting=True,
+    base_shift=0.5,
+    max_shift=1.15,
+    base_image_seq_len=256,
+    max_image_seq_len=4096,
+)
+FLUX_T5_DIM = 32
+FLUX_MAX_SEQUENCE_LENGTH = 512  # as FLUX.1-dev: the pipelines and the trainer pad to it
 
 
 def ensure_tiny_model(role: str, cache_dir: Path, family: str = "sdxl") -> Path:
@@ -79,7 +107,12 @@ def ensure_tiny_model(role: str, cache_dir: Path, family: str = "sdxl") -> Path:
             f"{', '.join(ROLES[family])})."
         )
     target = Path(cache_dir) / f"tiny-{family}-{role}-v{BUILD_VERSION}"
-    builder = build_tiny_sd15_pipeline if family == "sd15" else lambda: build_tiny_pipeline(role)
+    builders = {
+        "sdxl": lambda: build_tiny_pipeline(role),
+        "sd15": build_tiny_sd15_pipeline,
+        "flux": build_tiny_flux_pipeline,
+    }
+    builder = builders[family]
 
     def save(folder: Path) -> None:
         builder().save_pretrained(folder, safe_serialization=True)
@@ -145,6 +178,68 @@ def build_tiny_sd15_pipeline() -> StableDiffusionPipeline:
         feature_extractor=None,
         requires_safety_checker=False,
     )
+
+
+def build_tiny_flux_pipeline() -> FluxPipeline:
+    return FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER),
+        vae=build_vae(
+            FLUX_VAE_SCALING, latent_channels=16, shift_factor=FLUX_VAE_SHIFT, quant_conv=False
+        ),
+        text_encoder=build_text_encoder(0, with_projection=False),
+        tokenizer=build_tokenizer(pad_token="<|endoftext|>"),
+        text_encoder_2=build_t5_encoder(),
+        tokenizer_2=build_t5_tokenizer(),
+        transformer=build_flux_transformer(),
+    )
+
+
+def build_flux_transformer() -> FluxTransformer2DModel:
+    """Two double-stream and two single-stream blocks (FLUX.1: 19 and 38) with guidance."""
+    torch.manual_seed(5)
+    return FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=64,  # 16 latent channels packed 2x2
+        num_layers=2,
+        num_single_layers=2,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=FLUX_T5_DIM,
+        pooled_projection_dim=TEXT_ENCODER_DIMS[0],  # CLIP-L's pooled output
+        guidance_embeds=True,  # FLUX.1-dev's distilled guidance
+        axes_dims_rope=(4, 6, 6),  # sums to attention_head_dim
+    )
+
+
+def build_t5_encoder() -> T5EncoderModel:
+    torch.manual_seed(12)
+    config = T5Config(
+        vocab_size=VOCAB_SIZE,
+        d_model=FLUX_T5_DIM,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_heads=4,
+        feed_forward_proj="gated-gelu",  # T5 v1.1, as FLUX.1's T5-XXL
+        is_encoder_decoder=False,
+        use_cache=False,
+    )
+    return T5EncoderModel(config)
+
+
+def build_t5_tokenizer() -> T5TokenizerFast:
+    """A unigram vocabulary in T5's SentencePiece form (`▁` marks a word start): T5's three
+    special tokens, then the whole words of the tiny CLIP vocabulary and single printable
+    characters (so any ASCII prompt tokenizes without unknowns)."""
+    clip_tokens, _ = clip_vocabulary(VOCAB_SIZE)
+    words = [t.removesuffix("</w>") for t in clip_tokens if t.endswith("</w>")]
+    words = list(dict.fromkeys(w for w in words if w.isalnum()))
+    characters = sorted(set(string.ascii_letters + string.digits + string.punctuation))
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    pieces += [(f"▁{w}", -1.0 - 1 / len(w)) for w in words]
+    pieces += [(c, -8.0) for c in characters]
+    pieces = pieces[:VOCAB_SIZE]
+    return T5TokenizerFast(vocab=pieces, extra_ids=0, model_max_length=FLUX_MAX_SEQUENCE_LENGTH)
 
 
 def build_sd15_unet() -> UNet2DConditionModel:
@@ -219,19 +314,26 @@ def build_refiner_unet() -> UNet2DConditionModel:
 
 
 def build_vae(
-    scaling_factor: float, block_out_channels: tuple[int, ...] = (32, 32, 64, 64)
+    scaling_factor: float,
+    block_out_channels: tuple[int, ...] = (32, 32, 64, 64),
+    latent_channels: int = 4,
+    shift_factor: float | None = None,
+    quant_conv: bool = True,
 ) -> AutoencoderKL:
     torch.manual_seed(3)
     return AutoencoderKL(
         block_out_channels=block_out_channels,  # four levels: 8x downsampling as in SDXL
         down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=4,
+        latent_channels=latent_channels,
         layers_per_block=1,
         norm_num_groups=8,
         sample_size=SAMPLE_SIZE * 8,
         scaling_factor=scaling_factor,
+        shift_factor=shift_factor,
         force_upcast=True,
+        use_quant_conv=quant_conv,  # Flux's VAE has neither quant conv
+        use_post_quant_conv=quant_conv,
     )
 
 

@@ -1,0 +1,112 @@
+"""A Flux LoRA in BFL / kohya naming (`lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight`),
+the layout ComfyUI and Forge load (their key tables map `lora_unet_` + the BFL module path)
+and diffusers' `FluxPipeline.load_lora_weights` reads back.
+
+BFL fuses some of diffusers' linear layers into one weight: a double block's image q, k, v
+into `img_attn.qkv` (text: `txt_attn.qkv`), a single block's q, k, v and MLP input into
+`linear1`. ComfyUI skips split q/k/v under kohya names, so the parts of a fused layer become
+one LoRA: the downs stacked, the ups block-diagonal (rank n·r; a part that was not trained
+is a zero block), which computes exactly the parts' sum. The alpha/rank scale is folded into
+the ups and each `.alpha` is the module's rank, so every loader applies scale 1.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+# diffusers module suffix -> (BFL module, part index within the fused weight, part count)
+DOUBLE_BLOCK = {
+    "attn.to_q": ("img_attn_qkv", 0, 3),
+    "attn.to_k": ("img_attn_qkv", 1, 3),
+    "attn.to_v": ("img_attn_qkv", 2, 3),
+    "attn.add_q_proj": ("txt_attn_qkv", 0, 3),
+    "attn.add_k_proj": ("txt_attn_qkv", 1, 3),
+    "attn.add_v_proj": ("txt_attn_qkv", 2, 3),
+    "attn.to_out.0": ("img_attn_proj", 0, 1),
+    "attn.to_add_out": ("txt_attn_proj", 0, 1),
+    "ff.net.0.proj": ("img_mlp_0", 0, 1),
+    "ff.net.2": ("img_mlp_2", 0, 1),
+    "ff_context.net.0.proj": ("txt_mlp_0", 0, 1),
+    "ff_context.net.2": ("txt_mlp_2", 0, 1),
+    "norm1.linear": ("img_mod_lin", 0, 1),
+    "norm1_context.linear": ("txt_mod_lin", 0, 1),
+}
+SINGLE_BLOCK = {
+    "attn.to_q": ("linear1", 0, 4),
+    "attn.to_k": ("linear1", 1, 4),
+    "attn.to_v": ("linear1", 2, 4),
+    "proj_mlp": ("linear1", 3, 4),
+    "proj_out": ("linear2", 0, 1),
+    "norm.linear": ("modulation_lin", 0, 1),
+}
+BLOCKS = {
+    "transformer_blocks": ("double_blocks", DOUBLE_BLOCK),
+    "single_transformer_blocks": ("single_blocks", SINGLE_BLOCK),
+}
+MODULE = re.compile(r"transformer\.(transformer_blocks|single_transformer_blocks)\.(\d+)\.(.+)")
+
+
+class UnmappableModulesError(ValueError):
+    """LoRA modules outside the blocks, which the BFL layout's loaders do not take."""
+
+
+def to_bfl_kohya(
+    diffusers_lora: dict[str, torch.Tensor],
+    alpha: float,
+    widths: dict[str, int],
+    prefix: str = "lora_unet",
+) -> dict[str, torch.Tensor]:
+    """`diffusers_lora`: `transformer.<module>.lora_A/B.weight` tensors with one alpha;
+    `widths`: the output width of each diffusers module (`transformer.<module>`), for the
+    zero blocks of fused parts that were not trained. Returns the kohya-named tensors."""
+    fused: dict[str, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {}
+    part_modules: dict[str, list[str]] = {}  # BFL name -> its diffusers modules, by part
+    unmapped = []
+    for key in sorted(k for k in diffusers_lora if k.endswith(".lora_A.weight")):
+        module = key.removesuffix(".lora_A.weight")
+        match = MODULE.fullmatch(module)
+        if match is None or match[3] not in BLOCKS[match[1]][1]:
+            unmapped.append(module)
+            continue
+        block_kind, index, suffix = match.groups()
+        bfl_block, table = BLOCKS[block_kind]
+        target, part, _ = table[suffix]
+        name = f"{prefix}_{bfl_block}_{index}_{target}"
+        down = diffusers_lora[key].float()
+        up = diffusers_lora[f"{module}.lora_B.weight"].float() * (alpha / down.shape[0])
+        fused.setdefault(name, {})[part] = (down, up)
+        part_modules[name] = [
+            f"transformer.{block_kind}.{index}.{s}"
+            for s, (t, _, _) in sorted(table.items(), key=lambda item: item[1][1])
+            if t == target
+        ]
+    if unmapped:
+        raise UnmappableModulesError(
+            f"{len(unmapped)} LoRA modules lie outside the transformer blocks (e.g. "
+            f"{unmapped[0]}), which BFL-layout loaders do not take."
+        )
+    result = {}
+    for name, parts in fused.items():
+        down, up = _fuse(parts, [widths[m] for m in part_modules[name]])
+        result[f"{name}.lora_down.weight"] = down.contiguous()
+        result[f"{name}.lora_up.weight"] = up.contiguous()
+        result[f"{name}.alpha"] = torch.tensor(float(down.shape[0]))
+    return result
+
+
+def _fuse(parts: dict[int, tuple[torch.Tensor, torch.Tensor]], widths: list[int]):
+    """One (down, up) pair computing the sum of the parts' LoRAs, each writing its own rows
+    of the fused output: downs stacked, ups block-diagonal; missing parts are zero blocks."""
+    if len(widths) == 1:
+        return parts[0]
+    rank = max(down.shape[0] for down, _ in parts.values())
+    width_in = next(iter(parts.values()))[0].shape[1]
+    downs, ups = [], []
+    for part, width in enumerate(widths):
+        down, up = parts.get(part, (torch.zeros(0, width_in), torch.zeros(width, 0)))
+        pad = rank - down.shape[0]
+        downs.append(torch.cat([down, down.new_zeros(pad, width_in)]))
+        ups.append(torch.cat([up, up.new_zeros(width, pad)], dim=1))
+    return torch.cat(downs), torch.block_diag(*ups)

@@ -1,0 +1,91 @@
+"""The FLUX.1 container's training inputs: the names, defaults and ranges of Replicate's Flux
+LoRA trainer (train_flux.py declares its Cog inputs from these fields), and how they become
+this project's `TrainingConfig` and preprocessing options."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+
+from formats.input_ranges import one_of, ranged, seed_field
+from training.config import (
+    BASE_QUANTIZATIONS,
+    LORA_TYPES,
+    MAX_STEPS,
+    OPTIMIZERS,
+    PRESETS,
+    InvalidTrainingConfig,
+    TrainingConfig,
+    sizes,
+)
+
+
+@dataclass(frozen=True)
+class FluxTrainingInputs:
+    trigger_word: str = "TOK"
+    lora_type: str = one_of("subject", LORA_TYPES)
+    autocaption: bool = True
+    autocaption_prefix: str | None = None  # None: the lora_type preset's
+    autocaption_suffix: str | None = None
+    steps: int = ranged(1000, 1, MAX_STEPS)
+    learning_rate: float = ranged(4e-4, 0.0, None)
+    batch_size: int = ranged(1, 1, 64)
+    resolution: str = "512,768,1024"  # every image is trained at each size
+    lora_rank: int = ranged(16, 1, 256)
+    caption_dropout_rate: float = ranged(0.05, 0.0, 0.99)
+    optimizer: str = one_of("adamw8bit", OPTIMIZERS)
+    cache_latents_to_disk: bool = False  # latents are always cached (in memory)
+    layers_to_optimize_regex: str | None = None
+    gradient_checkpointing: bool = False  # on for batch_size > 1, as Replicate's
+    # Not Replicate's: the transformer's frozen weights in 8 bits (a 24 GB card fits FLUX.1-dev).
+    base_quantization: str = one_of("none", BASE_QUANTIZATIONS)
+    seed: int | None = seed_field()
+
+    def training_config(self) -> TrainingConfig:
+        """The training settings: a LoRA of rank = alpha on the transformer, the trigger word
+        kept as a word (no new tokens), the largest resolution for the crops and the others
+        as buckets, a constant learning rate."""
+        resolutions = sizes(self.resolution, "resolution")
+        if not resolutions:
+            raise InvalidTrainingConfig("resolution is empty: give sizes such as '512,768,1024'.")
+        optimizer = self.optimizer
+        if optimizer == "adamw8bit" and importlib.util.find_spec("bitsandbytes") is None:
+            # Replicate's default; 8-bit states only save memory, so plain AdamW trains alike.
+            print("optimizer adamw8bit needs bitsandbytes, absent here: training with adamw.")
+            optimizer = "adamw"
+        return TrainingConfig(
+            seed=self.seed,
+            resolution=resolutions[-1],
+            bucket_resolutions=resolutions[:-1],
+            train_batch_size=self.batch_size,
+            max_train_steps=self.steps,
+            lora_lr=self.learning_rate,
+            lora_rank=self.lora_rank,
+            ti_lr=0.0,
+            lr_scheduler="constant",
+            lr_warmup_steps=0,
+            token_string=self.trigger_word,
+            caption_prefix=self._caption_prefix(),
+            optimizer=optimizer,
+            caption_dropout=self.caption_dropout_rate,
+            lora_layers_regex=self.layers_to_optimize_regex,
+            gradient_checkpointing=self.gradient_checkpointing or self.batch_size > 1,
+            lora_type=self.lora_type,
+            base_quantization=self.base_quantization,
+            use_masks=False,  # the whole image, as Replicate's Flux trainer trains
+        )
+
+    def preprocess_options(self) -> dict:
+        """PreprocessConfig fields these inputs decide (the rest come from the config)."""
+        return {
+            "autocaption": self.autocaption,
+            "caption_suffix": self.autocaption_suffix or "",
+            "aspect_buckets": True,  # Flux trains at each photo's own aspect ratio
+        }
+
+    def _caption_prefix(self) -> str:
+        if self.autocaption_prefix is not None:
+            return self.autocaption_prefix
+        if self.autocaption_suffix:  # the suffix names the trigger: no preset prefix too
+            return ""
+        return PRESETS[self.lora_type]["caption_prefix"].format(trigger=self.trigger_word)
