@@ -9,12 +9,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_the_gpu_benchmark_runs_every_row_at_smoke_scale(model_cache):
+def run_smoke(model_cache, *arguments: str) -> subprocess.CompletedProcess:
     env = dict(
         os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", SDXL_TUNER_CACHE=str(model_cache)
     )
     done = subprocess.run(
-        [sys.executable, "benchmarks/gpu/run.py", "--smoke"],
+        [sys.executable, "benchmarks/gpu/run.py", "--smoke", *arguments],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -22,6 +22,11 @@ def test_the_gpu_benchmark_runs_every_row_at_smoke_scale(model_cache):
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_the_gpu_benchmark_runs_every_row_at_smoke_scale(model_cache):
+    done = run_smoke(model_cache)
     table = [line for line in done.stdout.splitlines() if line.startswith("| ")]
     measured = [line.split(" | ")[0].removeprefix("| ") for line in table[1:]]
     assert measured.count("train: our loop") == 2
@@ -32,3 +37,17 @@ def test_the_gpu_benchmark_runs_every_row_at_smoke_scale(model_cache):
     assert any(m.startswith("switch: diffusers: hotswap") for m in measured)
     assert "FLOPs: UNet pass (batch 2)" in done.stdout
     assert "NOT identical" not in done.stdout
+
+
+def test_the_gpu_benchmark_runs_every_flux_row_at_smoke_scale(model_cache):
+    done = run_smoke(model_cache, "--family", "flux")
+    table = [line for line in done.stdout.splitlines() if line.startswith("| ")]
+    measured = {line.split(" | ")[0].removeprefix("| ") for line in table[1:]}
+    assert measured == {
+        "train: our loop",
+        "train: our loop, int8 base + checkpointing",
+        "train: LoRA transformer fwd + bwd (floor)",
+        "generate: predict_flux's engine",
+        "generate: plain FluxPipeline",
+    }
+    assert "FLOPs: transformer pass" in done.stdout

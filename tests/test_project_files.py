@@ -40,6 +40,20 @@ def test_cog_yaml_installs_the_no_deps_packages_pinned_in_requirements():
     assert "torch==2.13.0" in (ROOT / "requirements.txt").read_text()
 
 
+def test_each_container_config_names_its_entry_files_and_builds_the_same_image():
+    from serving.containers import CONTAINERS
+
+    configs = {
+        name: yaml.safe_load((ROOT / c.cog_config).read_text()) for name, c in CONTAINERS.items()
+    }
+    for name, container in CONTAINERS.items():
+        assert configs[name]["predict"] == container.predictor
+        assert configs[name]["train"] == container.trainer
+        assert (ROOT / container.cog_config).parent == ROOT  # `cog build -f` copies by name
+    builds = [config["build"] for config in configs.values()]
+    assert all(build == builds[0] for build in builds)
+
+
 def test_the_image_installs_what_every_offered_optimizer_needs():
     from training.config import OPTIMIZERS
 
@@ -92,7 +106,7 @@ def test_the_docker_context_holds_the_imported_code_and_nothing_heavy():
     ]
     # Every project module the Cog entry points import, found by importing them.
     script = (
-        "import sys, predict, train; "
+        "import sys, predict, train, predict_flux, train_flux; "
         "print('\\n'.join(getattr(m, '__file__', None) or '' for m in list(sys.modules.values())))"
     )
     loaded = subprocess.run(
@@ -103,7 +117,7 @@ def test_the_docker_context_holds_the_imported_code_and_nothing_heavy():
         for f in loaded
         if Path(f).is_relative_to(ROOT) and not Path(f).is_relative_to(ROOT / ".venv")
     )
-    needed = [*imported, "cog.yaml", "requirements.txt", "requirements-nodeps.txt"]
+    needed = [*imported, "cog.yaml", "cog.flux.yaml", "requirements.txt", "requirements-nodeps.txt"]
     needed += [p.relative_to(ROOT).as_posix() for p in (ROOT / "weights/embedded").rglob("*.*")]
     assert len(imported) > 20 and "weights/store.py" in imported
     assert [p for p in needed if docker_ignored(p, patterns)] == []

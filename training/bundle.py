@@ -129,13 +129,14 @@ def model_card(result: TrainingResult, config: TrainingConfig, base_model: str) 
     weights, family = result.weights_dir, result.family
     prompt = f"a photo of {tokens or config.token_string}"
     pipeline_class = family.txt2img_pipeline
+    sizes = ", ".join(map(str, (*config.bucket_resolutions, config.resolution)))
     encoders = ", ".join(f"pipe.{name}" for name in family.text_encoder_names)
     tokenizers = ", ".join(f"pipe.{name}" for name in family.tokenizer_names)
     lines = [
         f"# {family.title} fine-tune ({config.mode})",
         "",
         f"Base model: `{base_model}`. Trained {result.plan.max_train_steps} steps on "
-        f"{result.plan.num_images} images at {config.resolution}px, seed {config.seed}.",
+        f"{result.summary['images']} images at {sizes}px, seed {config.seed}.",
         "",
     ]
     if tokens:
@@ -161,12 +162,20 @@ def model_card(result: TrainingResult, config: TrainingConfig, base_model: str) 
             'handler.load_embeddings("embeddings.pti")',
         ]
     lines += [f'image = pipe("{prompt}").images[0]', "```", ""]
-    lines += ["## ComfyUI / AUTOMATIC1111", ""]
-    if (weights / LORA_KOHYA_FILE).is_file():
-        lines.append(
-            f"- `{LORA_KOHYA_FILE}`: the LoRA in kohya layout (`models/loras/` in ComfyUI, "
-            "`models/Lora/` in A1111)."
-        )
+    if family.kohya_layout == "bfl":
+        lines += ["## ComfyUI / Forge", ""]
+        if (weights / LORA_KOHYA_FILE).is_file():
+            lines.append(
+                f"- `{LORA_KOHYA_FILE}`: the LoRA in BFL / kohya names (`models/loras/` in "
+                "ComfyUI and Forge), loaded on the FLUX.1 model with a LoRA loader."
+            )
+    else:
+        lines += ["## ComfyUI / AUTOMATIC1111", ""]
+        if (weights / LORA_KOHYA_FILE).is_file():
+            lines.append(
+                f"- `{LORA_KOHYA_FILE}`: the LoRA in kohya layout (`models/loras/` in ComfyUI, "
+                "`models/Lora/` in A1111)."
+            )
     if (weights / EMBEDDINGS_FILE).is_file():
         keys = ", ".join(f"`{key}`" for key in family.embedding_keys)
         lines.append(

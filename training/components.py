@@ -30,6 +30,11 @@ class TrainingComponents:
     # The training noise schedule: DDPM's (UNet families) or the flow-matching one (FLUX.1).
     noise_scheduler: DDPMScheduler | FlowMatchEulerDiscreteScheduler
 
+    def move_text_encoders(self, device: torch.device | str) -> None:
+        """Move the frozen text encoders (off the GPU while they are not needed)."""
+        for encoder in self.text_encoders:
+            encoder.to(device)
+
     def named_text_encoders(self) -> dict[str, torch.nn.Module]:
         """The text encoders by their pipeline component names (`text_encoder`, ...)."""
         return dict(zip(self.family.text_encoder_names, self.text_encoders, strict=True))

@@ -30,6 +30,7 @@ class CachedLatentsDataset:
         use_masks: bool,
         scales: tuple[float, ...] = (),
     ):
+        self.image_count = len(items)  # photos; each is len(scales) + 1 entries
         self.captions = [item.caption for item in items for _ in range(1 + len(scales))]
         self.pixel_sizes: list[tuple[int, int]] = []
         self.means, self.stds, self.masks = [], [], []

@@ -262,8 +262,23 @@ def run_training(
     prior = None
     if class_set is not None:
         prior = objective_class(
-            config, class_set, class_set.captions, models, denoiser, text_encoders, device
+            config,
+            class_set,
+            class_set.captions,
+            models,
+            denoiser,
+            text_encoders,
+            device,
+            objective.text_cache,
         )
+
+    # 7b. Nothing on the text side trains and captions are not shuffled: every caption a step
+    #     can see is encoded now, and the frozen encoders leave the GPU until samples need them
+    #     (FLUX.1's T5-XXL alone is 9.5 GB in bf16).
+    if not (config.trains_tokens or config.train_text_encoder or config.shuffle_tokens):
+        texts = [*captions, *(class_set.captions if class_set else ())]
+        objective.encode_ahead(texts + ([""] if config.caption_dropout else []))
+        models.move_text_encoders("cpu")
 
     # 8. The loop.
     metrics_file = (work_dir / METRICS_FILE) if is_main and not timing_steps else None
@@ -474,7 +489,7 @@ def _summary(config, plan, dataset, trainable, device, runtime, accelerator, fam
         "family": family.name,
         "mode": config.mode,
         "resolution": config.resolution,
-        "images": len(dataset),
+        "images": dataset.image_count,
         **({"class_images": config.num_class_images} if config.num_class_images else {}),
         # Image sizes (width x height) and how many images have each: one without buckets.
         "sizes": {f"{w}x{h}": len(group) for (h, w), group in sorted(dataset.buckets().items())},

@@ -78,6 +78,13 @@ class TrainingObjective:
         batch = [rng.randrange(len(self.dataset)) for _ in range(count)]
         return self.loss(batch, part, torch.Generator().manual_seed(seed), rng, text_trains)
 
+    def encode_ahead(self, texts: list[str]) -> None:
+        """Encode `texts` into the cache now, so the steps never run the text encoders. One
+        at a time: a caption's embedding then does not depend on which others it came with
+        (batched matmuls round differently)."""
+        for text in dict.fromkeys(texts):
+            self._cached_prompts([text])
+
     @torch.no_grad()
     def _cached_prompts(self, texts: list[str]):
         cache, models = self.text_cache, self.models

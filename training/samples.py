@@ -25,22 +25,27 @@ def render_samples(
     models: TrainingComponents, config: TrainingConfig, token_map, folder: Path, step, accelerator
 ):
     """One image per sample prompt at the training resolution, same seed every time, so the
-    images of successive steps show how the training moves."""
+    images of successive steps show how the training moves. Text encoders the loop moved off
+    the GPU come back for it, and leave again."""
     pipeline = _pipeline(models)
     folder.mkdir(parents=True, exist_ok=True)
-    files = []
-    for index, prompt in enumerate(config.sample_prompts):
-        with accelerator.autocast():
-            image = pipeline(
-                prompt=apply_token_map(prompt, token_map),
-                **_negative(models, config),
-                height=config.resolution,
-                width=config.resolution,
-                num_inference_steps=config.sample_steps,
-                generator=torch.Generator().manual_seed(config.seed),
-            ).images[0]
-        files.append(sample_file(folder, step, index))
-        image.save(files[-1])
+    files, encoders_device = [], models.text_encoders[0].device
+    models.move_text_encoders(accelerator.device)
+    try:
+        for index, prompt in enumerate(config.sample_prompts):
+            with accelerator.autocast():
+                image = pipeline(
+                    prompt=apply_token_map(prompt, token_map),
+                    **_negative(models, config),
+                    height=config.resolution,
+                    width=config.resolution,
+                    num_inference_steps=config.sample_steps,
+                    generator=torch.Generator().manual_seed(config.seed),
+                ).images[0]
+            files.append(sample_file(folder, step, index))
+            image.save(files[-1])
+    finally:
+        models.move_text_encoders(encoders_device)
     return files
 
 

@@ -1,8 +1,9 @@
-"""Real-scale GPU benchmark: SDXL base's architecture with random bf16 weights, built on the GPU
-(no download), measured the way users run it, in one table.
+"""Real-scale GPU benchmark: SDXL base's (or FLUX.1-dev's) architecture with random bf16 weights,
+built on the GPU (no download), measured the way users run it, in one table.
 
-    .venv/bin/python benchmarks/gpu/run.py           # on one H100/H200: a few minutes
-    .venv/bin/python benchmarks/gpu/run.py --smoke   # the embedded tiny SDXL on the CPU (CI)
+    .venv/bin/python benchmarks/gpu/run.py                  # on one H100/H200: a few minutes
+    .venv/bin/python benchmarks/gpu/run.py --family flux    # FLUX.1-dev: a few minutes more
+    .venv/bin/python benchmarks/gpu/run.py --smoke [--family flux]  # tiny models, CPU (CI)
 
 Rows:
 - training, s/step and peak memory, at 1024² batch 1 and at Replicate's defaults (768² batch
@@ -13,6 +14,11 @@ Rows:
 - 30-step 1024² text-to-image with guidance: `predict()`'s engine against a plain diffusers
   pipeline, each against the FLOP floor (FLOPs counted by torch, at the GPU's peak);
 - switching between two rank-32 LoRAs (benchmarks/bench_switch.py on this device).
+
+FLUX.1 rows: training at 1024² batch 1, LoRA rank 16 (Replicate's Flux recipe), our loop in
+bf16 and with the int8 base plus gradient checkpointing (the 24 GB setting), against a bare
+LoRA-transformer forward + backward; 28-step 1024² generation with guidance 3.5, the engine
+against a plain `FluxPipeline` and the FLOP floor.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10G
 @dataclass(frozen=True)
 class Scale:
     name: str
+    family: str  # "sdxl" or "flux"
     device: str
     dtype: torch.dtype
     cases: tuple[tuple[int, int], ...]  # (resolution, batch) of the training rows
@@ -48,16 +55,29 @@ class Scale:
     timed_steps: int
 
 
-REAL = Scale("real SDXL", "cuda", torch.bfloat16, ((1024, 1), (768, 4)), 1024, 30, 6)
-SMOKE = Scale("tiny SDXL (smoke)", "cpu", torch.float32, ((64, 1), (64, 4)), 64, 3, 2)
+SCALES = {
+    ("sdxl", False): Scale(
+        "real SDXL", "sdxl", "cuda", torch.bfloat16, ((1024, 1), (768, 4)), 1024, 30, 6
+    ),
+    ("sdxl", True): Scale(
+        "tiny SDXL (smoke)", "sdxl", "cpu", torch.float32, ((64, 1), (64, 4)), 64, 3, 2
+    ),
+    ("flux", False): Scale(
+        "FLUX.1-dev architecture", "flux", "cuda", torch.bfloat16, ((1024, 1),), 1024, 28, 4
+    ),
+    ("flux", True): Scale(
+        "tiny FLUX.1 (smoke)", "flux", "cpu", torch.float32, ((64, 1),), 256, 3, 2
+    ),
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny models on the CPU")
+    parser.add_argument("--family", choices=("sdxl", "flux"), default="sdxl")
     parser.add_argument("--skip", nargs="*", default=[], choices=["train", "generate", "switch"])
     args = parser.parse_args()
-    scale = SMOKE if args.smoke else REAL
+    scale = SCALES[args.family, args.smoke]
     if scale.device == "cuda" and not torch.cuda.is_available():
         sys.exit("No CUDA device: run with --smoke, or on a GPU.")
     if scale.device == "cuda":
@@ -73,17 +93,25 @@ def main() -> None:
 
 
 def run(scale: Scale, work: Path, skip: set[str]) -> list[dict]:
+    from benchmarks.flux_architecture import save_flux_folder
     from benchmarks.sdxl_architecture import save_sdxl_folder
     from weights.embedded.tiny import ensure_tiny_model
 
     started = time.perf_counter()
-    if scale is SMOKE:
-        folder = ensure_tiny_model("base", work / "cache")
+    if scale.device == "cpu":
+        folder = ensure_tiny_model("base", work / "cache", family=scale.family)
     else:
-        folder = save_sdxl_folder(work / "sdxl", scale.device, scale.dtype)
+        save = save_flux_folder if scale.family == "flux" else save_sdxl_folder
+        folder = save(work / scale.family, scale.device, scale.dtype)
         torch.cuda.empty_cache()
     print(f"model folder ready in {time.perf_counter() - started:.0f} s", flush=True)
     rows = []
+    if scale.family == "flux":
+        if "train" not in skip:
+            rows += flux_training_rows(scale, folder, work)
+        if "generate" not in skip:
+            rows += flux_generation_rows(scale, folder, work)
+        return rows  # the switch rows measure the SDXL UNet's slots
     if "train" not in skip:
         for resolution, batch in scale.cases:
             rows += training_rows(scale, folder, work, resolution, batch)
@@ -205,19 +233,11 @@ def step_seconds(scale: Scale, folder: Path, config, text_trains: bool) -> dict:
 
 def generation_rows(scale: Scale, folder: Path, work: Path) -> list:
     from generation.request import GenerationRequest
-    from weights.settings import ModelSettings
 
     side, steps = scale.generation_side, scale.generation_steps
     setting = f"{side}², {steps} steps, guidance 7.5"
     floor = generation_floor_seconds(scale, folder, side, steps)
-    settings = ModelSettings(
-        base_model=str(folder),
-        refiner_model="tiny",
-        cache_dir=work / "cache",
-        device=scale.device,
-        dtype={torch.bfloat16: "bf16", torch.float32: "fp32"}[scale.dtype],
-        safety_checker_model="tiny",
-    )
+    settings = engine_settings(scale, folder, work)
     request = GenerationRequest(prompt="a photo of a cat", width=side, height=side,
                                 num_inference_steps=steps, seed=1, apply_watermark=False,
                                 disable_safety_checker=True)  # fmt: skip
@@ -231,6 +251,20 @@ def generation_rows(scale: Scale, folder: Path, work: Path) -> list:
         {"what": "generate: plain diffusers pipeline", "setting": setting, "seconds": reference,
          "peak_gb": plain_peak.gb, "floor": floor},
     ]  # fmt: skip
+
+
+def engine_settings(scale: Scale, folder: Path, work: Path):
+    """The engine's settings for the benchmark's base folder (tiny refiner and checker)."""
+    from weights.settings import ModelSettings
+
+    return ModelSettings(
+        base_model=str(folder),
+        refiner_model="tiny",
+        cache_dir=work / "cache",
+        device=scale.device,
+        dtype={torch.bfloat16: "bf16", torch.float32: "fp32"}[scale.dtype],
+        safety_checker_model="tiny",
+    )
 
 
 def engine_seconds(scale: Scale, settings, request, outputs: Path) -> float:
@@ -287,13 +321,180 @@ def generation_floor_seconds(scale: Scale, folder: Path, side: int, steps: int) 
     return total / (peak * 1e12) if peak else None
 
 
+# --- FLUX.1 -------------------------------------------------------------------------------------
+
+
+def flux_training_rows(scale: Scale, folder: Path, work: Path) -> list:
+    from train_helpers import make_dataset
+
+    from training.flux_inputs import FluxTrainingInputs
+    from training.loop import run_training
+    from weights.runtime import Runtime
+
+    ((resolution, _),) = scale.cases
+    setting = f"{resolution}² batch 1, LoRA r16"
+    dataset = make_dataset(work / "flux-dataset", count=4, masks=False, size=resolution)
+    runtime = Runtime(torch.device(scale.device), scale.dtype)
+    rows = []
+    for label, options in (
+        ("train: our loop", {}),
+        (
+            "train: our loop, int8 base + checkpointing",
+            {"base_quantization": "int8", "gradient_checkpointing": True},
+        ),
+    ):
+        inputs = FluxTrainingInputs(
+            seed=0, steps=100, resolution=str(resolution), optimizer="adamw", **options
+        )
+        with peak_memory(scale) as peak:
+            timing = run_training(
+                inputs.training_config(),
+                dataset,
+                folder,
+                work / "flux-run",
+                runtime,
+                timing_steps=scale.timed_steps,
+            )
+        rows.append({"what": label, "setting": setting, "seconds": timing.seconds_per_step,
+                     "peak_gb": peak.gb})  # fmt: skip
+    floor = flux_step_seconds(scale, folder, resolution)
+    return [
+        *rows,
+        {**floor, "what": "train: LoRA transformer fwd + bwd (floor)", "setting": setting},
+    ]
+
+
+def flux_step_seconds(scale: Scale, folder: Path, resolution: int) -> dict:
+    """The median bare step of a rank-16 LoRA transformer on random packed latents and text."""
+    from diffusers import FluxPipeline, FluxTransformer2DModel
+    from peft import LoraConfig
+
+    from families import FLUX
+
+    device = torch.device(scale.device)
+    with peak_memory(scale) as peak:
+        transformer = FluxTransformer2DModel.from_pretrained(
+            folder, subfolder="transformer", dtype=scale.dtype
+        ).to(device)
+        transformer.requires_grad_(False)
+        transformer.add_adapter(
+            LoraConfig(r=16, lora_alpha=16, target_modules=FLUX.lora_target_modules)
+        )
+        trained = [p for p in transformer.parameters() if p.requires_grad]
+        for p in trained:
+            p.data = p.data.float()
+        optimizer = torch.optim.AdamW(trained, lr=1e-4)
+        side = resolution // 16  # packed: 8x VAE, then 2x2
+        width = transformer.config.joint_attention_dim
+        inputs = dict(
+            hidden_states=torch.randn(1, side * side, 64, device=device),
+            encoder_hidden_states=torch.randn(1, FLUX.max_sequence_length, width, device=device),
+            pooled_projections=torch.randn(
+                1, transformer.config.pooled_projection_dim, device=device
+            ),
+            txt_ids=torch.zeros(FLUX.max_sequence_length, 3, device=device),
+            img_ids=FluxPipeline._prepare_latent_image_ids(1, side, side, device, torch.float32),
+            guidance=torch.ones(1, device=device),
+        )
+        times = []
+        for _ in range(scale.timed_steps):
+            synchronize(scale)
+            started = time.perf_counter()
+            with torch.autocast(
+                device.type, dtype=scale.dtype, enabled=scale.dtype != torch.float32
+            ):
+                prediction = transformer(**inputs, timestep=torch.rand(1, device=device)).sample
+                loss = torch.nn.functional.mse_loss(prediction.float(), inputs["hidden_states"])
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            synchronize(scale)
+            times.append(time.perf_counter() - started)
+        del transformer, optimizer
+    return {"seconds": statistics.median(times[1:] or times), "peak_gb": peak.gb}
+
+
+def flux_generation_rows(scale: Scale, folder: Path, work: Path) -> list:
+    from diffusers import FluxPipeline
+
+    from generation.request import FluxGenerationRequest
+
+    side, steps = scale.generation_side, scale.generation_steps
+    setting = f"{side}², {steps} steps, guidance 3.5"
+    settings = engine_settings(scale, folder, work)
+    request = FluxGenerationRequest(prompt="a photo of a cat", aspect_ratio="custom", width=side,
+                                    height=side, num_inference_steps=steps, seed=1,
+                                    disable_safety_checker=True)  # fmt: skip
+    with peak_memory(scale) as peak:
+        ours = engine_seconds(scale, settings, request, work / "outputs")
+    with peak_memory(scale) as plain_peak:
+        pipe = FluxPipeline.from_pretrained(folder, dtype=scale.dtype).to(scale.device)
+        pipe.set_progress_bar_config(disable=True)
+        floor = flux_generation_floor_seconds(scale, pipe, side, steps)
+
+        reference = flux_pipeline_seconds(scale, pipe, side, steps)
+        del pipe
+    return [
+        {"what": "generate: predict_flux's engine", "setting": setting, "seconds": ours,
+         "peak_gb": peak.gb, "floor": floor},
+        {"what": "generate: plain FluxPipeline", "setting": setting, "seconds": reference,
+         "peak_gb": plain_peak.gb, "floor": floor},
+    ]  # fmt: skip
+
+
+def flux_pipeline_seconds(scale: Scale, pipe, side: int, steps: int) -> float:
+    def plain():
+        generator = torch.Generator("cpu").manual_seed(1)
+        pipe("a photo of a cat", width=side, height=side, num_inference_steps=steps,
+             guidance_scale=3.5, generator=generator)  # fmt: skip
+
+    return median_seconds(scale, plain, 2)
+
+
+def flux_generation_floor_seconds(scale: Scale, pipe, side: int, steps: int) -> float | None:
+    """FLOPs of `steps` transformer passes (guidance is distilled: batch 1) and one VAE decode,
+    counted by torch, at the GPU's dense peak; None where no peak is known."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from families import FLUX
+
+    device, dtype, packed = torch.device(scale.device), scale.dtype, side // 16
+    transformer = pipe.transformer
+    width = transformer.config.joint_attention_dim
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        transformer(
+            hidden_states=torch.randn(1, packed * packed, 64, device=device, dtype=dtype),
+            encoder_hidden_states=torch.randn(
+                1, FLUX.max_sequence_length, width, device=device, dtype=dtype
+            ),  # fmt: skip
+            pooled_projections=torch.randn(
+                1, transformer.config.pooled_projection_dim, device=device, dtype=dtype
+            ),  # fmt: skip
+            timestep=torch.ones(1, device=device, dtype=dtype),
+            txt_ids=torch.zeros(FLUX.max_sequence_length, 3, device=device, dtype=dtype),
+            img_ids=pipe._prepare_latent_image_ids(1, packed, packed, device, dtype),
+            guidance=torch.ones(1, device=device, dtype=dtype),
+        )
+    transformer_flops = counter.get_total_flops()
+    with torch.no_grad(), counter:
+        pipe.vae.decode(torch.randn(1, 16, side // 8, side // 8, device=device, dtype=dtype))
+    decode_flops = counter.get_total_flops()
+    total = steps * transformer_flops + decode_flops
+    print(f"FLOPs: transformer pass {transformer_flops / 1e12:.2f} T, VAE decode "
+          f"{decode_flops / 1e12:.2f} T, {steps}-step image {total / 1e12:.1f} T")  # fmt: skip
+    peak = next((v for k, v in PEAK_TFLOPS.items() if scale.device == "cuda"
+                 and k in torch.cuda.get_device_name()), None)  # fmt: skip
+    return total / (peak * 1e12) if peak else None
+
+
 # --- switching --------------------------------------------------------------------------------
 
 
 def switch_rows(scale: Scale, work: Path) -> list:
     from benchmarks import bench_switch
 
-    if scale is SMOKE:  # the tiny UNet stands in for the real one
+    if scale.device == "cpu":  # the tiny UNet stands in for the real one
         from diffusers import UNet2DConditionModel
 
         from weights.embedded.tiny import ensure_tiny_model
