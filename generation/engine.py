@@ -43,7 +43,7 @@ class GenerationResult:
 
 class GenerationEngine:
     def __init__(self, settings: ModelSettings, default_weights: str | None = None):
-        self.runtime: Runtime = pick_runtime(settings.device, settings.dtype)
+        self.runtime: Runtime = pick_runtime(settings.device, settings.dtype, settings.speed)
         cache_dir, variant = settings.cache_dir, hub_variant(self.runtime)
         base_source = resolve_model(settings.base_model, "base", cache_dir, variant)
         self.base = load_base(base_source, self.runtime, settings.single_file_config)

@@ -35,6 +35,9 @@ def test_the_gpu_benchmark_runs_every_row_at_smoke_scale(model_cache):
     assert {"generate: predict()'s engine", "generate: plain diffusers pipeline"} <= set(measured)
     assert any(m.startswith("switch: ours: warm") for m in measured)
     assert any(m.startswith("switch: diffusers: hotswap") for m in measured)
+    for option in ("tf32", "channels_last", "compile"):
+        assert f"train: our loop + {option}" in measured
+    assert "generate: predict()'s engine + channels_last" in measured
     assert "FLOPs: UNet pass (batch 2)" in done.stdout
     assert "NOT identical" not in done.stdout
 

@@ -10,9 +10,11 @@ with the default settings except resolution 64 and a short run, on the toy base.
 - the LoRA carries part of what `TOK` draws: the subject prompts' images change when its scale
   goes from 0 to the predictor's default; this fails when the LoRA gets no gradient.
 
-The bounds sit between a sound run and the two breaks, measured with these settings (sound /
-lora_B frozen / trigger not substituted): subject 0.44 / 0.00 / 0.00; preserved 0.56 / 1.00 /
-0.38; LoRA effect 0.22 / 0.00 / 0.12.
+Each bound must hold on the worse of two training seeds. They sit between sound runs and the
+two breaks, measured with these settings (seed 0 / seed 1 / lora_B frozen / trigger not
+substituted): subject 0.44 / 0.25 / 0.00 / 0.00; preserved 0.56 / 0.56 / 1.00 / 0.38; drift
+0.131 / 0.142; LoRA effect 0.22 / 0.20 / 0.00 / 0.12. The second seed costs about 40 s of CI
+(30 s of training, one evaluation).
 """
 
 import pytest
@@ -24,8 +26,9 @@ from toyworld.subject import write_subject_zip
 from weights.settings import TOY
 
 STEPS = 400
-TRAIN_INPUTS = dict(resolution=64, seed=0, max_train_steps=STEPS, checkpointing_steps=0,
-                    verbose=False)  # fmt: skip
+TRAIN_INPUTS = dict(resolution=64, max_train_steps=STEPS, checkpointing_steps=0, verbose=False)
+# The bounds hold on the worse of two training seeds, not on one lucky run.
+TRAINING_SEEDS = (0, 1)
 EVALUATION = EvaluationSettings(seeds=(0, 1), num_inference_steps=10)
 MIN_SUBJECT_GAIN = 0.1875  # share of TOK images showing the emblem, above the base's (0.0)
 MIN_PRESERVED = 0.4375  # share of non-TOK images whose colours are the base model's
@@ -44,22 +47,20 @@ def evaluator(model_cache):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> str:
+def trained(tmp_path_factory) -> dict[int, str]:
+    """The tarball of each training seed."""
     work = tmp_path_factory.mktemp("quality")
-    return str(
-        train_subject(write_subject_zip(work / "emblem.zip"), TOY, work, **TRAIN_INPUTS).path
-    )
+    photos = write_subject_zip(work / "emblem.zip")
+    return {
+        seed: str(train_subject(photos, TOY, work / f"seed-{seed}", **TRAIN_INPUTS, seed=seed).path)
+        for seed in TRAINING_SEEDS
+    }
 
 
 @pytest.fixture(scope="module")
 def evaluations(evaluator, trained):
-    return evaluator.evaluate(), evaluator.evaluate(trained)
-
-
-@pytest.fixture(scope="module")
-def fidelities(evaluations):
-    """(base, tuned) fidelity."""
-    return tuple(evaluation.fidelity for evaluation in evaluations)
+    """The base's evaluation, and each training seed's."""
+    return evaluator.evaluate(), {seed: evaluator.evaluate(path) for seed, path in trained.items()}
 
 
 def test_the_base_can_draw_the_subject(evaluator):
@@ -67,17 +68,23 @@ def test_the_base_can_draw_the_subject(evaluator):
     assert ceiling >= MIN_CEILING, ceiling
 
 
-def test_trigger_prompts_draw_the_subject(fidelities):
-    base, tuned = fidelities
-    assert tuned.subject >= base.subject + MIN_SUBJECT_GAIN, (base, tuned)
+def test_trigger_prompts_draw_the_subject_on_every_training_seed(evaluations):
+    base, tuned = evaluations
+    worst = min(e.fidelity.subject for e in tuned.values())
+    assert worst >= base.fidelity.subject + MIN_SUBJECT_GAIN, _by_seed(tuned)
 
 
-def test_prompts_without_the_trigger_keep_what_the_base_drew(fidelities):
-    base, tuned = fidelities
-    assert tuned.preserved >= MIN_PRESERVED, (base, tuned)
-    assert tuned.drift <= MAX_DRIFT, (base, tuned)
+def test_prompts_without_the_trigger_keep_what_the_base_drew_on_every_seed(evaluations):
+    _, tuned = evaluations
+    assert min(e.fidelity.preserved for e in tuned.values()) >= MIN_PRESERVED, _by_seed(tuned)
+    assert max(e.fidelity.drift for e in tuned.values()) <= MAX_DRIFT, _by_seed(tuned)
 
 
-def test_the_lora_carries_part_of_the_subject(evaluator, trained, evaluations):
-    effect = evaluator.lora_effect(trained, evaluations[1])
-    assert effect >= MIN_LORA_EFFECT, effect
+def test_the_lora_carries_part_of_the_subject_on_every_seed(evaluator, trained, evaluations):
+    _, tuned = evaluations
+    effects = {seed: evaluator.lora_effect(trained[seed], tuned[seed]) for seed in trained}
+    assert min(effects.values()) >= MIN_LORA_EFFECT, effects
+
+
+def _by_seed(tuned) -> dict:
+    return {seed: evaluation.fidelity for seed, evaluation in tuned.items()}

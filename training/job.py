@@ -77,7 +77,7 @@ def run_job(
     the main one of a data-parallel run."""
     config = job.config
     # 1. Where to run, and the base model (before the images: a bad reference fails fast).
-    runtime = pick_runtime(settings.device, settings.dtype)
+    runtime = pick_runtime(settings.device, settings.dtype, settings.speed)
     base = resolve_base(job.base_model, settings, job.allow_local_base)
     base = BaseModel(job.base_model_name or base.reference, base.folder, base.family)
     problems = config.family_problems(base.family)

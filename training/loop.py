@@ -163,6 +163,8 @@ def run_training(
     problems = config.family_problems(family)
     if problems:
         raise InvalidTrainingConfig("Invalid training inputs:\n- " + "\n- ".join(problems))
+    if runtime.uses("channels_last") and family.denoiser == "unet":
+        models.denoiser.to(memory_format=torch.channels_last)
     clock.done("model load")
 
     # 3. Latents, once per image (and per flip). Captions get the trigger's token string.
@@ -213,6 +215,8 @@ def run_training(
             groups.append((f"{name}_lora", encoder, config.text_encoder_lr))
     if config.gradient_checkpointing:
         models.denoiser.enable_gradient_checkpointing()
+    if runtime.uses("compile"):  # regional: each repeated block compiles once, then is reused
+        models.denoiser.compile_repeated_blocks()
     named_models = {denoiser_name: models.denoiser, **models.named_text_encoders()}
     trainable = trainable_parameters(named_models)
     param_groups = [
@@ -374,6 +378,12 @@ def run_training(
             render_samples(models, config, token_map, work_dir / SAMPLES_DIR, done, accelerator)
             clock.done("sampling")
     bar.close()
+    if runtime.uses("compile") and is_main and len(step_seconds) > 1:
+        median = sorted(step_seconds[1:])[len(step_seconds[1:]) // 2]
+        print(
+            f"torch.compile: the first step took {step_seconds[0]:.1f}s, later ones "
+            f"{median:.2f}s (compiling about {step_seconds[0] - median:.0f}s)."
+        )
 
     result = TrainingResult(
         config,

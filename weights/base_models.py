@@ -155,7 +155,10 @@ def load_pipeline(
         pipeline = pipeline_class.from_pretrained(  # safetensors only: never unpickle
             source, dtype=runtime.dtype, variant=variant, use_safetensors=True, **components
         )
-    return pipeline.to(runtime.device)
+    pipeline = pipeline.to(runtime.device)
+    if runtime.uses("channels_last") and getattr(pipeline, "unet", None) is not None:
+        pipeline.unet.to(memory_format=torch.channels_last)
+    return pipeline
 
 
 def _download_from_hub(reference: str, variant: str | None, role: str) -> Path:

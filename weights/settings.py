@@ -63,6 +63,7 @@ class ModelSettings:
     upscaler_model: str = DEFAULT_UPSCALER_MODEL  # Swin2SR super-resolution
     local_dirs: tuple[Path, ...] = ()  # the operator's allow-list for paths in requests
     training_processes: int | None = None  # data-parallel training; None: one per GPU
+    speed: tuple[str, ...] = ()  # GPU speed options (weights/runtime.py SPEED_OPTIONS)
 
     @classmethod
     def from_env(cls, family: ModelFamily = SDXL) -> ModelSettings:
@@ -95,6 +96,11 @@ class ModelSettings:
                 if part
             ),
             training_processes=_count("SDXL_TUNER_TRAINING_PROCESSES"),
+            speed=tuple(
+                part.strip()
+                for part in os.environ.get("SDXL_TUNER_SPEED", "").split(",")
+                if part.strip()
+            ),
         )
 
 

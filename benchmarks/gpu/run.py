@@ -13,7 +13,9 @@ Rows:
   AdamW);
 - 30-step 1024² text-to-image with guidance: `predict()`'s engine against a plain diffusers
   pipeline, each against the FLOP floor (FLOPs counted by torch, at the GPU's peak);
-- switching between two rank-32 LoRAs (benchmarks/bench_switch.py on this device).
+- switching between two rank-32 LoRAs (benchmarks/bench_switch.py on this device);
+- each opt-in GPU speed option (weights/runtime.py SPEED_OPTIONS: TF32, channels-last,
+  regional torch.compile) alone, on our training step and our generation.
 
 FLUX.1 rows: training at 1024² batch 1, LoRA rank 16 (Replicate's Flux recipe), our loop in
 bf16 and with the int8 base plus gradient checkpointing (the 24 GB setting), against a bare
@@ -30,7 +32,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -39,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float32: "fp32"}
 # Dense bf16 peak, TFLOP/s, by device name (the floor of the generation rows).
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 70.0}
 
@@ -75,7 +78,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny models on the CPU")
     parser.add_argument("--family", choices=("sdxl", "flux"), default="sdxl")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["train", "generate", "switch"])
+    parser.add_argument(
+        "--skip", nargs="*", default=[], choices=["train", "generate", "switch", "speed"]
+    )
     args = parser.parse_args()
     scale = SCALES[args.family, args.smoke]
     if scale.device == "cuda" and not torch.cuda.is_available():
@@ -119,6 +124,8 @@ def run(scale: Scale, work: Path, skip: set[str]) -> list[dict]:
         rows += generation_rows(scale, folder, work)
     if "switch" not in skip:
         rows += switch_rows(scale, work)
+    if "speed" not in skip:
+        rows += speed_rows(scale, folder, work)
     return rows
 
 
@@ -126,15 +133,22 @@ def run(scale: Scale, work: Path, skip: set[str]) -> list[dict]:
 
 
 def training_rows(scale: Scale, folder: Path, work: Path, resolution: int, batch: int) -> list:
-    from train_helpers import make_dataset
-
-    from training.config import TrainingConfig
-    from training.loop import run_training
-    from weights.runtime import Runtime
-
+    config = sdxl_config(resolution, batch)
     setting = f"{resolution}² batch {batch}, LoRA r32 + 2 tokens"
-    dataset = make_dataset(work / f"dataset-{resolution}", count=4, size=resolution)
-    config = TrainingConfig(
+    ours = our_training_row(scale, folder, work, config, "train: our loop", setting)
+    floor = step_seconds(scale, folder, config, text_trains=False)
+    reference = step_seconds(scale, folder, config, text_trains=True)
+    return [
+        ours,
+        {**floor, "what": "train: LoRA UNet forward + backward (floor)", "setting": setting},
+        {**reference, "what": "train: diffusers' advanced example's step", "setting": setting},
+    ]
+
+
+def sdxl_config(resolution: int, batch: int):
+    from training.config import TrainingConfig
+
+    return TrainingConfig(
         seed=0,
         resolution=resolution,
         train_batch_size=batch,
@@ -144,20 +158,57 @@ def training_rows(scale: Scale, folder: Path, work: Path, resolution: int, batch
         checkpointing_steps=0,
         verbose=False,
     )
-    runtime = Runtime(torch.device(scale.device), scale.dtype)
+
+
+def our_training_row(
+    scale: Scale, folder: Path, work: Path, config, what: str, setting: str, speed=()
+) -> dict:
+    """Our loop's median step and peak memory (a dry run of a few timed steps)."""
+    from train_helpers import make_dataset
+
+    from training.loop import run_training
+    from weights.runtime import pick_runtime
+
+    dataset = make_dataset(
+        work / f"dataset-{config.resolution}", count=4, masks=config.use_masks,
+        size=config.resolution,
+    )  # fmt: skip
+    runtime = pick_runtime(scale.device, DTYPE_NAMES[scale.dtype], speed)
     with peak_memory(scale) as peak:
         timing = run_training(
             config, dataset, folder, work / "run", runtime, timing_steps=scale.timed_steps
         )
-    ours = {"what": "train: our loop", "setting": setting, "seconds": timing.seconds_per_step,
+    return {"what": what, "setting": setting, "seconds": timing.seconds_per_step,
             "peak_gb": peak.gb}  # fmt: skip
-    floor = step_seconds(scale, folder, config, text_trains=False)
-    reference = step_seconds(scale, folder, config, text_trains=True)
-    return [
-        ours,
-        {**floor, "what": "train: LoRA UNet forward + backward (floor)", "setting": setting},
-        {**reference, "what": "train: diffusers' advanced example's step", "setting": setting},
-    ]
+
+
+def speed_rows(scale: Scale, folder: Path, work: Path) -> list:
+    """Each GPU speed option on its own, against the rows without it: our training step at
+    the first training setting, and our generation."""
+    from generation.request import GenerationRequest
+    from weights.runtime import SPEED_OPTIONS
+
+    resolution, batch = scale.cases[0]
+    config = sdxl_config(resolution, batch)
+    setting = f"{resolution}² batch {batch}, LoRA r32 + 2 tokens"
+    side, steps = scale.generation_side, scale.generation_steps
+    request = GenerationRequest(prompt="a photo of a cat", width=side, height=side,
+                                num_inference_steps=steps, seed=1, apply_watermark=False,
+                                disable_safety_checker=True)  # fmt: skip
+    rows = []
+    for option in SPEED_OPTIONS:
+        what = f"train: our loop + {option}"
+        rows.append(our_training_row(scale, folder, work, config, what, setting, (option,)))
+        if option != "compile":  # the predictor does not compile (LoRA slots rebind weights)
+            settings = replace(engine_settings(scale, folder, work), speed=(option,))
+            with peak_memory(scale) as peak:
+                seconds = engine_seconds(scale, settings, request, work / "outputs")
+            rows.append({"what": f"generate: predict()'s engine + {option}", "seconds": seconds,
+                         "setting": f"{side}², {steps} steps, guidance 7.5",
+                         "peak_gb": peak.gb})  # fmt: skip
+        # TF32 is process-wide: off again for the next option.
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    return rows
 
 
 def step_seconds(scale: Scale, folder: Path, config, text_trains: bool) -> dict:
@@ -262,7 +313,7 @@ def engine_settings(scale: Scale, folder: Path, work: Path):
         refiner_model="tiny",
         cache_dir=work / "cache",
         device=scale.device,
-        dtype={torch.bfloat16: "bf16", torch.float32: "fp32"}[scale.dtype],
+        dtype=DTYPE_NAMES[scale.dtype],
         safety_checker_model="tiny",
     )
 
@@ -325,18 +376,12 @@ def generation_floor_seconds(scale: Scale, folder: Path, side: int, steps: int) 
 
 
 def flux_training_rows(scale: Scale, folder: Path, work: Path) -> list:
-    from train_helpers import make_dataset
-
     from training.flux_inputs import FluxTrainingInputs
-    from training.loop import run_training
-    from weights.runtime import Runtime
 
     ((resolution, _),) = scale.cases
     setting = f"{resolution}² batch 1, LoRA r16"
-    dataset = make_dataset(work / "flux-dataset", count=4, masks=False, size=resolution)
-    runtime = Runtime(torch.device(scale.device), scale.dtype)
     rows = []
-    for label, options in (
+    for what, options in (
         ("train: our loop", {}),
         (
             "train: our loop, int8 base + checkpointing",
@@ -346,17 +391,8 @@ def flux_training_rows(scale: Scale, folder: Path, work: Path) -> list:
         inputs = FluxTrainingInputs(
             seed=0, steps=100, resolution=str(resolution), optimizer="adamw", **options
         )
-        with peak_memory(scale) as peak:
-            timing = run_training(
-                inputs.training_config(),
-                dataset,
-                folder,
-                work / "flux-run",
-                runtime,
-                timing_steps=scale.timed_steps,
-            )
-        rows.append({"what": label, "setting": setting, "seconds": timing.seconds_per_step,
-                     "peak_gb": peak.gb})  # fmt: skip
+        config = inputs.training_config()
+        rows.append(our_training_row(scale, folder, work, config, what, setting))
     floor = flux_step_seconds(scale, folder, resolution)
     return [
         *rows,
