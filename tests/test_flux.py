@@ -224,7 +224,7 @@ def test_layers_to_optimize_choose_what_the_lora_trains(dataset, tiny_flux, tmp_
     result = run_training(config, dataset, tiny_flux, tmp_path / "run", CPU)
     modules = {k.split(".lora_")[0] for k in load_file(str(result.weights_dir / LORA_FILE))}
     assert modules == {f"transformer.single_transformer_blocks.{i}.proj_out" for i in (0, 1)}
-    with pytest.raises(InvalidTrainingConfig, match="matches no linear layer"):
+    with pytest.raises(InvalidTrainingConfig, match="matches no linear or convolution layer"):
         run_training(
             flux_config(max_train_steps=1, lora_layers_regex="no_such_layer"),
             dataset,

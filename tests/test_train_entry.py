@@ -1,6 +1,7 @@
 """The Cog `train()` end to end: the example zip in, a weights tarball out (a top-level
 cog.Path), the dry run, and invalid inputs rejected before any work."""
 
+import importlib
 import json
 import tarfile
 
@@ -29,12 +30,13 @@ from weights.trained_files import inspect_weights
 EXAMPLE = "@examples/cat_photos.zip"
 
 
-def train_with(**inputs):
-    """Call train() as Cog does: the declared defaults for every input not given."""
-    from train import train
-
+def train_with(trainer: str = TRAINER_REF, **inputs):
+    """Call a container's train() (`file.py:name`) as Cog does: the declared defaults for
+    every input not given."""
+    module, name = trainer.split(":")
+    train = getattr(importlib.import_module(module.removesuffix(".py")), name)
     pairs = [f"{name}={value}" for name, value in {"input_images": EXAMPLE, **inputs}.items()]
-    return train(**parse_inputs(pairs, None, inspect_entry(TRAINER_REF)))
+    return train(**parse_inputs(pairs, None, inspect_entry(trainer)))
 
 
 @pytest.mark.parametrize("base_model, family", [(TINY, SDXL), (TINY_SD15, SD15)])

@@ -18,7 +18,7 @@ from formats.bundle import BUNDLE_FILE, EMBEDDINGS_PTI_FILE, LORA_FILE, TRAINING
 from tests.train_helpers import make_dataset, one_thread, small_config  # noqa: F401 (autouse)
 from training.loop import latest_checkpoint, run_training
 from weights.runtime import pick_runtime
-from weights.settings import TINY, TINY_SD15
+from weights.settings import TINY, TINY_FLUX, TINY_SD15
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = {"max_train_steps": 12, "checkpointing_steps": 3, "lora_lr": 1e-3}
@@ -92,19 +92,31 @@ def test_accelerate_launch_with_two_cpu_processes_writes_one_bundle(tiny_env, tm
     assert len((work / "metrics.jsonl").read_text().splitlines()) == 3
 
 
-def test_train_on_two_processes_matches_one_process(tiny_env, monkeypatch, capsys):
+# The same short run in each container's train() inputs: SDXL's, and FLUX.1's (Replicate's
+# Flux trainer names, with two sizes of multi-resolution buckets).
+TWO_PROCESS_RUNS = {
+    "sdxl": dict(seed=0, resolution=64, train_batch_size=2, max_train_steps=8,
+                 lr_warmup_steps=0, lora_rank=4, lora_lr=1e-3),
+    "flux": dict(seed=0, resolution="64,128", batch_size=2, steps=4, lora_rank=4,
+                 learning_rate=1e-3, optimizer="adamw", base_model=TINY_FLUX),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("container", TWO_PROCESS_RUNS)
+def test_train_on_two_processes_matches_one_process(container, tiny_env, monkeypatch, capsys):
     """`train()` with two (CPU) processes trains as one process at the same global batch. Not
     bit-exact: the processes average their gradients in an all-reduce, whose floating-point
     summation order differs from the single process's mean over the batch."""
+    from serving.containers import CONTAINERS
     from tests.test_train_entry import train_with
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # CPU processes (gloo) even with a GPU
-    inputs = dict(seed=0, resolution=64, train_batch_size=2, max_train_steps=8,
-                  lr_warmup_steps=0, lora_rank=4, lora_lr=1e-3)  # fmt: skip
+    inputs = TWO_PROCESS_RUNS[container]
+    trainer = CONTAINERS[container].trainer
     runs = {}
     for processes in ("1", "2"):
         monkeypatch.setenv("SDXL_TUNER_TRAINING_PROCESSES", processes)
-        with tarfile.open(train_with(**inputs)) as tar:  # read before the next train() call
+        with tarfile.open(train_with(trainer, **inputs)) as tar:  # read before the next call
             runs[processes] = {
                 "names": sorted(tar.getnames()),
                 "record": json.load(tar.extractfile(TRAINING_CONFIG_FILE)),
@@ -118,9 +130,8 @@ def test_train_on_two_processes_matches_one_process(tiny_env, monkeypatch, capsy
     assert one["names"] == two["names"]
     assert [r["record"]["summary"]["processes"] for r in (one, two)] == [1, 2]
     assert one["record"]["plan"]["global_batch_size"] == two["record"]["plan"]["global_batch_size"]
-    assert (
-        two["record"]["base_model"] == "tiny" and two["record"]["inputs"]["train_batch_size"] == 2
-    )
+    assert two["record"]["base_model"] == inputs.get("base_model", TINY)
+    assert two["record"]["inputs"] == one["record"]["inputs"]
     assert one["losses"] == pytest.approx(two["losses"], rel=1e-4)
     for key, value in one["lora"].items():
         assert torch.allclose(value, two["lora"][key], rtol=1e-3, atol=1e-5), key

@@ -117,14 +117,18 @@ def add_lora(model, rank: int, alpha: float, target_modules: tuple[str, ...] | s
 
 
 def lora_targets(model: torch.nn.Module, prefix: str, pattern: str) -> list[str]:
-    """The linear layers of `model` whose names, as `<prefix>.<name>`, match `pattern`
-    (searched, as Replicate's `layers_to_optimize_regex`); at least one must."""
-    linear = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
-    found = [name for name in linear if re.search(pattern, f"{prefix}.{name}")]
+    """The linear and convolution layers of `model` whose names, as `<prefix>.<name>`, match
+    `pattern` (searched, as Replicate's `layers_to_optimize_regex`); at least one must."""
+    layers = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d))
+    ]
+    found = [name for name in layers if re.search(pattern, f"{prefix}.{name}")]
     if not found:
         raise InvalidTrainingConfig(
-            f"lora_layers_regex={pattern!r} matches no linear layer of the {prefix} (names "
-            f"look like {prefix}.{linear[len(linear) // 2]})."
+            f"lora_layers_regex={pattern!r} matches no linear or convolution layer of the "
+            f"{prefix} (names look like {prefix}.{layers[len(layers) // 2]})."
         )
     return found
 
