@@ -135,7 +135,8 @@ def train(
     lora_layers_regex: Optional[str] = _config(
         "lora_layers_regex",
         "A regular expression searched in the U-Net's module names (e.g. 'unet\\.up_blocks'): "
-        "LoRA trains the linear layers it matches. Empty: the attention projections",
+        "LoRA trains the linear and convolution layers it matches. Empty: the attention "
+        "projections",
     ),
     base_quantization: str = _config(
         "base_quantization",
