@@ -432,10 +432,8 @@ def flux_step_seconds(scale: Scale, folder: Path, resolution: int) -> dict:
             img_ids=FluxPipeline._prepare_latent_image_ids(1, side, side, device, torch.float32),
             guidance=torch.ones(1, device=device),
         )
-        times = []
-        for _ in range(scale.timed_steps):
-            synchronize(scale)
-            started = time.perf_counter()
+
+        def one_step():
             with torch.autocast(
                 device.type, dtype=scale.dtype, enabled=scale.dtype != torch.float32
             ):
@@ -444,10 +442,9 @@ def flux_step_seconds(scale: Scale, folder: Path, resolution: int) -> dict:
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            synchronize(scale)
-            times.append(time.perf_counter() - started)
-        del transformer, optimizer
-    return {"seconds": statistics.median(times[1:] or times), "peak_gb": peak.gb}
+
+        seconds = median_seconds(scale, one_step, max(1, scale.timed_steps - 1))
+    return {"seconds": seconds, "peak_gb": peak.gb}
 
 
 def flux_generation_rows(scale: Scale, folder: Path, work: Path) -> list:
