@@ -3,8 +3,8 @@
 Cog's server (coglet) validates inputs and serves `/openapi.json` only when
 `.cog/openapi_schema.json` exists. Without Docker there is no `cog build`, so the project
 writes it itself from the same declarations, using Cog's own inspector to read them (one
-source of truth): `.cog/openapi_schema.json` for the container being served, and
-`.cog/schemas/<container>.json` for each (`python -m serving.schema`).
+source of truth): `.cog/openapi_schema.json` for the container being served (not committed),
+and `.cog/schemas/<container>.json` for each (committed; `python -m serving.schema`).
 """
 
 from __future__ import annotations

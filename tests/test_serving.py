@@ -12,7 +12,8 @@ from PIL import Image
 
 from formats.bundle import LORA_FILE
 from serving import cli
-from serving.schema import SCHEMA_PATH, build_schema, inspect_entry
+from serving.containers import CONTAINERS
+from serving.schema import SCHEMAS_DIR, build_schema, inspect_entry
 from tests.cog_server import request, running_server
 from tests.conftest import tiny_variables
 from tests.receiver import Receiver
@@ -60,9 +61,11 @@ def wait_for(condition, timeout=60.0):
         time.sleep(0.2)
 
 
-def test_committed_schema_matches_the_code():
-    committed = json.loads(SCHEMA_PATH.read_text())
-    assert committed == build_schema()
+@pytest.mark.parametrize("container", CONTAINERS)
+def test_each_containers_committed_schema_matches_the_code(container):
+    entries = CONTAINERS[container]
+    committed = json.loads((SCHEMAS_DIR / f"{container}.json").read_text())
+    assert committed == build_schema(entries.predictor, entries.trainer)
     assert {"Input", "TrainingInput"} <= set(committed["components"]["schemas"])
 
 
