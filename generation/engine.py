@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from families import FLUX
 from formats.input_ranges import random_seed
 from formats.tokens import apply_token_map, contains_trigger
 from generation.lora import PreparedLora
@@ -48,9 +49,12 @@ class GenerationEngine:
         base_source = resolve_model(settings.base_model, "base", cache_dir, variant)
         self.base = load_base(base_source, self.runtime, settings.single_file_config)
         self.family = self.base.family
-        # FLUX.1 dev or schnell, told by whether the transformer embeds a guidance scale.
-        denoiser_config = getattr(self.base.txt2img, self.family.denoiser).config
-        self.flux_variant = "dev" if denoiser_config.get("guidance_embeds") else "schnell"
+        # FLUX.1 dev or schnell, told by whether the transformer embeds a guidance scale; None
+        # for the UNet families, whose requests name no variant.
+        self.flux_variant = None
+        if self.family is FLUX:
+            guided = self.base.txt2img.transformer.config.guidance_embeds
+            self.flux_variant = "dev" if guided else "schnell"
         self.refiner = None  # REFINER_MODEL is not loaded for a family without a refiner
         if self.family.default_refiner_model is not None:
             refiner_source = resolve_model(settings.refiner_model, "refiner", cache_dir, variant)

@@ -15,7 +15,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, FlowMatchEulerDiscreteSchedu
 from diffusers.training_utils import cast_training_params
 from peft import LoraConfig
 
-from families import ModelFamily, detect_family
+from families import ModelFamily
 from training.config import InvalidTrainingConfig
 
 
@@ -45,13 +45,12 @@ def load_components(
     device: torch.device,
     dtype: torch.dtype,
     full_unet: bool,
-    family: ModelFamily | None = None,
+    family: ModelFamily,
     quantization: str = "none",
 ) -> TrainingComponents:
-    """Load every component from a diffusers folder of a supported family (`family`, or read
-    from its config). Frozen weights use `dtype`; a fully fine-tuned denoiser stays in fp32
-    (master weights: small updates do not vanish in bf16). Weights load from safetensors only."""
-    family = family or detect_family(folder)
+    """Load every component from a diffusers folder of the supported `family`. Frozen weights
+    use `dtype`; a fully fine-tuned denoiser stays in fp32 (master weights: small updates do
+    not vanish in bf16). Weights load from safetensors only."""
     text_encoders = [
         getattr(transformers, class_name).from_pretrained(
             folder, subfolder=name, dtype=dtype, use_safetensors=True

@@ -177,8 +177,8 @@ class TrainingConfig:
 
     # --- validation -----------------------------------------------------------------------
 
-    def family_problems(self, family: ModelFamily) -> list[str]:
-        """What this config asks that the base model's family cannot train."""
+    def check_family(self, family: ModelFamily) -> None:
+        """Raise when this config asks what the base model's family cannot train."""
         problems = []
         if self.trains_tokens and not family.pti_keys:
             problems.append(
@@ -197,7 +197,8 @@ class TrainingConfig:
                     f"{family.title} trains a LoRA on its transformer only: use is_lora=true "
                     "and train_text_encoder=false."
                 )
-        return problems
+        if problems:
+            raise InvalidTrainingConfig("Invalid training inputs:\n- " + "\n- ".join(problems))
 
     def _problems(self):
         if self.resolution % 64:

@@ -22,7 +22,7 @@ import torch
 
 from families import ModelFamily, detect_family
 from training.bundle import bundle_size_report, write_bundle, write_dry_run_report
-from training.config import InvalidTrainingConfig, TrainingConfig
+from training.config import TrainingConfig
 from training.loop import run_training
 from training.processes import launch_command, processes_for, run_launch
 from weights.base_models import diffusers_folder, resolve_model
@@ -80,9 +80,7 @@ def run_job(
     runtime = pick_runtime(settings.device, settings.dtype, settings.speed)
     base = resolve_base(job.base_model, settings, job.allow_local_base)
     base = BaseModel(job.base_model_name or base.reference, base.folder, base.family)
-    problems = config.family_problems(base.family)
-    if problems:
-        raise InvalidTrainingConfig("Invalid training inputs:\n- " + "\n- ".join(problems))
+    config.check_family(base.family)  # before the images: a refused config fails fast
     print(f"Base model: {base.reference} ({base.family.title}), training at {config.resolution}px")
 
     # 2. The training images.

@@ -25,7 +25,7 @@ from accelerate.utils import DistributedDataParallelKwargs
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from families import ModelFamily
+from families import ModelFamily, detect_family
 from formats.bundle import CHECKPOINTS_DIR, METRICS_FILE, SAMPLES_DIR
 from formats.dataset_folder import read_captions
 from formats.tokens import TokenEmbeddingsHandler, apply_token_map
@@ -36,7 +36,7 @@ from training.components import (
     lora_targets,
     trainable_parameters,
 )
-from training.config import NUM_TOKENS, InvalidTrainingConfig, TrainingConfig
+from training.config import NUM_TOKENS, TrainingConfig
 from training.dataset import CachedLatentsDataset
 from training.export import save_trained_weights
 from training.objectives import OBJECTIVES
@@ -150,7 +150,9 @@ def run_training(
     device, is_main = accelerator.device, accelerator.is_main_process
     torch.manual_seed(config.seed)
 
-    # 2. Models.
+    # 2. Models, once the config is known to suit their family.
+    family = family or detect_family(base_model)
+    config.check_family(family)
     models = load_components(
         base_model,
         device,
@@ -159,10 +161,6 @@ def run_training(
         family,
         config.base_quantization,
     )
-    family = models.family
-    problems = config.family_problems(family)
-    if problems:
-        raise InvalidTrainingConfig("Invalid training inputs:\n- " + "\n- ".join(problems))
     if runtime.uses("channels_last") and family.denoiser == "unet":
         models.denoiser.to(memory_format=torch.channels_last)
     clock.done("model load")

@@ -185,16 +185,13 @@ def our_training_row(
 def speed_rows(scale: Scale, folder: Path, work: Path) -> list:
     """Each GPU speed option on its own, against the rows without it: our training step at
     the first training setting, and our generation."""
-    from generation.request import GenerationRequest
     from weights.runtime import SPEED_OPTIONS
 
     resolution, batch = scale.cases[0]
     config = sdxl_config(resolution, batch)
     setting = f"{resolution}² batch {batch}, LoRA r32 + 2 tokens"
     side, steps = scale.generation_side, scale.generation_steps
-    request = GenerationRequest(prompt="a photo of a cat", width=side, height=side,
-                                num_inference_steps=steps, seed=1, apply_watermark=False,
-                                disable_safety_checker=True)  # fmt: skip
+    request = sdxl_request(side, steps)
     rows = []
     for option in SPEED_OPTIONS:
         what = f"train: our loop + {option}"
@@ -283,15 +280,11 @@ def step_seconds(scale: Scale, folder: Path, config, text_trains: bool) -> dict:
 
 
 def generation_rows(scale: Scale, folder: Path, work: Path) -> list:
-    from generation.request import GenerationRequest
-
     side, steps = scale.generation_side, scale.generation_steps
     setting = f"{side}², {steps} steps, guidance 7.5"
     floor = generation_floor_seconds(scale, folder, side, steps)
     settings = engine_settings(scale, folder, work)
-    request = GenerationRequest(prompt="a photo of a cat", width=side, height=side,
-                                num_inference_steps=steps, seed=1, apply_watermark=False,
-                                disable_safety_checker=True)  # fmt: skip
+    request = sdxl_request(side, steps)
     with peak_memory(scale) as peak:
         ours = engine_seconds(scale, settings, request, work / "outputs")
     with peak_memory(scale) as plain_peak:
@@ -302,6 +295,15 @@ def generation_rows(scale: Scale, folder: Path, work: Path) -> list:
         {"what": "generate: plain diffusers pipeline", "setting": setting, "seconds": reference,
          "peak_gb": plain_peak.gb, "floor": floor},
     ]  # fmt: skip
+
+
+def sdxl_request(side: int, steps: int):
+    """The generation rows' request: one unmarked, unchecked image of `side`² pixels."""
+    from generation.request import GenerationRequest
+
+    return GenerationRequest(prompt="a photo of a cat", width=side, height=side,
+                             num_inference_steps=steps, seed=1, apply_watermark=False,
+                             disable_safety_checker=True)  # fmt: skip
 
 
 def engine_settings(scale: Scale, folder: Path, work: Path):
@@ -464,7 +466,6 @@ def flux_generation_rows(scale: Scale, folder: Path, work: Path) -> list:
         pipe = FluxPipeline.from_pretrained(folder, dtype=scale.dtype).to(scale.device)
         pipe.set_progress_bar_config(disable=True)
         floor = flux_generation_floor_seconds(scale, pipe, side, steps)
-
         reference = flux_pipeline_seconds(scale, pipe, side, steps)
         del pipe
     return [
