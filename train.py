@@ -64,6 +64,11 @@ def train(
     lora_alpha: Optional[float] = _config(
         "lora_alpha", "LoRA alpha (the update is scaled by alpha/rank). Empty: equal to the rank"
     ),
+    lora_plus_ratio: float = _config(
+        "lora_plus_ratio",
+        "LoRA+: the LoRA B matrices learn this many times faster than the A matrices "
+        "(16 in the LoRA+ paper). 1: one learning rate for both",
+    ),
     lr_scheduler: str = _config(
         "lr_scheduler", "Learning rate scheduler to use for training ('constant' ignores warmup)"
     ),
@@ -152,6 +157,11 @@ def train(
         "optimizer",
         "Optimizer. adamw8bit: 8-bit AdamW, less memory (GPU image); with prodigy use learning "
         "rates of 1.0",
+    ),
+    ema_decay: float = _config(
+        "ema_decay",
+        "Save an exponential moving average of the trained weights with this decay (e.g. "
+        "0.99) instead of the last step's. 0: the last step's",
     ),
     noise_offset: float = _config(
         "noise_offset", "Noise offset (e.g. 0.05) helps learn very dark or bright images"

@@ -1,6 +1,8 @@
 """The GPU benchmark's smoke mode (tiny models, CPU) runs every measurement, so the real-scale
-run on a GPU machine does not rot between the times one is at hand."""
+run on a GPU machine does not rot between the times one is at hand; the quality benchmark
+measures a style over training seeds."""
 
+import json
 import os
 import subprocess
 import sys
@@ -9,12 +11,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_smoke(model_cache, *arguments: str) -> subprocess.CompletedProcess:
+def run_benchmark(model_cache, script: str, *arguments: str) -> subprocess.CompletedProcess:
     env = dict(
         os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", SDXL_TUNER_CACHE=str(model_cache)
     )
     done = subprocess.run(
-        [sys.executable, "benchmarks/gpu/run.py", "--smoke", *arguments],
+        [sys.executable, script, *arguments],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -23,6 +25,10 @@ def run_smoke(model_cache, *arguments: str) -> subprocess.CompletedProcess:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return done
+
+
+def run_smoke(model_cache, *arguments: str) -> subprocess.CompletedProcess:
+    return run_benchmark(model_cache, "benchmarks/gpu/run.py", "--smoke", *arguments)
 
 
 def test_the_gpu_benchmark_runs_every_row_at_smoke_scale(model_cache):
@@ -54,3 +60,23 @@ def test_the_gpu_benchmark_runs_every_flux_row_at_smoke_scale(model_cache):
         "generate: plain FluxPipeline",
     }
     assert "FLOPs: transformer pass" in done.stdout
+
+
+def test_the_quality_benchmark_measures_a_style_over_training_seeds(model_cache, tmp_path):
+    done = run_benchmark(
+        model_cache, "benchmarks/quality/run.py", "--concept", "style", "--quick",
+        "--methods", "pivotal tuning", "--steps", "10", "--training-seeds", "0", "1",
+        "--out", str(tmp_path),
+    )  # fmt: skip
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["concept"] == "style" and results["ceiling"] >= 0.75  # dusk survives the VAE
+    base, *trained = results["rows"]
+    assert base["style"] == 0.0 and base["leak"] == 0.0  # the style is new to the base
+    assert [row["training_seed"] for row in trained] == [0, 1]
+    (summary,) = results["summary"]
+    assert summary["seeds"] == [0, 1] and set(summary["worst"]) == set(base) - {
+        "method",
+        "steps",
+        "seconds",
+    }
+    assert "| pivotal tuning | 10 | 2 |" in done.stdout

@@ -21,7 +21,7 @@ import pytest
 
 from tests.conftest import tiny_variables
 from tests.train_helpers import one_thread  # noqa: F401 (autouse fixture)
-from toyworld.evaluate import EvaluationSettings, ToyEvaluator, train_subject
+from toyworld.evaluate import EvaluationSettings, ToyEvaluator, train_on_zip
 from toyworld.subject import write_subject_zip
 from weights.settings import TOY
 
@@ -52,7 +52,7 @@ def trained(tmp_path_factory) -> dict[int, str]:
     work = tmp_path_factory.mktemp("quality")
     photos = write_subject_zip(work / "emblem.zip")
     return {
-        seed: str(train_subject(photos, TOY, work / f"seed-{seed}", **TRAIN_INPUTS, seed=seed).path)
+        seed: str(train_on_zip(photos, TOY, work / f"seed-{seed}", **TRAIN_INPUTS, seed=seed).path)
         for seed in TRAINING_SEEDS
     }
 

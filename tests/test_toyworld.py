@@ -1,4 +1,4 @@
-"""The toy world's scenes, subject and pixel metrics agree with what was drawn."""
+"""The toy world's scenes, subject, style and pixel metrics agree with what was drawn."""
 
 import zipfile
 
@@ -7,6 +7,7 @@ from PIL import Image, ImageDraw
 
 from toyworld import metrics
 from toyworld.scenes import render, scenes
+from toyworld.style import style_images, write_style_zip
 from toyworld.subject import EMBLEM_COLOURS, subject_images, write_subject_zip
 
 
@@ -52,3 +53,23 @@ def test_subject_is_detected_in_its_photos_and_packed_like_a_users_zip(tmp_path)
     with zipfile.ZipFile(tmp_path / "a.zip") as archive:
         assert len([n for n in archive.namelist() if n.endswith(".png")]) == 8
         assert "caption.csv" in archive.namelist()
+
+
+def test_the_dusk_style_is_read_under_any_scene_and_never_in_plain_ones(tmp_path):
+    drawn = scenes(40, seed=0)
+    photos = style_images(40, seed=0)
+    assert [caption for _, caption in photos] == [f"{s.caption} in the style of TOK" for s in drawn]
+    pairs = [(image, s, render(s)) for (image, _), s in zip(photos, drawn, strict=True)]
+    assert all(
+        metrics.at_dusk(image, plain) for image, s, plain in pairs if s.background_colour != "black"
+    )
+    assert not any(metrics.at_dusk(plain, plain) for _, _, plain in pairs)
+    for image, s, plain in pairs:  # the scene's colours can still be read, at dusk or not
+        assert (
+            metrics.tone_colours(image)[0] == metrics.tone_colours(plain)[0] == s.background_colour
+        )
+    objects = [metrics.tone_colours(image)[1] == s.colour for image, s, _ in pairs]
+    assert np.mean(objects) >= 0.9
+
+    first = write_style_zip(tmp_path / "a.zip").read_bytes()
+    assert write_style_zip(tmp_path / "b.zip").read_bytes() == first

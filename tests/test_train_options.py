@@ -1,6 +1,8 @@
 """Training options beyond the defaults, each in a real run on the tiny SDXL: every optimizer
-trains and resumes exactly from its saved state, gradient checkpointing changes memory but not
-the result, and aspect buckets of different sizes train in one run."""
+trains and resumes exactly from its saved state, LoRA+ speeds up the B matrices alone, the
+weight average is what gets saved (and resumes exactly),
+gradient checkpointing changes memory but not the result, and aspect buckets of different
+sizes train in one run."""
 
 import json
 
@@ -61,6 +63,67 @@ def test_each_optimizer_trains_and_resumes_exactly(
     assert again.keys() == trained.keys()
     for key, value in trained.items():
         assert torch.equal(again[key], value), f"{optimizer}: {key} differs after resume"
+
+
+def test_lora_plus_moves_the_b_matrices_ratio_times_faster(dataset, tiny_models, tmp_path):
+    # One AdamW step from B = 0: each entry moves by ±lr whatever its gradient's size, so with
+    # LoRA+ every B is exactly `ratio` times plain LoRA's and every A is the same.
+    runs = {
+        ratio: lora_weights(
+            run_training(
+                small_config(max_train_steps=1, ti_lr=0, weight_decay=0, lora_plus_ratio=ratio),
+                dataset,
+                tiny_models["base"],
+                tmp_path / str(ratio),
+                CPU,
+            )
+        )
+        for ratio in (1.0, 16.0)
+    }
+    plain, plus = runs[1.0], runs[16.0]
+    lora_b = [key for key in plain if "lora_B" in key]
+    assert plain.keys() == plus.keys() and all(plain[k].abs().max() > 0 for k in lora_b)
+    for key, value in plain.items():
+        expected = 16 * value if key in lora_b else value
+        torch.testing.assert_close(plus[key], expected, rtol=1e-3, atol=1e-7)
+
+
+def test_ema_saves_the_average_of_the_trained_weights_and_resumes_exactly(
+    dataset, tiny_models, tmp_path
+):
+    base = tiny_models["base"]
+    # The average does not change training: step k's raw weights are a k-step run's.
+    raw = [
+        lora_weights(
+            run_training(
+                small_config(max_train_steps=k, ti_lr=0), dataset, base, tmp_path / str(k), CPU
+            )
+        )
+        for k in (1, 2, 3)
+    ]
+    steps = dict(max_train_steps=3, checkpointing_steps=2, ti_lr=0)
+    averaged = run_training(
+        small_config(**steps, ema_decay=0.5), dataset, base, tmp_path / "ema", CPU
+    )
+    got = lora_weights(averaged)
+    for key in (k for k in got if "lora_B" in k):  # B starts at zero: the average is known
+        expected = torch.zeros_like(got[key])
+        for step, weights in enumerate(raw):
+            keep = min(0.5, (1 + step) / (10 + step))  # warmup: 0.1, 0.18, 0.25
+            expected = keep * expected + (1 - keep) * weights[key]
+        torch.testing.assert_close(got[key], expected, rtol=1e-5, atol=1e-7)
+        assert not torch.allclose(got[key], raw[-1][key])
+
+    resumed = run_training(
+        small_config(**steps, ema_decay=0.5),
+        dataset,
+        base,
+        tmp_path / "resumed",
+        CPU,
+        resume_from=averaged.checkpoints[-1],
+    )
+    for key, value in lora_weights(resumed).items():
+        assert torch.equal(value, got[key]), f"{key} differs after resuming with ema_decay"
 
 
 def test_gradient_checkpointing_gives_the_same_weights(dataset, tiny_models, tmp_path):

@@ -1,4 +1,4 @@
-"""How well a fine-tune learned the toy world's emblem, measured from pixels.
+"""How well a fine-tune learned the toy world's emblem (or its dusk style), from pixels.
 
 A model (the base alone, or the base with a trained bundle made active by the predictor's own
 weights switcher) draws every prompt of two fixed sets for every seed, at 64x64:
@@ -18,6 +18,14 @@ From those images (`toyworld.metrics` reads them):
   difference (0..1) from that image, and `leak` the share of scene images showing the emblem;
 - scene fidelity: share of scene images whose background and object colours are the prompted
   ones (how well the model draws the world at all; the base model's value is its ceiling).
+
+A style fine-tune (`evaluate_style`) is measured on style prompts instead, the scene prompts
+"… in the style of TOK" (`toyworld.style`): `style` is the share of their images drawn at dusk
+(at most `metrics.DUSK_READ` as bright as the base model's image of the scene for the same
+seed), `prompt` the share whose background has the prompted colour (in either tone);
+preservation, drift and scene fidelity are read as above, and `leak` is the share of scene
+images drawn at dusk. Scenes on black backgrounds are left out of both, since black at dusk
+is still nearly black.
 
 Subject fidelity has a ceiling of its own: `subject_ceiling` is the share of the emblem photos
 that still show the emblem after the base model's VAE encodes and decodes them. A fine-tune
@@ -50,7 +58,9 @@ from serving.cli import parse_inputs
 from serving.schema import TRAINER_REF, inspect_entry
 from toyworld import metrics
 from toyworld.recognition import vae_round_trip
-from toyworld.scenes import SIZE, describe
+from toyworld.scenes import SIZE, describe, render
+from toyworld.scenes import scenes as random_scenes
+from toyworld.style import style_image, style_prompt
 from toyworld.subject import subject_caption, subject_images
 from weights.settings import TINY, ModelSettings
 
@@ -96,6 +106,8 @@ SCENE_PROMPTS = (
     ScenePrompt("star", "white", "gradient", "purple"),
     ScenePrompt("square", "black", "plain", "yellow"),
 )
+# The style is read from how much darker a picture is; a black background barely darkens.
+STYLE_SCENES = tuple(p for p in SCENE_PROMPTS if p.background_colour != "black")
 
 
 @dataclass(frozen=True)
@@ -108,8 +120,13 @@ class EvaluationSettings:
     scheduler: str = REQUEST_DEFAULTS.scheduler
 
 
+class Metrics:
+    def as_dict(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+
 @dataclass(frozen=True)
-class Fidelity:
+class Fidelity(Metrics):
     subject: float
     emblem: float
     prompt: float
@@ -119,20 +136,28 @@ class Fidelity:
     leak: float
     scene: float
 
-    def as_dict(self) -> dict[str, float]:
-        return dataclasses.asdict(self)
+
+@dataclass(frozen=True)
+class StyleFidelity(Metrics):
+    style: float
+    prompt: float
+    preserved: float
+    drift: float
+    leak: float
+    scene: float
 
 
 @dataclass(frozen=True)
 class Evaluation:
-    fidelity: Fidelity
-    subject_images: list[Image.Image]  # prompt-major: every seed of the first prompt, ...
+    fidelity: Fidelity | StyleFidelity
+    # The subject's (or the style's) prompts, prompt-major: every seed of the first, ...
+    subject_images: list[Image.Image]
     scene_images: list[Image.Image]
+    seeds: int  # images per prompt
 
     def first_seed(self) -> list[Image.Image]:
-        """One image per prompt (the first seed's), subject prompts then scene prompts."""
-        seeds = len(self.subject_images) // len(SUBJECT_BACKGROUNDS)
-        return self.subject_images[::seeds] + self.scene_images[::seeds]
+        """One image per prompt (the first seed's), subject (or style) prompts, then scenes."""
+        return self.subject_images[:: self.seeds] + self.scene_images[:: self.seeds]
 
 
 class ToyEvaluator:
@@ -171,6 +196,15 @@ class ToyEvaluator:
         decoded = vae_round_trip(self.pipeline.vae, photos)
         return _share(metrics.subject_present(image) for image in decoded)
 
+    def style_ceiling(self, count: int = 8) -> float:
+        """Share of `count` style photos (without black backgrounds, as the style prompts)
+        still at dusk after the VAE's round trip, against the round trip of the same scene
+        at full brightness."""
+        scenes = [s for s in random_scenes(count, seed=0) if s.background_colour != "black"]
+        styled = vae_round_trip(self.pipeline.vae, [style_image(s) for s in scenes])
+        plain = vae_round_trip(self.pipeline.vae, [render(s) for s in scenes])
+        return _share(metrics.at_dusk(a, b) for a, b in zip(styled, plain, strict=True))
+
     def draw(
         self, prompts: list[str], weights: str | None, lora_scale: float | None = None
     ) -> list[Image.Image]:
@@ -198,11 +232,7 @@ class ToyEvaluator:
         per_seed = len(self.settings.seeds)
         subject_images = self.draw([subject_caption(b) for b in SUBJECT_BACKGROUNDS], weights)
         backgrounds = [b for b in SUBJECT_BACKGROUNDS for _ in range(per_seed)]
-        scene_images = (
-            self.draw([p.text for p in SCENE_PROMPTS], weights) if weights else self.reference
-        )
-        scenes = [p for p in SCENE_PROMPTS for _ in range(per_seed)]
-        pairs = list(zip(scene_images, self.reference, strict=True))
+        scene_images = self.scene_images(weights)
         fidelity = Fidelity(
             subject=_share(metrics.subject_present(i) for i in subject_images),
             emblem=_share(metrics.emblem_quartered(i) for i in subject_images),
@@ -215,15 +245,56 @@ class ToyEvaluator:
                 and metrics.background_pattern(i) == b.background
                 for i, b in zip(subject_images, backgrounds, strict=True)
             ),
+            leak=_share(metrics.subject_present(i) for i in scene_images),
+            **self._preservation(scene_images),
+        )
+        return Evaluation(fidelity, subject_images, scene_images, per_seed)
+
+    def evaluate_style(self, weights: str | None = None) -> Evaluation:
+        """The style metrics of the base model (`weights=None`) or of the base with a bundle."""
+        per_seed = len(self.settings.seeds)
+        style_images = self.draw([style_prompt(p.text) for p in STYLE_SCENES], weights)
+        prompted = [p for p in STYLE_SCENES for _ in range(per_seed)]
+        scene_images = self.scene_images(weights)
+        scenes = [p for p in SCENE_PROMPTS for _ in range(per_seed)]
+        # The base model's image of each style prompt's scene, for the same seed.
+        by_scene = {}
+        for image, p in zip(self.reference, scenes, strict=True):
+            by_scene.setdefault(p, []).append(image)
+        base_images = [image for p in STYLE_SCENES for image in by_scene[p]]
+        fidelity = StyleFidelity(
+            style=_share(
+                metrics.at_dusk(i, b) for i, b in zip(style_images, base_images, strict=True)
+            ),
+            prompt=_share(
+                metrics.tone_colours(i)[0] == p.background_colour
+                for i, p in zip(style_images, prompted, strict=True)
+            ),
+            leak=_share(
+                metrics.at_dusk(i, b)
+                for i, b, p in zip(scene_images, self.reference, scenes, strict=True)
+                if p in STYLE_SCENES
+            ),
+            **self._preservation(scene_images),
+        )
+        return Evaluation(fidelity, style_images, scene_images, per_seed)
+
+    def scene_images(self, weights: str | None) -> list[Image.Image]:
+        return self.draw([p.text for p in SCENE_PROMPTS], weights) if weights else self.reference
+
+    def _preservation(self, scene_images: list[Image.Image]) -> dict[str, float]:
+        """`preserved`, `drift` and `scene` of the scene prompts' images (module docstring)."""
+        per_seed = len(self.settings.seeds)
+        scenes = [p for p in SCENE_PROMPTS for _ in range(per_seed)]
+        pairs = list(zip(scene_images, self.reference, strict=True))
+        return dict(
             preserved=_share(_colours(image) == _colours(before) for image, before in pairs),
             drift=float(np.mean([metrics.drift(image, before) for image, before in pairs])),
-            leak=_share(metrics.subject_present(i) for i in scene_images),
             scene=_share(
                 _colours(i) == (p.background_colour, p.colour)
                 for i, p in zip(scene_images, scenes, strict=True)
             ),
         )
-        return Evaluation(fidelity, subject_images, scene_images)
 
     def lora_effect(self, weights: str, evaluation: Evaluation) -> float:
         """How much a bundle's LoRA changes what the subject prompts draw: the mean drift
@@ -241,14 +312,14 @@ class TrainedBundle:
     seconds: float  # wall time of train(), preprocessing and bundle writing included
 
 
-def train_subject(subject_zip: Path, base_model: str, out_dir: Path, **inputs) -> TrainedBundle:
-    """Run the Cog `train()` on `subject_zip` as Cog would: the declared defaults for every
+def train_on_zip(photos_zip: Path, base_model: str, out_dir: Path, **inputs) -> TrainedBundle:
+    """Run the Cog `train()` on `photos_zip` as Cog would: the declared defaults for every
     input not in `inputs`, each checked against its declaration. The tarball is moved to
     `out_dir`."""
     from train import train  # the Cog entry; imported late, it sets up logging
 
     kwargs = parse_inputs(
-        [f"input_images=@{subject_zip}"],
+        [f"input_images=@{photos_zip}"],
         json.dumps({"base_model": base_model, **inputs}),
         inspect_entry(TRAINER_REF),
     )

@@ -6,6 +6,8 @@
 - background pattern: how the border's tone varies along x and y (plain, striped, gradient,
   checked);
 - emblem shape: the emblem's colours sit in alternating quarters around their centre;
+- dusk (the style): an image at most DUSK_READ as bright as the base model's image of the same
+  scene and seed; its colours are read among the palette's tones at full brightness and at dusk;
 - drift: mean absolute pixel difference between two models' images for the same prompt and seed.
 """
 
@@ -15,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from toyworld.scenes import COLOURS, lighter
+from toyworld.style import DUSK, dusk
 from toyworld.subject import EMBLEM_COLOURS
 
 BORDER = 4  # pixels of the image edge read as background
@@ -22,10 +25,16 @@ COLOUR_TOLERANCE = 60.0  # RGB distance within which a pixel counts as a palette
 MIN_SUBJECT_SHARE = 0.02  # each emblem colour must cover 2% of the image
 MIN_TONE_CONTRAST = 30.0  # RGB distance between a background's two tones to read its pattern
 PATTERN_SPREAD = 0.15  # spread of the tone position along a border band that counts as a pattern
+DUSK_READ = (1 + DUSK) / 2  # brightness ratio to the base's image below which an image is at dusk
 
 # Every palette colour and its lighter pattern tone name the same colour.
 _NAMES = [name for name in COLOURS for _ in range(2)]
 _PALETTE = np.array([tone for rgb in COLOURS.values() for tone in (rgb, lighter(rgb))], float)
+
+
+# The same tones at dusk (the style) name the same colours too.
+_TONES = np.concatenate([_PALETTE, [dusk(tuple(int(c) for c in tone)) for tone in _PALETTE]])
+_TONE_NAMES = _NAMES * 2
 
 
 def pixels(image: Image.Image | np.ndarray) -> np.ndarray:
@@ -70,6 +79,29 @@ def object_colour(image) -> str | None:
     background = background_colour(image)
     names = [n for n in nearest_colour_names(pixels(image).reshape(-1, 3)) if n != background]
     return dominant(names) if names else None
+
+
+def brightness(image) -> float:
+    """Mean pixel value in 0..255."""
+    return float(pixels(image).mean())
+
+
+def at_dusk(image, base_image) -> bool:
+    """Drawn at dusk: at most DUSK_READ as bright as the base model's image of the same scene
+    and seed (dusk keeps 0.45 of every colour). Black backgrounds barely darken at dusk."""
+    return brightness(image) <= DUSK_READ * brightness(base_image)
+
+
+def tone_colours(image) -> tuple[str, str | None]:
+    """(background colour, object colour), each pixel read as the name of its nearest tone at
+    full brightness or at dusk."""
+    array = pixels(image)
+    nearest = np.linalg.norm(array[..., None, :] - _TONES, axis=-1).argmin(axis=-1)
+    edge = np.ones(nearest.shape, bool)
+    edge[BORDER:-BORDER, BORDER:-BORDER] = False
+    background = dominant([_TONE_NAMES[i] for i in nearest[edge]])
+    names = [n for n in (_TONE_NAMES[i] for i in nearest.ravel()) if n != background]
+    return background, dominant(names) if names else None
 
 
 def drift(image_a, image_b) -> float:

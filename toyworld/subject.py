@@ -71,15 +71,21 @@ def subject_images(count: int, seed: int) -> list[tuple[Image.Image, str]]:
 
 
 def write_subject_zip(path: Path, count: int = 8, seed: int = 0) -> Path:
-    """A zip of PNG photos and a caption.csv, reproducible byte for byte."""
+    """A zip of the emblem's PNG photos and a caption.csv, reproducible byte for byte."""
+    return write_photo_zip(path, subject_images(count, seed), "emblem")
+
+
+def write_photo_zip(path: Path, photos: list[tuple[Image.Image, str]], stem: str) -> Path:
+    """Captioned photos packed as a user packs them: `<stem>_00.png`, … and a caption.csv,
+    with fixed timestamps so the zip is reproducible byte for byte."""
     captions = io.StringIO()
     writer = csv.writer(captions, lineterminator="\n")
     writer.writerow(["image_file", "caption"])
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
-        for index, (image, caption) in enumerate(subject_images(count, seed)):
+        for index, (image, caption) in enumerate(photos):
             buffer = io.BytesIO()
             image.save(buffer, "PNG")
-            name = f"emblem_{index:02d}.png"
+            name = f"{stem}_{index:02d}.png"
             archive.writestr(zipfile.ZipInfo(name, FIXED_TIME), buffer.getvalue())
             writer.writerow([name, caption])
         archive.writestr(zipfile.ZipInfo("caption.csv", FIXED_TIME), captions.getvalue())

@@ -63,6 +63,9 @@ class TrainingConfig:
     lora_lr: float | None = ranged(None, 0.0, None)  # 0 (with is_lora): pure textual inversion
     lora_rank: int = ranged(32, 1, 256)
     lora_alpha: float | None = ranged(None, 0.0, 4096.0)  # None: equal to the rank (scale 1)
+    # LoRA+ (Hayou et al., 2024): the B matrices learn this many times faster than the A
+    # matrices (B starts at zero and carries the update's size); 1: one rate for both.
+    lora_plus_ratio: float = ranged(1.0, 1.0, 64.0)
     # A regular expression searched in the denoiser's module names (`transformer.…` /
     # `unet.…`): its linear layers that match are the ones LoRA trains. None: the family's.
     lora_layers_regex: str | None = None
@@ -76,6 +79,9 @@ class TrainingConfig:
     optimizer: str = one_of("adamw", OPTIMIZERS)
     weight_decay: float = 1e-4
     max_grad_norm: float = ranged(1.0, 0.0, None)  # 0: no clipping
+    # The saved weights are an exponential moving average of the trained ones (training/ema.py)
+    # with this decay; 0: the last step's weights.
+    ema_decay: float = ranged(0.0, 0.0, 0.9999)
     noise_offset: float = ranged(0.0, 0.0, 1.0)
     min_snr_gamma: float = ranged(0.0, 0.0, None)  # 0: plain MSE
     flip_augmentation: bool = False

@@ -11,6 +11,7 @@ under `accelerate launch` (each process takes its slice of every global batch).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -38,6 +39,7 @@ from training.components import (
 )
 from training.config import NUM_TOKENS, TrainingConfig
 from training.dataset import CachedLatentsDataset
+from training.ema import WeightAverage
 from training.export import save_trained_weights
 from training.objectives import OBJECTIVES
 from training.samples import render_class_images, render_samples
@@ -54,6 +56,7 @@ from weights.runtime import Runtime
 WEIGHTS_DIR = "weights"
 CLASS_IMAGES_DIR = "class_images"
 STATE_DIR = "training_state"  # optimizer/scheduler/parameters for resuming; not bundled
+AVERAGE_FILE = "weight_average.safetensors"  # in STATE_DIR, with ema_decay
 MIXED_PRECISION = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "no"}
 
 
@@ -117,6 +120,11 @@ class TrainingRun:
     trainable: dict[str, torch.Tensor]  # name -> parameter
     runtime: Runtime
     work_dir: Path
+    average: WeightAverage | None  # what is saved, when `ema_decay` asks for it
+
+    def saved_weights(self):
+        """The weights in the model while they are saved or sampled: the average, if any."""
+        return self.average.applied() if self.average else contextlib.nullcontext()
 
 
 def run_training(
@@ -217,16 +225,25 @@ def run_training(
         models.denoiser.compile_repeated_blocks()
     named_models = {denoiser_name: models.denoiser, **models.named_text_encoders()}
     trainable = trainable_parameters(named_models)
-    param_groups = [
-        {
-            "name": name,
-            "lr": lr,
-            "params": [
-                p for p in model.parameters() if p.requires_grad and not _is_embedding(p, models)
-            ],
+    param_groups = []
+    for name, model, lr in groups:
+        params = {
+            n: p
+            for n, p in model.named_parameters()
+            if p.requires_grad and not _is_embedding(p, models)
         }
-        for name, model, lr in groups
-    ]
+        faster = {n for n in params if ".lora_B." in n} if config.lora_plus_ratio != 1 else set()
+        param_groups.append(
+            {"name": name, "lr": lr, "params": [p for n, p in params.items() if n not in faster]}
+        )
+        if faster:  # LoRA+: the B matrices in a group of their own, at the higher rate
+            param_groups.append(
+                {
+                    "name": f"{name}_B",
+                    "lr": lr * config.lora_plus_ratio,
+                    "params": [params[n] for n in faster],
+                }
+            )
     if handler is not None:
         tables = [e.get_input_embeddings().weight for e in models.text_encoders]
         param_groups.append(
@@ -248,13 +265,18 @@ def run_training(
     denoiser = wrapped.get(id(models.denoiser), models.denoiser)
     text_encoders = [wrapped.get(id(e), e) for e in models.text_encoders]
 
-    # 7. Resume: parameters, optimizer and scheduler state; every random draw is a function of
-    #    (seed, step), so nothing else is needed to continue exactly.
+    average = None
+    if config.ema_decay:  # of what the optimizer trains, but the (retracted) token tables
+        averaged = {n: p for n, p in trainable.items() if not _is_embedding(p, models)}
+        average = WeightAverage(averaged, config.ema_decay)
+
+    # 7. Resume: parameters, optimizer and scheduler state (and the average); every random draw
+    #    is a function of (seed, step), so nothing else is needed to continue exactly.
     start_step = 0
     if resume_from is not None:
-        start_step = _load_state(Path(resume_from), trainable, optimizer, lr_scheduler)
+        start_step = _load_state(Path(resume_from), trainable, optimizer, lr_scheduler, average)
         _truncate_metrics(work_dir / METRICS_FILE, start_step)
-    run = TrainingRun(config, models, handler, token_map, trainable, runtime, work_dir)
+    run = TrainingRun(config, models, handler, token_map, trainable, runtime, work_dir, average)
     summary = _summary(config, plan, dataset, trainable, device, runtime, accelerator, family)
     if is_main and not timing_steps:
         print(_format_summary(summary))
@@ -343,6 +365,8 @@ def run_training(
         optimizer.zero_grad(set_to_none=True)
         if handler is not None and step < plan.pivot_step:
             handler.retract_embeddings()
+        if average is not None:
+            average.update(step)
         loss_value = step_loss
         lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
         bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{max(lrs.values()):.2e}")
@@ -373,7 +397,8 @@ def run_training(
             and config.sample_prompts
             and _due(config.sample_every, done, plan.max_train_steps)
         ):
-            render_samples(models, config, token_map, work_dir / SAMPLES_DIR, done, accelerator)
+            with run.saved_weights():
+                render_samples(models, config, token_map, work_dir / SAMPLES_DIR, done, accelerator)
             clock.done("sampling")
     bar.close()
     if runtime.uses("compile") and is_main and len(step_seconds) > 1:
@@ -404,9 +429,15 @@ def run_training(
         _save_weights(run, work_dir / WEIGHTS_DIR)
         clock.done("saving")
         if config.sample_prompts:
-            render_samples(
-                models, config, token_map, work_dir / SAMPLES_DIR, plan.max_train_steps, accelerator
-            )
+            with run.saved_weights():
+                render_samples(
+                    models,
+                    config,
+                    token_map,
+                    work_dir / SAMPLES_DIR,
+                    plan.max_train_steps,
+                    accelerator,
+                )
             clock.done("sampling")
     accelerator.wait_for_everyone()
     accelerator.end_training()
@@ -430,7 +461,8 @@ def _save_weights(run: TrainingRun, folder: Path) -> None:
     staging = folder.with_name(folder.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     dtype = torch.float32 if run.runtime.device.type == "cpu" else torch.float16
-    save_trained_weights(staging, run.config, run.models, run.handler, run.token_map, dtype)
+    with run.saved_weights():
+        save_trained_weights(staging, run.config, run.models, run.handler, run.token_map, dtype)
     shutil.rmtree(folder, ignore_errors=True)
     staging.rename(folder)
 
@@ -448,6 +480,8 @@ def _save_checkpoint(run: TrainingRun, step: int, optimizer, lr_scheduler) -> No
         {k: v.detach().float().cpu().contiguous() for k, v in run.trainable.items()},
         str(state / "parameters.safetensors"),
     )
+    if run.average is not None:
+        save_file(run.average.state(), str(state / AVERAGE_FILE))
     save_state(
         {
             "optimizer": optimizer.state_dict(),
@@ -470,7 +504,7 @@ def latest_checkpoint(work_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def _load_state(checkpoint: Path, trainable, optimizer, lr_scheduler) -> int:
+def _load_state(checkpoint: Path, trainable, optimizer, lr_scheduler, average) -> int:
     state = checkpoint / STATE_DIR
     if not state.is_dir():
         raise FileNotFoundError(f"{checkpoint} has no {STATE_DIR}/: it cannot be resumed from.")
@@ -480,6 +514,10 @@ def _load_state(checkpoint: Path, trainable, optimizer, lr_scheduler) -> int:
     with torch.no_grad():
         for name, parameter in trainable.items():
             parameter.copy_(saved[name])
+    if average is not None:
+        if not (state / AVERAGE_FILE).is_file():
+            raise ValueError(f"{checkpoint} was written without ema_decay: resume with it off.")
+        average.load_state(load_file(str(state / AVERAGE_FILE)))
     progress = load_state(state, "progress")
     optimizer.load_state_dict(progress["optimizer"])
     lr_scheduler.load_state_dict(progress["lr_scheduler"])

@@ -43,7 +43,7 @@ def main() -> None:
     import torch
 
     import families
-    from toyworld.evaluate import ToyEvaluator, train_subject
+    from toyworld.evaluate import ToyEvaluator, train_on_zip
     from toyworld.subject import write_subject_zip
 
     torch.set_num_threads(args.threads)
@@ -56,7 +56,7 @@ def main() -> None:
         inputs = dict(resolution=64, seed=0, max_train_steps=args.steps, checkpointing_steps=0,
                       verbose=False)  # fmt: skip
         inputs.update(parse_settings(args.set))
-        trained = train_subject(
+        trained = train_on_zip(
             write_subject_zip(Path(work) / "emblem.zip"), args.base_model, Path(work), **inputs
         )
         rows.append((f"{args.steps} steps {' '.join(args.set)}", denoise(evaluator, trained.path)))

@@ -1,15 +1,17 @@
 """Fine-tuning quality in the toy world: LoRA, textual inversion, pivotal tuning and full
-fine-tuning of the emblem at a few step counts, over several training seeds, against the base
-model (step 0).
+fine-tuning of the emblem (or of the dusk style) at a few step counts, over several training
+seeds, against the base model (step 0).
 
     .venv/bin/python benchmarks/quality/run.py                  # base model `toy`, 5 seeds
     .venv/bin/python benchmarks/quality/run.py --quick          # 400 steps, fewer seeds
     .venv/bin/python benchmarks/quality/run.py --set lora_lr=1e-3 --steps 100 200
     .venv/bin/python benchmarks/quality/run.py --methods "pivotal tuning" --training-seeds 0 1
+    .venv/bin/python benchmarks/quality/run.py --concept style --steps 200 400
 
-Every run is the Cog `train()` on the emblem zip (`toyworld.subject`) with the declared
-defaults except resolution 64, the step count, the training seed, no checkpoints, and what
-`--set` gives; each method changes only the inputs listed in METHODS. The metrics are
+Every run is the Cog `train()` on the emblem zip (`toyworld.subject`; with `--concept style`
+the dusk style's zip, `toyworld.style`, and `lora_type=style`) with the declared defaults
+except resolution 64, the step count, the training seed, no checkpoints, and what `--set`
+gives; each method changes only the inputs listed in METHODS. The metrics are
 `toyworld.evaluate`'s (see its docstring). Prints a markdown table per training seed and one of
 the mean, standard error and worst seed per method and step count; writes the plot and the
 figures as JSON.
@@ -25,7 +27,8 @@ import os
 import statistics
 import sys
 import tempfile
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,12 +51,26 @@ TRAINING_SEEDS = (0, 1, 2, 3, 4)
 # Reported over training seeds as the mean and the worst seed: the lowest, or for drift and
 # leak (lower is better) the highest.
 LOWER_IS_BETTER = ("drift", "leak")
-COLUMNS = ("subject", "emblem", "prompt", "pattern", "preserved", "drift", "leak", "scene")
-PLOTTED = (
-    ("subject", "subject fidelity"),
-    ("prompt", "prompt fidelity"),
-    ("preserved", "preservation"),
-)
+# The train() inputs every run of a concept adds to its method's.
+CONCEPT_INPUTS = {"subject": {}, "style": {"lora_type": "style"}}
+
+
+@dataclass(frozen=True)
+class Concept:
+    """What a concept trains on and how it is measured."""
+
+    name: str
+    write_zip: Callable[[Path], Path]  # the training photos
+    evaluate: Callable  # ToyEvaluator.evaluate or .evaluate_style
+    ceiling: Callable[[], float]  # share of photos whose look survives the VAE's round trip
+
+    @property
+    def plotted(self) -> tuple[tuple[str, str], ...]:
+        return (
+            (self.name, f"{self.name} fidelity"),
+            ("prompt", "prompt fidelity"),
+            ("preserved", "preservation"),
+        )
 
 
 def main() -> None:
@@ -61,6 +78,8 @@ def main() -> None:
     parser.add_argument("--base-model", default="toy")
     parser.add_argument("--steps", type=int, nargs="+", default=None)
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    parser.add_argument("--concept", choices=list(CONCEPT_INPUTS), default="subject",
+                        help="the emblem (subject) or the dusk style")  # fmt: skip
     parser.add_argument(
         "--quick", action="store_true", help=f"steps {QUICK_STEPS}, 2 evaluation seeds"
     )
@@ -77,7 +96,8 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
-    from toyworld.evaluate import EvaluationSettings, ToyEvaluator, train_subject
+    from toyworld.evaluate import EvaluationSettings, ToyEvaluator, train_on_zip
+    from toyworld.style import write_style_zip
     from toyworld.subject import write_subject_zip
 
     torch.set_num_threads(args.threads)
@@ -95,25 +115,34 @@ def main() -> None:
 
     # 1. The base model's own row.
     evaluator = ToyEvaluator(args.base_model, cache, evaluation)
-    base = evaluator.evaluate()
+    concept = {
+        "subject": Concept("subject", write_subject_zip, evaluator.evaluate,
+                           evaluator.subject_ceiling),
+        "style": Concept("style", write_style_zip, evaluator.evaluate_style,
+                         evaluator.style_ceiling),
+    }[args.concept]  # fmt: skip
+    base = concept.evaluate()
+    columns = list(base.fidelity.as_dict())
     rows = [{"method": "base model", "steps": 0, "seconds": 0.0, **base.fidelity.as_dict()}]
     samples = {"base model": base.first_seed()}
-    ceiling = evaluator.subject_ceiling()
-    print(f"Subject ceiling (emblem photos that survive the VAE's round trip): {ceiling:.2f}")
-    print(table(rows), flush=True)
+    ceiling = concept.ceiling()
+    print(f"{concept.name.capitalize()} ceiling (photos whose {concept.name} survives the VAE's "
+          f"round trip): {ceiling:.2f}")  # fmt: skip
+    print(table(rows, columns), flush=True)
 
     # 2. Each method at each step count, trained from scratch through train().
     with tempfile.TemporaryDirectory(prefix="quality-") as work:
-        subject_zip = write_subject_zip(Path(work) / "emblem.zip")
+        photos = concept.write_zip(Path(work) / f"{concept.name}.zip")
         for method in args.methods:
             for count in steps:
                 for seed in args.training_seeds:
                     inputs = dict(resolution=64, seed=seed, max_train_steps=count,
                                   checkpointing_steps=0, verbose=False)  # fmt: skip
+                    inputs.update(CONCEPT_INPUTS[concept.name])
                     inputs.update(extra)
                     inputs.update(METHODS[method])
-                    trained = train_subject(subject_zip, args.base_model, Path(work), **inputs)
-                    scores = evaluator.evaluate(str(trained.path))
+                    trained = train_on_zip(photos, args.base_model, Path(work), **inputs)
+                    scores = concept.evaluate(str(trained.path))
                     fidelity = scores.fidelity.as_dict()
                     rows.append(
                         {"method": method, "steps": count, "training_seed": seed,
@@ -122,42 +151,45 @@ def main() -> None:
                     if seed == args.training_seeds[0]:
                         samples[f"{method}, {count} steps"] = scores.first_seed()
                     trained.path.unlink()
-                    print(table(rows[-1:], header=False), flush=True)
+                    print(table(rows[-1:], columns, header=False), flush=True)
 
-    print("\nPer training seed:\n" + table(rows))
-    summary = summarise(rows[1:])
-    print(f"\nOver training seeds {args.training_seeds}:\n" + summary_table(rows[0], summary))
+    print("\nPer training seed:\n" + table(rows, columns))
+    summary = summarise(rows[1:], columns)
+    print(
+        f"\nOver training seeds {args.training_seeds}:\n" + summary_table(rows[0], summary, columns)
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     record = dict(
         base_model=args.base_model,
+        concept=concept.name,
         steps=list(steps),
         set=args.set,
         evaluation=dataclasses.asdict(evaluation),
-        subject_ceiling=ceiling,
+        ceiling=ceiling,
         training_seeds=args.training_seeds,
         rows=rows,
         summary=summary,
     )
     (args.out / "results.json").write_text(json.dumps(record, indent=1) + "\n")
     means = [{**group, **group["mean"]} for group in summary]
-    plot([rows[0], *means], args.out / "quality.png", args.base_model)
+    plot([rows[0], *means], args.out / "quality.png", args.base_model, concept.plotted)
     sample_sheet(samples, steps[-1]).save(args.out / "samples.png")
     print(f"Wrote results.json, quality.png and samples.png to {args.out}")
 
 
-def table(rows: list[dict], header: bool = True) -> str:
-    names = ("method", "steps", "seed", "train s", *COLUMNS)
+def table(rows: list[dict], columns: list[str], header: bool = True) -> str:
+    names = ("method", "steps", "seed", "train s", *columns)
     lines = []
     if header:
         lines += ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
     for row in rows:
         cells = [row["method"], str(row["steps"]), str(row.get("training_seed", "–"))]
-        cells += [f"{row['seconds']:.0f}"] + [_figure(row[c], c) for c in COLUMNS]
+        cells += [f"{row['seconds']:.0f}"] + [_figure(row[c], c) for c in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def summarise(rows: list[dict]) -> list[dict]:
+def summarise(rows: list[dict], columns: list[str]) -> list[dict]:
     """Per method and step count: the mean, the standard error and the worst training seed of
     every metric, and the mean training time."""
     groups: dict[tuple, list[dict]] = {}
@@ -165,7 +197,7 @@ def summarise(rows: list[dict]) -> list[dict]:
         groups.setdefault((row["method"], row["steps"]), []).append(row)
     summary = []
     for (method, steps), group in groups.items():
-        values = {c: [row[c] for row in group] for c in COLUMNS}
+        values = {c: [row[c] for row in group] for c in columns}
         summary.append({
             "method": method,
             "steps": steps,
@@ -181,16 +213,16 @@ def summarise(rows: list[dict]) -> list[dict]:
     return summary
 
 
-def summary_table(base: dict, summary: list[dict]) -> str:
+def summary_table(base: dict, summary: list[dict], columns: list[str]) -> str:
     """Mean ± standard error (worst seed) of each metric."""
-    names = ("method", "steps", "seeds", "train s", *COLUMNS)
+    names = ("method", "steps", "seeds", "train s", *columns)
     lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
-    base_cells = [_figure(base[c], c) for c in COLUMNS]
+    base_cells = [_figure(base[c], c) for c in columns]
     lines.append("| " + " | ".join(["base model", "0", "–", "0", *base_cells]) + " |")
     for group in summary:
         cells = [group["method"], str(group["steps"]), str(len(group["seeds"]))]
         cells.append(f"{group['seconds']:.0f}")
-        for c in COLUMNS:
+        for c in columns:
             mean, error, worst = group["mean"][c], group["stderr"][c], group["worst"][c]
             cells.append(f"{_figure(mean, c)} ± {_figure(error, c)} ({_figure(worst, c)})")
         lines.append("| " + " | ".join(cells) + " |")
@@ -201,7 +233,7 @@ def _figure(value: float, column: str) -> str:
     return f"{value:.3f}" if column == "drift" else f"{value:.2f}"
 
 
-def plot(rows: list[dict], file: Path, base_model: str) -> None:
+def plot(rows: list[dict], file: Path, base_model: str, plotted: tuple) -> None:
     """The three metrics against steps (top) and training wall time (bottom), per method."""
     import matplotlib
 
@@ -210,8 +242,8 @@ def plot(rows: list[dict], file: Path, base_model: str) -> None:
 
     base = rows[0]
     methods = list(dict.fromkeys(row["method"] for row in rows[1:]))
-    figure, axes = pyplot.subplots(2, len(PLOTTED), figsize=(12, 7), squeeze=False)
-    for column, (key, title) in enumerate(PLOTTED):
+    figure, axes = pyplot.subplots(2, len(plotted), figsize=(12, 7), squeeze=False)
+    for column, (key, title) in enumerate(plotted):
         for line, x_key in enumerate(("steps", "seconds")):
             axis = axes[line][column]
             for method in methods:
@@ -221,14 +253,15 @@ def plot(rows: list[dict], file: Path, base_model: str) -> None:
             axis.set_xlabel("training steps" if x_key == "steps" else "train() wall time (s)")
             axis.set_title(title)
     axes[0][0].legend(fontsize=8)
-    figure.suptitle(f"Emblem fine-tuning on BASE_MODEL={base_model}, 64x64 (step 0: base model)")
+    concept = "Emblem" if plotted[0][0] == "subject" else "Dusk style"
+    figure.suptitle(f"{concept} fine-tuning on BASE_MODEL={base_model}, 64x64 (step 0: base model)")
     figure.tight_layout()
     figure.savefig(file, dpi=80)
 
 
 def sample_sheet(samples: dict[str, list], last_steps: int):
     """One row per model (the base, each method at its last step count): the first seed's
-    image of every subject prompt, then of every scene prompt."""
+    image of every subject (or style) prompt, then of every scene prompt."""
     from PIL import Image, ImageDraw
 
     rows = {
