@@ -80,6 +80,10 @@ def train(
         "A unique string that will be trained to refer to the concept in the input images. "
         "Can be anything, but TOK works well",
     ),
+    token_init_word: Optional[str] = _config(
+        "token_init_word",
+        "A word the new tokens start from, e.g. the subject's class ('dog'). Empty: random",
+    ),
     caption_prefix: Optional[str] = _config(
         "caption_prefix",
         "Text which will be used as prefix during automatic captioning. Must contain the "

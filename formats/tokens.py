@@ -80,17 +80,24 @@ class TokenEmbeddingsHandler:
 
     # --- training -------------------------------------------------------------------------
 
-    def initialize_new_tokens(self, count: int, generator: torch.Generator | None = None):
+    def initialize_new_tokens(
+        self, count: int, generator: torch.Generator | None = None, init_word: str | None = None
+    ):
         """Add `count` new tokens to every tokenizer and initialise their embedding rows with
-        random vectors at the scale (std) of the existing vocabulary."""
+        random vectors at the scale (std) of the existing vocabulary, or each with the mean
+        embedding of `init_word`'s tokens (as diffusers' textual inversion's initializer)."""
         self.tokens = token_names(count)
         for index, encoder, tokenizer in self.pairs():
+            word_ids = tokenizer(init_word, add_special_tokens=False).input_ids if init_word else []
             self.train_ids = self._install_tokens(encoder, tokenizer)
             table = self._table(encoder)
-            std = table.std().item()
-            # Drawn on the CPU so a seed gives the same tokens on every device.
-            noise = torch.randn(count, table.shape[1], generator=generator)
-            table[self.train_ids] = (noise * std).to(table.device, table.dtype)
+            if word_ids:
+                table[self.train_ids] = table[word_ids].mean(0)
+            else:
+                std = table.std().item()
+                # Drawn on the CPU so a seed gives the same tokens on every device.
+                noise = torch.randn(count, table.shape[1], generator=generator)
+                table[self.train_ids] = (noise * std).to(table.device, table.dtype)
             keep = torch.ones(table.shape[0], dtype=torch.bool, device=table.device)
             keep[self.train_ids] = False
             self._frozen_rows[index] = (keep, table[keep].clone())

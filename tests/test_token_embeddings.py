@@ -46,3 +46,17 @@ def test_new_tokens_train_only_their_rows_and_round_trip_through_pti(tiny_models
     TokenEmbeddingsHandler(*encoders_of(refiner)).load_embeddings(tmp_path / "embeddings.pti")
     ids = refiner.tokenizer_2("<s0><s1>").input_ids[1:-1]
     assert torch.equal(refiner.text_encoder_2.get_input_embeddings().weight[ids], trained[1])
+
+
+def test_new_tokens_can_start_from_a_word(tiny_models):
+    pipeline = StableDiffusionXLPipeline.from_pretrained(tiny_models["base"])
+    encoders, tokenizers = encoders_of(pipeline)
+    word = [t(" photo", add_special_tokens=False).input_ids for t in tokenizers]
+    expected = [
+        e.get_input_embeddings().weight[ids].mean(0) for e, ids in zip(encoders, word, strict=False)
+    ]
+    handler = TokenEmbeddingsHandler(encoders, tokenizers)
+    handler.initialize_new_tokens(2, torch.Generator().manual_seed(0), init_word="photo")
+    for encoder, vector in zip(encoders, expected, strict=True):
+        rows = encoder.get_input_embeddings().weight[handler.train_ids]
+        assert torch.equal(rows, torch.stack([vector, vector]))

@@ -75,6 +75,9 @@ class TrainingConfig:
     lr_scheduler: str = one_of("constant", LR_SCHEDULERS)
     lr_warmup_steps: int = ranged(100, 0, MAX_STEPS)
     token_string: str = "TOK"
+    # A word the new tokens start from (each its tokens' mean embedding), e.g. the subject's
+    # class ("dog"); None: random vectors at the vocabulary's scale.
+    token_init_word: str | None = None
     caption_prefix: str | None = None
     optimizer: str = one_of("adamw", OPTIMIZERS)
     weight_decay: float = 1e-4

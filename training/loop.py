@@ -193,7 +193,9 @@ def run_training(
     handler, token_map = None, {}
     if config.trains_tokens:
         handler = TokenEmbeddingsHandler(models.text_encoders, models.tokenizers, family.pti_keys)
-        handler.initialize_new_tokens(NUM_TOKENS, torch.Generator().manual_seed(config.seed))
+        handler.initialize_new_tokens(
+            NUM_TOKENS, torch.Generator().manual_seed(config.seed), config.token_init_word
+        )
         for encoder in models.text_encoders:
             encoder.get_input_embeddings().to(torch.float32).requires_grad_(True)
         token_map = {config.token_string: "".join(handler.tokens)}

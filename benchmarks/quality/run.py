@@ -84,6 +84,8 @@ def main() -> None:
         "--quick", action="store_true", help=f"steps {QUICK_STEPS}, 2 evaluation seeds"
     )
     parser.add_argument("--training-seeds", type=int, nargs="+", default=list(TRAINING_SEEDS))
+    parser.add_argument("--evaluation-seeds", type=int, nargs="+",
+                        help="the seeds every prompt is drawn with (0 1 2 3)")  # fmt: skip
     parser.add_argument("--set", action="append", default=[], metavar="INPUT=VALUE",
                         help="a train() input for every run (value parsed as JSON)")  # fmt: skip
     parser.add_argument("--lora-scale", type=float, help="evaluate at this LoRA scale (0.6)")
@@ -108,6 +110,8 @@ def main() -> None:
     for name in ("lora_scale", "guidance_scale"):
         if getattr(args, name) is not None:
             evaluation = replace(evaluation, **{name: getattr(args, name)})
+    if args.evaluation_seeds:
+        evaluation = replace(evaluation, seeds=tuple(args.evaluation_seeds))
     extra = parse_settings(args.set)  # checked against train()'s declarations by each run
     if "seed" in extra:
         parser.error("--set seed=… would train every seed alike: use --training-seeds.")

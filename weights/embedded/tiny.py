@@ -363,8 +363,10 @@ def build_tokenizer(pad_token: str) -> CLIPTokenizer:
         vocab_file, merges_file = Path(tmp, "vocab.json"), Path(tmp, "merges.txt")
         vocab_file.write_text(json.dumps(vocab))
         merges_file.write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges))
+        # local_files_only always: the saved config records it, and HF_HUB_OFFLINE would
+        # otherwise make the build's bytes depend on the environment.
         tokenizer = CLIPTokenizer.from_pretrained(
-            tmp, pad_token=pad_token, model_max_length=MAX_TOKENS
+            tmp, pad_token=pad_token, model_max_length=MAX_TOKENS, local_files_only=True
         )
     return tokenizer
 
