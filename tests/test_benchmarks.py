@@ -1,6 +1,6 @@
 """The GPU benchmark's smoke mode (tiny models, CPU) runs every measurement, so the real-scale
 run on a GPU machine does not rot between the times one is at hand; the quality benchmark
-measures a style over training seeds."""
+measures a style over training seeds, and the variance benchmark splits a seed."""
 
 import json
 import os
@@ -80,3 +80,15 @@ def test_the_quality_benchmark_measures_a_style_over_training_seeds(model_cache,
         "seconds",
     }
     assert "| pivotal tuning | 10 | 2 |" in done.stdout
+
+
+def test_the_variance_benchmark_trains_each_split_of_the_seed(model_cache):
+    done = run_benchmark(
+        model_cache, "benchmarks/quality/variance.py", "--steps", "1", "--seeds", "0", "1",
+        "--threads", "1",
+    )  # fmt: skip
+    lines = [line for line in done.stdout.splitlines() if line.startswith("| ")]
+    runs = [line.split(" | ")[:3] for line in lines if line[2].isdigit()]
+    assert runs == [["| 0", "0", "0"], ["| 1", "1", "0"], ["| 0", "0", "1"]]
+    assert any(line.startswith("| the start (tokens, LoRA A) | 2 |") for line in lines)
+    assert any(line.startswith("| the draws (batches, noise, timesteps) | 2 |") for line in lines)

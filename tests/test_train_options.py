@@ -1,8 +1,7 @@
 """Training options beyond the defaults, each in a real run on the tiny SDXL: every optimizer
 trains and resumes exactly from its saved state, LoRA+ speeds up the B matrices alone, the
-weight average is what gets saved (and resumes exactly),
-gradient checkpointing changes memory but not the result, and aspect buckets of different
-sizes train in one run."""
+weight average is what gets saved (and resumes exactly), gradient checkpointing changes memory
+but not the result, and aspect buckets of different sizes train in one run."""
 
 import json
 

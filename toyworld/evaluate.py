@@ -257,11 +257,13 @@ class ToyEvaluator:
         prompted = [p for p in STYLE_SCENES for _ in range(per_seed)]
         scene_images = self.scene_images(weights)
         scenes = [p for p in SCENE_PROMPTS for _ in range(per_seed)]
-        # The base model's image of each style prompt's scene, for the same seed.
-        by_scene = {}
-        for image, p in zip(self.reference, scenes, strict=True):
-            by_scene.setdefault(p, []).append(image)
-        base_images = [image for p in STYLE_SCENES for image in by_scene[p]]
+        # The style's scenes' images and the base model's (in STYLE_SCENES' order, per seed).
+        kept = [
+            (image, base)
+            for image, base, p in zip(scene_images, self.reference, scenes, strict=True)
+            if p in STYLE_SCENES
+        ]
+        base_images = [base for _, base in kept]
         fidelity = StyleFidelity(
             style=_share(
                 metrics.at_dusk(i, b) for i, b in zip(style_images, base_images, strict=True)
@@ -270,11 +272,7 @@ class ToyEvaluator:
                 metrics.tone_colours(i)[0] == p.background_colour
                 for i, p in zip(style_images, prompted, strict=True)
             ),
-            leak=_share(
-                metrics.at_dusk(i, b)
-                for i, b, p in zip(scene_images, self.reference, scenes, strict=True)
-                if p in STYLE_SCENES
-            ),
+            leak=_share(metrics.at_dusk(i, b) for i, b in kept),
             **self._preservation(scene_images),
         )
         return Evaluation(fidelity, style_images, scene_images, per_seed)

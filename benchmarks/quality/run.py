@@ -51,8 +51,7 @@ TRAINING_SEEDS = (0, 1, 2, 3, 4)
 # Reported over training seeds as the mean and the worst seed: the lowest, or for drift and
 # leak (lower is better) the highest.
 LOWER_IS_BETTER = ("drift", "leak")
-# The train() inputs every run of a concept adds to its method's.
-CONCEPT_INPUTS = {"subject": {}, "style": {"lora_type": "style"}}
+CONCEPTS = ("subject", "style")
 
 
 @dataclass(frozen=True)
@@ -60,7 +59,9 @@ class Concept:
     """What a concept trains on and how it is measured."""
 
     name: str
+    title: str  # the plot's
     write_zip: Callable[[Path], Path]  # the training photos
+    inputs: dict  # the train() inputs every run adds to its method's
     evaluate: Callable  # ToyEvaluator.evaluate or .evaluate_style
     ceiling: Callable[[], float]  # share of photos whose look survives the VAE's round trip
 
@@ -78,7 +79,7 @@ def main() -> None:
     parser.add_argument("--base-model", default="toy")
     parser.add_argument("--steps", type=int, nargs="+", default=None)
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
-    parser.add_argument("--concept", choices=list(CONCEPT_INPUTS), default="subject",
+    parser.add_argument("--concept", choices=CONCEPTS, default="subject",
                         help="the emblem (subject) or the dusk style")  # fmt: skip
     parser.add_argument(
         "--quick", action="store_true", help=f"steps {QUICK_STEPS}, 2 evaluation seeds"
@@ -120,10 +121,10 @@ def main() -> None:
     # 1. The base model's own row.
     evaluator = ToyEvaluator(args.base_model, cache, evaluation)
     concept = {
-        "subject": Concept("subject", write_subject_zip, evaluator.evaluate,
+        "subject": Concept("subject", "Emblem", write_subject_zip, {}, evaluator.evaluate,
                            evaluator.subject_ceiling),
-        "style": Concept("style", write_style_zip, evaluator.evaluate_style,
-                         evaluator.style_ceiling),
+        "style": Concept("style", "Dusk style", write_style_zip, {"lora_type": "style"},
+                         evaluator.evaluate_style, evaluator.style_ceiling),
     }[args.concept]  # fmt: skip
     base = concept.evaluate()
     columns = list(base.fidelity.as_dict())
@@ -142,7 +143,7 @@ def main() -> None:
                 for seed in args.training_seeds:
                     inputs = dict(resolution=64, seed=seed, max_train_steps=count,
                                   checkpointing_steps=0, verbose=False)  # fmt: skip
-                    inputs.update(CONCEPT_INPUTS[concept.name])
+                    inputs.update(concept.inputs)
                     inputs.update(extra)
                     inputs.update(METHODS[method])
                     trained = train_on_zip(photos, args.base_model, Path(work), **inputs)
@@ -176,7 +177,7 @@ def main() -> None:
     )
     (args.out / "results.json").write_text(json.dumps(record, indent=1) + "\n")
     means = [{**group, **group["mean"]} for group in summary]
-    plot([rows[0], *means], args.out / "quality.png", args.base_model, concept.plotted)
+    plot([rows[0], *means], args.out / "quality.png", args.base_model, concept)
     sample_sheet(samples, steps[-1]).save(args.out / "samples.png")
     print(f"Wrote results.json, quality.png and samples.png to {args.out}")
 
@@ -237,7 +238,7 @@ def _figure(value: float, column: str) -> str:
     return f"{value:.3f}" if column == "drift" else f"{value:.2f}"
 
 
-def plot(rows: list[dict], file: Path, base_model: str, plotted: tuple) -> None:
+def plot(rows: list[dict], file: Path, base_model: str, concept: Concept) -> None:
     """The three metrics against steps (top) and training wall time (bottom), per method."""
     import matplotlib
 
@@ -246,8 +247,8 @@ def plot(rows: list[dict], file: Path, base_model: str, plotted: tuple) -> None:
 
     base = rows[0]
     methods = list(dict.fromkeys(row["method"] for row in rows[1:]))
-    figure, axes = pyplot.subplots(2, len(plotted), figsize=(12, 7), squeeze=False)
-    for column, (key, title) in enumerate(plotted):
+    figure, axes = pyplot.subplots(2, len(concept.plotted), figsize=(12, 7), squeeze=False)
+    for column, (key, title) in enumerate(concept.plotted):
         for line, x_key in enumerate(("steps", "seconds")):
             axis = axes[line][column]
             for method in methods:
@@ -257,8 +258,9 @@ def plot(rows: list[dict], file: Path, base_model: str, plotted: tuple) -> None:
             axis.set_xlabel("training steps" if x_key == "steps" else "train() wall time (s)")
             axis.set_title(title)
     axes[0][0].legend(fontsize=8)
-    concept = "Emblem" if plotted[0][0] == "subject" else "Dusk style"
-    figure.suptitle(f"{concept} fine-tuning on BASE_MODEL={base_model}, 64x64 (step 0: base model)")
+    figure.suptitle(
+        f"{concept.title} fine-tuning on BASE_MODEL={base_model}, 64x64 (step 0: base model)"
+    )
     figure.tight_layout()
     figure.savefig(file, dpi=80)
 

@@ -48,8 +48,8 @@ def start_from(tokens_seed: int, lora_seed: int):
         finally:
             torch.set_rng_state(state)
 
-    def seeded_initialize(handler, count, generator=None):
-        return initialize(handler, count, torch.Generator().manual_seed(tokens_seed))
+    def seeded_initialize(handler, count, generator=None, init_word=None):
+        return initialize(handler, count, torch.Generator().manual_seed(tokens_seed), init_word)
 
     loop.add_lora, loop.TokenEmbeddingsHandler.initialize_new_tokens = (
         seeded_add_lora,
@@ -95,13 +95,12 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory(prefix="variance-") as work:
         photos = write_subject_zip(Path(work) / "emblem.zip")
+        inputs = dict(resolution=64, max_train_steps=args.steps, checkpointing_steps=0,
+                      verbose=False, **parse_settings(args.set))  # fmt: skip
         for run in dict.fromkeys(r for runs in sweeps.values() for r in runs):
             tokens, lora, draws = run
-            inputs = dict(resolution=64, seed=draws, max_train_steps=args.steps,
-                          checkpointing_steps=0, verbose=False)  # fmt: skip
-            inputs.update(parse_settings(args.set))
             with start_from(tokens, lora):
-                trained = train_on_zip(photos, args.base_model, Path(work), **inputs)
+                trained = train_on_zip(photos, args.base_model, Path(work), **inputs, seed=draws)
             fidelity = evaluator.evaluate(str(trained.path)).fidelity
             trained.path.unlink()
             results[run] = fidelity
