@@ -14,14 +14,23 @@ from PIL import Image
 PIL_FORMATS = {"png": "PNG", "webp": "WEBP", "jpg": "JPEG"}
 
 
+# The smallest image the watermark fits in: diffusers' wrapper skips narrower images, and the
+# encoder itself (imwatermark) refuses fewer pixels than 256 x 256 (e.g. 256 x 64).
+MIN_WATERMARK_WIDTH = 256
+MIN_WATERMARK_PIXELS = 256 * 256
+
+
 class Watermarker:
     """SDXL's invisible watermark (the bits diffusers' SDXL pipelines embed), on PIL images.
-    The encoder needs images at least 256 pixels wide; smaller ones pass unchanged."""
+    Images too small to carry it pass unchanged."""
 
     def __init__(self):
         self._encoder = StableDiffusionXLWatermarker()
 
     def apply(self, images: list[Image.Image]) -> list[Image.Image]:
+        width, height = images[0].size  # one request's images share a size
+        if width < MIN_WATERMARK_WIDTH or width * height < MIN_WATERMARK_PIXELS:
+            return images
         batch = torch.from_numpy(np.stack([np.asarray(i, dtype=np.float32) for i in images]))
         batch = batch.permute(0, 3, 1, 2) / 127.5 - 1.0
         marked = self._encoder.apply_watermark(batch)

@@ -218,6 +218,14 @@ def test_watermark_on_off_does_not_leak_into_the_next_request(predictor):
     assert _has_sdxl_watermark(default)
 
 
+@pytest.mark.parametrize("size", [(256, 64), (256, 248), (1024, 64), (64, 1024), (64, 64)])
+def test_every_size_the_schema_accepts_gets_an_image_with_the_watermark_on(predictor, size):
+    """The watermark encoder refuses images under 256x256 pixels: those pass unmarked."""
+    width, height = size
+    (image,) = predict_arrays(predictor, width=width, height=height, apply_watermark=True)
+    assert image.shape == (height, width, 3)
+
+
 def test_trigger_substitution_is_whole_word_and_case_exact():
     tokens = {"TOK": "<s0><s1>"}
     assert apply_token_map("a photo of TOK in tokyo", tokens) == "a photo of <s0><s1> in tokyo"
