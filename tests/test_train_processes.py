@@ -102,6 +102,23 @@ TWO_PROCESS_RUNS = {
 }  # fmt: skip
 
 
+def layer_updates(lora: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """What a LoRA does to each layer: B @ A (times alpha/rank, equal in the runs compared),
+    zero before training. In float64, so the comparison adds no rounding of its own."""
+    return {
+        key: lora[key.replace(".lora_A.", ".lora_B.")].double().flatten(1)
+        @ value.double().flatten(1)
+        for key, value in lora.items()
+        if ".lora_A." in key
+    }
+
+
+def relative_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """|a - b| / |a| over all the tensors together (Frobenius norms)."""
+    difference = sum(float(((a[k] - b[k]) ** 2).sum()) for k in a) ** 0.5
+    return difference / sum(float((a[k] ** 2).sum()) for k in a) ** 0.5
+
+
 @pytest.mark.parametrize("container", TWO_PROCESS_RUNS)
 def test_train_on_two_processes_matches_one_process(container, tiny_env, monkeypatch, capsys):
     """`train()` with two (CPU) processes trains as one process at the same global batch. Not
@@ -132,6 +149,18 @@ def test_train_on_two_processes_matches_one_process(container, tiny_env, monkeyp
     assert one["record"]["plan"]["global_batch_size"] == two["record"]["plan"]["global_batch_size"]
     assert two["record"]["base_model"] == inputs.get("base_model", TINY)
     assert two["record"]["inputs"] == one["record"]["inputs"]
+    # The gradients differ by fp32 rounding (about 1e-7 relative), so each step's loss, a
+    # forward pass over the same samples at weights that agree as bounded below, agrees far
+    # inside 1e-4 (1e-7 measured).
     assert one["losses"] == pytest.approx(two["losses"], rel=1e-4)
-    for key, value in one["lora"].items():
-        assert torch.allclose(value, two["lora"][key], rtol=1e-3, atol=1e-5), key
+    # Weights are compared by what they do to each layer, as a whole, not entry by entry: Adam
+    # divides every gradient entry by its own running size, so an entry whose gradient is near
+    # zero, where rounding is a large relative difference, may step differently by up to the
+    # learning rate (5.4e-5 apart on another CPU, under an element-wise bound of 1e-5). Every
+    # entry moves by about the learning rate per step, so a 1% bound on the whole update leaves
+    # room for about (1% / 2)^2 = 2.5e-5 of all entries to take opposite full steps throughout,
+    # which rounding-level gradients (a flip needs a gradient within ~1e-7 of cancelling) do not
+    # approach: 2e-5 measured here. Training on other samples (another seed) differs by 1.4.
+    one_update, two_update = layer_updates(one["lora"]), layer_updates(two["lora"])
+    assert one_update.keys() == two_update.keys()
+    assert relative_difference(one_update, two_update) < 1e-2
