@@ -245,10 +245,18 @@ def train(
         "estimated training time from a few timed steps) and the preview; no training",
         default=False,
     ),
+    resume_from: Optional[str] = Input(
+        description="Continue an earlier run: the URL of its trained_model.tar, written with "
+        "checkpointing_steps > 0. Training goes on from its newest checkpoint exactly as if it "
+        "had not stopped, given the same inputs (the seed defaults to that run's)",
+        default=None,
+    ),
 ) -> Path:
     inputs = {k: v for k, v in locals().items() if k != "input_images"}
     config = TrainingConfig(**field_inputs(TrainingConfig, inputs))
     preprocessing = field_inputs(PreprocessConfig, inputs)
     return Path(
-        train_on_upload(config, preprocessing, input_images, base_model, SDXL, inputs, dry_run)
+        train_on_upload(
+            config, preprocessing, input_images, base_model, SDXL, inputs, dry_run, resume_from
+        )
     )

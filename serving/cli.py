@@ -35,7 +35,7 @@ from weights.references import is_remote
 
 # Text inputs that name files or models; a local path in one becomes a `pathlib.Path`, which
 # the predictor and trainer take as the operator's choice (weights/references.py).
-PATH_INPUTS = (*FILE_INPUTS, "base_model", "input_images")
+PATH_INPUTS = (*FILE_INPUTS, "base_model", "input_images", "resume_from")
 
 
 class InputError(ValueError):

@@ -16,7 +16,7 @@ from formats.bundle import BUNDLE_FILE
 from preprocess import PreprocessConfig, preprocess
 from serving.handoff import OutputHandoff
 from training.config import TrainingConfig
-from training.job import PreparedImages, TrainingJob, run_job
+from training.job import PreparedImages, ResumePoint, TrainingJob, run_job
 from weights.references import check_file_input, check_model_input
 from weights.settings import EMBEDDED_MODELS, ModelSettings
 
@@ -32,15 +32,21 @@ def train_on_upload(
     family: ModelFamily,
     inputs: dict,
     dry_run: bool = False,
+    resume_from=None,
 ) -> Path:
     """Train on the upload `input_images` and return the tarball (or the dry run's report).
     `preprocess_options`: PreprocessConfig fields beside the ones the config decides;
-    `family`: the container's, whose BASE_MODEL is the default; `inputs`: for the record."""
+    `family`: the container's, whose BASE_MODEL is the default; `inputs`: for the record;
+    `resume_from`: an earlier run's tarball to continue from its newest checkpoint."""
     # 1. Settings and file inputs, checked before any work.
-    print(f"Using seed: {config.seed}")
     settings = ModelSettings.from_env(family)
     check_file_input("input_images", input_images, settings.local_dirs)
+    check_file_input("resume_from", resume_from, settings.local_dirs)
     look_locally = check_model_input("base_model", base_model, settings.local_dirs, EMBEDDED_MODELS)
+    resume = ResumePoint.fetch(resume_from, settings) if resume_from else None
+    if resume is not None:
+        config = _resumed_config(config, resume, inputs)
+    print(f"Using seed: {config.seed}")
     preprocessing = PreprocessConfig(
         **{
             **preprocess_options,
@@ -67,6 +73,7 @@ def train_on_upload(
         output=output / ("dry_run.tar" if dry_run else BUNDLE_FILE),
         allow_local_base=look_locally,
         dry_run=dry_run,
+        resume_from=resume,
         inputs=inputs,
         processes=settings.training_processes,
     )
@@ -77,3 +84,17 @@ def train_on_upload(
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _resumed_config(config: TrainingConfig, resume: ResumePoint, inputs: dict) -> TrainingConfig:
+    """The run continues with the resumed run's seed unless one is given; inputs that differ
+    from that run's are named, since the continuation is exact only with the same ones."""
+    if inputs.get("seed") is None and resume.seed is not None:
+        config = replace(config, seed=resume.seed)
+    differing = resume.differing_inputs({k: v for k, v in inputs.items() if k != "resume_from"})
+    if differing:
+        print(
+            f"resume_from: {', '.join(differing)} differ from the resumed run's; the result "
+            "will differ from an uninterrupted run with these inputs."
+        )
+    return config

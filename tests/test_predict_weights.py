@@ -3,10 +3,8 @@ overrides, stacking, and switching that leaves no state behind (even when it fai
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -21,6 +19,7 @@ from generation.lora import LoraFormatError
 from generation.request import InvalidRequestError
 from tests.predict_helpers import one_torch_thread, predict_arrays, same, tiny_predictor
 from tests.trained_bundles import (
+    tar_bytes,
     tar_folder,
     write_full_finetune_bundle,
     write_kohya_lora,
@@ -243,9 +242,9 @@ def test_refused_downloads_never_become_store_entries(predictor, bundles, fresh,
     (other_family / TRAINING_CONFIG_FILE).write_text(json.dumps({"family": "sd15"}))
     whole = tar_folder(Path(bundles["B"])).read_bytes()
     cases = {
-        "/pickled.tar": (_tar({"model.bin": b"\x80\x04K\x01."}), "pickle files"),
+        "/pickled.tar": (tar_bytes({"model.bin": b"\x80\x04K\x01."}), "pickle files"),
         "/other-family.tar": (tar_folder(other_family).read_bytes(), "trained for SD 1.5"),
-        "/notes.tar": (_tar({"notes.txt": b"hello"}), "not a trained-weights bundle"),
+        "/notes.tar": (tar_bytes({"notes.txt": b"hello"}), "not a trained-weights bundle"),
         "/cut.tar": (whole[: len(whole) // 2], r"http://127\.0\.0\.1:\d+/cut\.tar"),
         "/misspelt.safetensors": (save(misspelt), r"2 LoRA keys cannot be placed: .*\.lora_X\."),
         "/wrong-shape.tar": (tar_folder(Path(bundles["bad"])).read_bytes(), "width is 32"),
@@ -257,16 +256,6 @@ def test_refused_downloads_never_become_store_entries(predictor, bundles, fresh,
             _run(predictor, bundles, None, replicate_weights=file_server.add(path, data))
         assert sorted(p.name for p in store.root.iterdir()) == before, path  # deleted at once
     assert same(_run(predictor, bundles, None), fresh[None])  # and nothing changed
-
-
-def _tar(members: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as archive:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
 
 
 @pytest.mark.parametrize(

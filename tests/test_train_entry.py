@@ -6,7 +6,9 @@ import json
 import tarfile
 
 import pytest
+import torch
 from cog import Path as CogPath
+from safetensors.torch import load
 
 from families import SD15, SDXL
 from formats.bundle import (
@@ -21,6 +23,7 @@ from preprocess import PreprocessError
 from serving.cli import parse_inputs
 from serving.schema import TRAINER_REF, inspect_entry
 from tests.train_helpers import one_thread  # noqa: F401 (autouse fixture)
+from tests.trained_bundles import tar_bytes
 from training.bundle import base_model_loading, bundle_size_report
 from training.config import InvalidTrainingConfig, TrainingConfig
 from weights.archive import unpack_archive
@@ -142,3 +145,44 @@ def test_the_log_states_the_tarballs_size_and_warns_above_the_download_limit(tmp
     assert bundle_size_report(tar, 20 << 30) == "trained_model.tar: 3.0 MiB."
     assert "raise SDXL_TUNER_MAX_DOWNLOAD_GB" in bundle_size_report(tar, 1 << 20)
     assert TrainingConfig(seed=0).checkpointing_steps == 0  # final weights only, by default
+
+
+RESUMABLE = dict(resolution=64, train_batch_size=2, max_train_steps=6, checkpointing_steps=4,
+                 lr_warmup_steps=0, lora_rank=4)  # fmt: skip
+
+
+def bundle_contents(tarball) -> dict[str, bytes]:
+    with tarfile.open(tarball) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+
+
+def test_a_training_continues_from_its_tarball_as_if_it_had_not_stopped(
+    tiny_env, file_server, capsys
+):
+    """A run resumed from the newest checkpoint of an earlier run's tarball, by URL, ends with
+    the same weights and losses as the run that went through in one go (every random draw is
+    a function of seed and step, and the optimizer state travels in the checkpoint)."""
+    straight = bundle_contents(train_with(seed=0, **RESUMABLE))
+    assert "checkpoints/checkpoint-000004/training_state/progress.json" in straight
+    url = file_server.add("/earlier/trained_model.tar", tar_bytes(straight))
+
+    resumed = bundle_contents(train_with(**RESUMABLE, resume_from=url))  # seed: the earlier one
+    assert "Resuming from step 4." in capsys.readouterr().out
+    for name in (LORA_FILE, EMBEDDINGS_PTI_FILE):
+        a, b = load(resumed[name]), load(straight[name])
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    assert losses(resumed) == losses(straight) and len(losses(straight)) == 6
+
+
+def losses(contents: dict[str, bytes]) -> list[tuple]:
+    rows = [json.loads(line) for line in contents["metrics.jsonl"].splitlines()]
+    return [(row["step"], row["loss"], row["lr"]) for row in rows]
+
+
+def test_resuming_from_a_tarball_without_checkpoints_is_refused_before_training(
+    tiny_env, file_server
+):
+    plain = bundle_contents(train_with(seed=0, **{**RESUMABLE, "checkpointing_steps": 0}))
+    url = file_server.add("/plain/trained_model.tar", tar_bytes(plain))
+    with pytest.raises(ValueError, match="holds no checkpoint to resume from"):
+        train_with(**RESUMABLE, resume_from=url)

@@ -4,6 +4,7 @@ changes the output), saved the way diffusers saves LoRAs, plus the other layouts
 
 from __future__ import annotations
 
+import io
 import json
 import tarfile
 from pathlib import Path
@@ -132,3 +133,14 @@ def tar_folder(folder: Path) -> Path:
         for file in sorted(folder.iterdir()):
             tar.add(file, arcname=file.name)
     return archive
+
+
+def tar_bytes(members: dict[str, bytes]) -> bytes:
+    """A tar (as bytes) of the given member names and contents."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()

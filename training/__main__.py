@@ -4,6 +4,7 @@ masks), on one device or data-parallel:
     python -m training DATASET WORK_DIR --set max_train_steps=500 --set lora_rank=16
     accelerate launch --num_processes 2 -m training DATASET WORK_DIR
     python -m training DATASET WORK_DIR --resume   # continue from WORK_DIR's last checkpoint
+    python -m training DATASET WORK_DIR --resume-from OLD_RUN   # or from another run's
 
 `--set` takes any `TrainingConfig` field (values parsed as JSON when they parse). The bundle is
 written to WORK_DIR/trained_model.tar.
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from formats.bundle import BUNDLE_FILE
 from training.config import TrainingConfig, parse_settings
-from training.job import PreparedImages, TrainingJob, run_job
+from training.job import PreparedImages, ResumePoint, TrainingJob, run_job
 from training.loop import latest_checkpoint
 from weights.settings import ModelSettings
 
@@ -28,6 +29,11 @@ def main(argv=None) -> None:
     parser.add_argument("work_dir", type=Path, help="where checkpoints, samples and the bundle go")
     parser.add_argument("--base-model", help="default: $BASE_MODEL")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    parser.add_argument(
+        "--resume-from",
+        type=Path,
+        help="continue from a checkpoint, or an unpacked tarball's newest",
+    )
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
     parser.add_argument(
         "--output", type=Path, help="the tarball (default WORK_DIR/trained_model.tar)"
@@ -39,9 +45,13 @@ def main(argv=None) -> None:
 
     inputs = parse_settings(args.set)
     settings = ModelSettings.from_env()
-    resume = latest_checkpoint(args.work_dir) if args.resume else None
-    if args.resume and resume is None:
-        parser.error(f"--resume: {args.work_dir} has no checkpoint yet.")
+    resume = None
+    if args.resume:
+        if latest_checkpoint(args.work_dir) is None:
+            parser.error(f"--resume: {args.work_dir} has no checkpoint yet.")
+        resume = ResumePoint.find(args.work_dir, str(args.work_dir))
+    elif args.resume_from:
+        resume = ResumePoint.find(args.resume_from, str(args.resume_from))
     job = TrainingJob(
         TrainingConfig(**{"seed": 0, **inputs}),  # one seed for every process
         base_model=args.base_model or settings.base_model,

@@ -48,11 +48,14 @@ def write_bundle(
         staging = Path(tmp)
         for file in result.weights_dir.iterdir():
             shutil.copy2(file, staging / file.name)
+        # The newest checkpoint keeps the state to resume from (`resume_from`), except a full
+        # fine-tune's: three times the UNet in fp32, too large to ship.
+        keep_state = not config.trains_full_unet
         for checkpoint in result.checkpoints:
             shutil.copytree(
                 checkpoint,
                 staging / CHECKPOINTS_DIR / checkpoint.name,
-                ignore=shutil.ignore_patterns(STATE_DIR),
+                ignore=None if keep_state else shutil.ignore_patterns(STATE_DIR),
             )
         if (result.work_dir / SAMPLES_DIR).is_dir():
             shutil.copytree(result.work_dir / SAMPLES_DIR, staging / SAMPLES_DIR)

@@ -13,6 +13,7 @@ several GPUs, `train()`'s job trains data-parallel through `python -m training` 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,13 +22,17 @@ from pathlib import Path
 import torch
 
 from families import ModelFamily, detect_family
+from formats.bundle import METRICS_FILE, TRAINING_CONFIG_FILE
 from training.bundle import bundle_size_report, write_bundle, write_dry_run_report
 from training.config import TrainingConfig
-from training.loop import run_training
+from training.loop import STATE_DIR, latest_checkpoint, run_training
 from training.processes import launch_command, processes_for, run_launch
 from weights.base_models import diffusers_folder, resolve_model
+from weights.download import describe_source
+from weights.references import is_remote
 from weights.runtime import pick_runtime
 from weights.settings import ModelSettings
+from weights.store import ModelStore
 
 DRY_RUN_TIMED_STEPS = 3
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,11 +61,71 @@ class TrainingJob:
     base_model_name: str | None = None  # how the record names it (default: base_model)
     allow_local_base: bool = True  # False for a base model a request named
     dry_run: bool = False
-    resume_from: Path | None = None
+    resume_from: ResumePoint | None = None
     inputs: dict = field(default_factory=dict)  # recorded in training_config.json
     # Data-parallel processes: None, one per visible GPU; 1 (as under `accelerate launch`
     # already), this process alone.
     processes: int | None = None
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where a run continues from: a checkpoint with its training state, and the record of the
+    run that wrote it (empty for a work folder that has none yet)."""
+
+    checkpoint: Path
+    record: dict
+
+    @classmethod
+    def find(cls, folder: Path, source: str) -> ResumePoint:
+        """The newest resumable checkpoint in an unpacked tarball or a work folder (or a
+        checkpoint folder itself); `source` names it in messages."""
+        folder = Path(folder)
+        checkpoint = folder if (folder / STATE_DIR).is_dir() else latest_checkpoint(folder)
+        if checkpoint is None or not (checkpoint / STATE_DIR).is_dir():
+            raise ValueError(
+                f"resume_from: {source} holds no checkpoint to resume from. Resume from the "
+                "trained_model.tar of a run with checkpointing_steps > 0 (full fine-tunes "
+                "resume only with `python -m training --resume`)."
+            )
+        record_file = checkpoint.parents[1] / TRAINING_CONFIG_FILE
+        record = json.loads(record_file.read_text()) if record_file.is_file() else {}
+        return cls(checkpoint, record)
+
+    @classmethod
+    def fetch(cls, reference, settings: ModelSettings) -> ResumePoint:
+        """From a tarball's URL (fetched and unpacked through the model store), or from the
+        operator's own tarball or folder."""
+        source = describe_source(str(reference))
+        if not is_remote(str(reference)) and Path(reference).is_dir():
+            return cls.find(Path(reference), source)
+        entry = ModelStore.from_settings(settings).fetch(str(reference))
+        return cls.find(entry.content, source)
+
+    @property
+    def step(self) -> int:
+        return int(self.checkpoint.name.split("-")[-1])
+
+    @property
+    def seed(self) -> int | None:
+        return self.record.get("config", {}).get("seed")
+
+    def differing_inputs(self, inputs: dict) -> list[str]:
+        """The inputs given now that differ from the resumed run's (its record's)."""
+        earlier = self.record.get("inputs", {})
+        return sorted(
+            name
+            for name, value in inputs.items()
+            if name in earlier and earlier[name] != value and value is not None
+        )
+
+    def carry_metrics(self, run_dir: Path) -> None:
+        """The earlier run's metrics, into a new work folder (the loop cuts them back to the
+        checkpoint's step), so the tarball's loss curve covers the whole run."""
+        earlier, ours = self.checkpoint.parents[1] / METRICS_FILE, run_dir / METRICS_FILE
+        if earlier.is_file() and not ours.exists():
+            run_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(earlier, ours)
 
 
 def resolve_base(reference: str, settings: ModelSettings, allow_local: bool = True) -> BaseModel:
@@ -103,15 +168,19 @@ def run_job(
 
     # 4. Train, here or data-parallel in several processes (which write the tarball).
     processes = processes_for(config, job.processes or max(1, torch.cuda.device_count()))
+    if job.resume_from is not None:
+        print(f"Resuming from step {job.resume_from.step}.")
+        job.resume_from.carry_metrics(job.run_dir)
     if processes > 1:
         return _train_in_processes(job, base, images, processes, runtime)
+    checkpoint = job.resume_from.checkpoint if job.resume_from else None
     result = run_training(
         config,
         images.folder,
         base.folder,
         job.run_dir,
         runtime,
-        job.resume_from,
+        checkpoint,
         family=base.family,
     )
     if not result.is_main_process:
@@ -137,6 +206,8 @@ def _train_in_processes(job: TrainingJob, base: BaseModel, images, processes: in
         job.config, processes, images.folder, job.run_dir, base.folder, job.output, runtime
     )
     command += ["--base-model-name", base.reference, "--inputs", str(inputs_file)]
+    if job.resume_from is not None:
+        command += ["--resume-from", str(job.resume_from.checkpoint)]
     command += ["--preview", str(images.preview)] if images.preview is not None else []
     run_launch(command, cwd=ROOT)
     return job.output
