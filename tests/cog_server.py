@@ -54,11 +54,14 @@ def request(method: str, url: str, body: dict | None = None, headers: dict | Non
         return error.code, json.loads(error.read() or b"null")
 
 
-def request_when_free(url: str, body: dict, attempts: int = 50):
-    """POST, retrying a 409: coglet answers a request that arrives just as the previous one's
-    response is sent, before its slot is free again, with 'At capacity'."""
+def request_when_free(
+    url: str, body: dict, headers: dict | None = None, method: str = "POST", attempts: int = 50
+):
+    """A request that starts work, retrying a 409: coglet answers a request that arrives just
+    as the previous one's response is sent, before its slot is free again, with 'At capacity'
+    (docs/serving.md gives clients the same advice)."""
     for _ in range(attempts):
-        status, response = request("POST", url, body)
+        status, response = request(method, url, body, headers)
         if status != 409:
             return status, response
         time.sleep(0.1)

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from formats.bundle import BUNDLE_FILE, LORA_FILE, LORA_KOHYA_FILE, TRAINING_CONFIG_FILE
-from tests.cog_server import request, running_server
+from tests.cog_server import request, request_when_free, running_server
 from tests.conftest import tiny_variables
 from weights.settings import TINY_FLUX
 
@@ -70,7 +70,7 @@ def flux_bundle(flux_env, tmp_path_factory, file_server_module) -> Path:
     photos = file_server_module.add("/photos.zip", ROOT / "examples" / "cat_photos.zip")
     body = {"input": {"input_images": photos, **TRAINING_BODY}}
     with running_server(folder / "train.log", mode="train", container="flux") as url:
-        status, response = request("POST", f"{url}/trainings", body)
+        status, response = request_when_free(f"{url}/trainings", body)
     assert status == 200 and response["status"] == "succeeded", response.get("error")
     assert "Base model: tiny-flux (FLUX.1)" in response["logs"]
     bundle = folder / BUNDLE_FILE
@@ -94,18 +94,18 @@ def test_the_trained_flux_version_and_replicate_weights_change_images_and_leave_
         schema = request("GET", f"{url}/openapi.json")[1]["components"]["schemas"]["Input"]
         assert {"aspect_ratio", "guidance_scale", "model"} <= set(schema["properties"])
         assert "negative_prompt" not in schema["properties"]
-        base = request("POST", f"{url}/predictions", {"input": PROMPT})[1]
+        base = request_when_free(f"{url}/predictions", {"input": PROMPT})[1]
         assert base["status"] == "succeeded", base.get("error")
-        trained = request(
-            "POST", f"{url}/predictions", {"input": {**PROMPT, "replicate_weights": weights_url}}
+        trained = request_when_free(
+            f"{url}/predictions", {"input": {**PROMPT, "replicate_weights": weights_url}}
         )[1]
         assert trained["status"] == "succeeded", trained.get("error")
-        again = request("POST", f"{url}/predictions", {"input": PROMPT})[1]
+        again = request_when_free(f"{url}/predictions", {"input": PROMPT})[1]
     assert np.abs(image_of(trained) - image_of(base)).mean() > 1
     assert np.array_equal(image_of(again), image_of(base))
     with running_server(
         tmp_path / "version.log", container="flux", weights=str(flux_bundle)
     ) as url:
-        version = request("POST", f"{url}/predictions", {"input": PROMPT})[1]
+        version = request_when_free(f"{url}/predictions", {"input": PROMPT})[1]
     assert version["status"] == "succeeded", version.get("error")
     assert np.array_equal(image_of(version), image_of(trained))

@@ -79,8 +79,8 @@ def test_cancel_a_training_mid_run_leaves_nothing_behind(train_server, file_serv
     body = {"input": {"input_images": data_url, **QUICK_TRAINING, "max_train_steps": 5000}}
     with Receiver() as receiver:
         body["webhook"] = f"{receiver.url}/hook"
-        status, started = request(
-            "POST", f"{train_server}/trainings", body, headers={"Prefer": "respond-async"}
+        status, started = request_when_free(
+            f"{train_server}/trainings", body, {"Prefer": "respond-async"}
         )
         assert status == 202
         # the start summary is printed as the loop begins: cancel mid-run
@@ -99,7 +99,7 @@ def test_train_over_http_then_serve_the_trained_version(
 ):
     data_url = file_server.add("/photos.zip", ROOT / "examples" / "cat_photos.zip")
     body = {"input": {"input_images": data_url, **QUICK_TRAINING}}
-    status, response = request("POST", f"{train_server}/trainings", body)
+    status, response = request_when_free(f"{train_server}/trainings", body)
     assert status == 200 and response["status"] == "succeeded", response.get("error")
 
     bundle = tmp_path / BUNDLE_FILE
@@ -113,7 +113,7 @@ def test_train_over_http_then_serve_the_trained_version(
     for version, weights in (("base", None), ("trained", str(bundle))):
         log = tmp_path / f"{version}.log"
         with running_server(log, weights=weights) as url:
-            status, response = request("POST", f"{url}/predictions", prompt)
+            status, response = request_when_free(f"{url}/predictions", prompt)
             assert status == 200 and response["status"] == "succeeded", response.get("error")
             outputs[version] = np.asarray(Image.open(io.BytesIO(decode(response["output"][0]))))
     assert np.abs(outputs["trained"].astype(int) - outputs["base"]).mean() > 0.5
@@ -269,9 +269,7 @@ def test_a_data_parallel_training_is_cancelled_with_its_processes(
     with running_server(tmp_path / "parallel.log", mode="train") as url, Receiver() as receiver:
         server = _worker_process(url)
         body["webhook"] = f"{receiver.url}/hook"
-        status, started = request(
-            "POST", f"{url}/trainings", body, headers={"Prefer": "respond-async"}
-        )
+        status, started = request_when_free(f"{url}/trainings", body, {"Prefer": "respond-async"})
         assert status == 202
 
         def logged(text: str) -> bool:
