@@ -2,6 +2,9 @@
 each default and range lives on its `GenerationRequest` field) and hands each request to the
 generation engine."""
 
+import weights.quiet  # noqa: F401 (first: keeps libraries' import-time noise out of logs)
+
+# isort: split
 import logging
 from typing import Any, List, Optional
 

@@ -2,6 +2,9 @@
 Replicate's Flux LoRA predictor; each lives on its `FluxGenerationRequest` field) and hands
 each request to the same generation engine as the SDXL container."""
 
+import weights.quiet  # noqa: F401 (first: keeps libraries' import-time noise out of logs)
+
+# isort: split
 import logging
 
 from cog import BasePredictor, Path

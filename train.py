@@ -2,6 +2,9 @@
 other trainers offer; each default and range lives on its configuration field), checks them,
 and runs the training call (serving/training_call.py) on the upload."""
 
+import weights.quiet  # noqa: F401 (first: keeps libraries' import-time noise out of logs)
+
+# isort: split
 import logging
 from typing import Optional
 

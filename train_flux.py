@@ -2,6 +2,9 @@
 Flux LoRA trainer; each lives on its `FluxTrainingInputs` field), turns them into the training
 settings, and runs the same training call as the SDXL container (serving/training_call.py)."""
 
+import weights.quiet  # noqa: F401 (first: keeps libraries' import-time noise out of logs)
+
+# isort: split
 import logging
 from typing import Optional
 

@@ -12,6 +12,10 @@ written to WORK_DIR/trained_model.tar.
 
 from __future__ import annotations
 
+import weights.quiet  # noqa: F401 (first: keeps libraries' import-time noise out of logs)
+
+# isort: split
+
 import argparse
 import json
 from pathlib import Path
