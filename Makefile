@@ -10,10 +10,12 @@ PORT ?= 5000
 setup: $(STAMP)
 
 # Re-run only when a requirements file changes; the venv itself is created once.
-$(STAMP): requirements.txt requirements-nodeps.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-nodeps.txt requirements-dev.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -r requirements-nodeps.txt
+	# The project on the venv's path, so `.venv/bin/python -m serving.cli` runs from any folder.
+	$(PY) -c 'import pathlib, site; pathlib.Path(site.getsitepackages()[0], "sdxl-tuner.pth").write_text("$(CURDIR)\n")'
 	touch $@
 
 demo: setup

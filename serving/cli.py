@@ -9,8 +9,10 @@ Inputs are validated against the same declarations the HTTP server uses (Cog's i
 reads them from predict.py / train.py). `-i name=` leaves an optional input empty. Whoever runs
 the CLI is the operator: local paths in file inputs (`replicate_weights=./weights.tar`, keys of
 `loras`) are allowed here, where a request over HTTP may only name URLs. Outputs are written as
-`output.0.png`, ... (or `-o NAME`) for predictions and `weights` for trainings, as
-`cog predict` / `cog train` do.
+`output.0.png`, ... (or `-o NAME`) for predictions, as `cog predict` does, and
+`trained_model.tar` for trainings (`cog train` writes `weights`, the name of a folder here).
+Text inputs that name files (`replicate_weights`, `extra_lora`, `base_model`, `resume_from`)
+take `@path` as that path; other text inputs take `@file` as the file's text.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from cog import _adt as adt
 from cog import _inspector
 from cog.types import URLPath
 
+from formats.bundle import BUNDLE_FILE
 from generation.request import FILE_INPUTS
 from serving.containers import CONTAINERS, DEFAULT_CONTAINER, Container
 from serving.schema import PREDICTOR_REF, inspect_entry
@@ -99,15 +102,19 @@ def _convert(raw: str, field: adt.InputField) -> Any:
             return json.loads(text)
         except json.JSONDecodeError as error:
             raise InputError(f"{field.name}: {raw!r} is not valid JSON ({error}).") from None
-    if primitive in (adt.PrimitiveType.PATH, adt.PrimitiveType.FILE):
-        if raw.startswith("@"):
-            path = Path(raw[1:])
-            if not path.is_file():
-                raise InputError(f"{field.name}: file {path} does not exist.")
-            return str(path.resolve())
+    names_a_file = primitive in (adt.PrimitiveType.PATH, adt.PrimitiveType.FILE)
+    if raw.startswith("@") and (names_a_file or field.name in PATH_INPUTS):
+        path = Path(raw[1:])
+        if not path.exists():
+            raise InputError(f"{field.name}: file {path} does not exist.")
+        return str(path.resolve())
+    if names_a_file:
         return raw  # a URL or data URI; Cog downloads it
-    if raw.startswith("@"):  # a text file for a string input
-        return Path(raw[1:]).read_text()
+    if raw.startswith("@"):  # a text file for a string input (a prompt, say)
+        try:
+            return Path(raw[1:]).read_text()
+        except UnicodeDecodeError:
+            raise InputError(f"{field.name}: {raw[1:]} is not a text file.") from None
     try:
         if primitive is adt.PrimitiveType.INTEGER:
             return int(raw)
@@ -146,7 +153,7 @@ def run_predict(
 
 def run_train(container: Container, kwargs: dict, output: str | None) -> list[str]:
     result = _load(container.trainer)(**kwargs)
-    name = output or "weights"
+    name = output or BUNDLE_FILE
     shutil.copyfile(getattr(result, "weights", result), name)
     return [name]
 

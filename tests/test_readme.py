@@ -27,7 +27,8 @@ def run_block(marker: str, folder: Path, model_cache: Path) -> subprocess.Comple
     shutil.copy(ROOT / "examples" / "cat_photos.zip", folder / "my-photos.zip")
     (folder / ".venv").symlink_to(sys.prefix)
     env = {k: v for k, v in os.environ.items() if k not in MODEL_VARIABLES}
-    env.update(PYTHONPATH=str(ROOT), SDXL_TUNER_CACHE=str(model_cache), OMP_NUM_THREADS="1")
+    # No PYTHONPATH: the commands run in the user's folder as `make setup` leaves the venv.
+    env.update(SDXL_TUNER_CACHE=str(model_cache), OMP_NUM_THREADS="1")
     done = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", block],
         cwd=folder,

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from formats.bundle import LORA_FILE
+from formats.bundle import BUNDLE_FILE, LORA_FILE
 from serving import cli
 from serving.containers import CONTAINERS
 from serving.schema import SCHEMAS_DIR, build_schema, inspect_entry
-from tests.cog_server import request, running_server
+from tests.cog_server import request, request_when_free, running_server
 from tests.conftest import tiny_variables
 from tests.receiver import Receiver
 
@@ -80,7 +80,7 @@ def test_server_serves_its_schema_and_rejects_invalid_inputs(predict_server):
         ({"num_inference_steps": "many"}, "num_inference_steps"),
         ({"guidance_scale": 0.5}, "guidance_scale"),
     ]:
-        status, body = request("POST", f"{predict_server}/predictions", {"input": bad_input})
+        status, body = request_when_free(f"{predict_server}/predictions", {"input": bad_input})
         assert status == 422, bad_input
         assert body["detail"][0]["loc"][-1] == field
 
@@ -96,7 +96,7 @@ def test_sync_prediction_returns_images_as_data_uris(predict_server):
             "seed": 3,
         }
     }
-    status, response = request("POST", f"{predict_server}/predictions", body)
+    status, response = request_when_free(f"{predict_server}/predictions", body)
     assert status == 200 and response["status"] == "succeeded", response.get("error")
     assert "Using seed: 3" in response["logs"]
     images = [_decode(uri) for uri in response["output"]]
@@ -105,7 +105,7 @@ def test_sync_prediction_returns_images_as_data_uris(predict_server):
 
 def test_upload_url_receives_each_output_under_a_unique_name(uploading_server, receiver):
     body = {"input": {"prompt": "a cat", "num_outputs": 3, "seed": 1, **SMALL}}
-    status, response = request("POST", f"{uploading_server}/predictions", body)
+    status, response = request_when_free(f"{uploading_server}/predictions", body)
     assert status == 200 and response["status"] == "succeeded", response.get("error")
     uploaded = {url.removeprefix(receiver.url) for url in response["output"]}
     assert len(uploaded) == 3 and uploaded <= set(receiver.received.uploads)
@@ -121,7 +121,7 @@ def test_async_prediction_sends_webhooks_and_put_is_idempotent(uploading_server,
         "webhook_events_filter": ["start", "logs", "completed"],
     }
     url = f"{uploading_server}/predictions/async-1"
-    status, first = request("PUT", url, body, headers={"Prefer": "respond-async"})
+    status, first = request_when_free(url, body, {"Prefer": "respond-async"}, method="PUT")
     assert status == 202 and first["id"] == "async-1"
     status, again = request("PUT", url, body, headers={"Prefer": "respond-async"})
     assert status == 202 and again["id"] == "async-1"  # the same prediction, not a second one
@@ -136,8 +136,8 @@ def test_async_prediction_sends_webhooks_and_put_is_idempotent(uploading_server,
 def test_cancel_mid_run_and_busy_server_answers_409(uploading_server, receiver):
     receiver.received.webhooks.clear()
     body = {"input": {"prompt": "a long one", **LONG}, "webhook": f"{receiver.url}/hook"}
-    status, started = request(
-        "POST", f"{uploading_server}/predictions", body, headers={"Prefer": "respond-async"}
+    status, started = request_when_free(
+        f"{uploading_server}/predictions", body, {"Prefer": "respond-async"}
     )
     assert status == 202
     wait_for(lambda: any(e["status"] == "processing" for e in receiver.received.webhooks))
@@ -149,7 +149,7 @@ def test_cancel_mid_run_and_busy_server_answers_409(uploading_server, receiver):
     assert status == 200
     wait_for(lambda: any(e["status"] == "canceled" for e in receiver.received.webhooks))
 
-    status, after = request("POST", f"{uploading_server}/predictions", {"input": SMALL})
+    status, after = request_when_free(f"{uploading_server}/predictions", {"input": SMALL})
     assert status == 200 and after["status"] == "succeeded", after.get("error")
 
 
@@ -181,13 +181,13 @@ def test_cli_predict_round_trip_and_bad_input(tiny_env, tmp_path, monkeypatch, c
     assert "Unknown input 'no_such_input'" in capsys.readouterr().err
 
 
-def test_cli_train_round_trip_writes_weights(tiny_env, tmp_path, monkeypatch, capsys):
+def test_cli_train_round_trip_writes_the_tarball(tiny_env, tmp_path, monkeypatch, capsys):
     photos = Path(__file__).resolve().parents[1] / "examples" / "cat_photos.zip"
     monkeypatch.chdir(tmp_path)
     quick = ["resolution=64", "train_batch_size=2", "max_train_steps=2", "lr_warmup_steps=0"]
     code = cli.main(["train", "-i", f"input_images=@{photos}", *(f"-i{q}" for q in quick)])
     assert code == 0, capsys.readouterr().err
-    with tarfile.open(tmp_path / "weights") as tar:
+    with tarfile.open(tmp_path / BUNDLE_FILE) as tar:
         assert LORA_FILE in tar.getnames()
 
     assert cli.main(["train", "-i", "input_images=@missing.zip"]) != 0
@@ -226,3 +226,20 @@ def test_cli_can_leave_an_optional_input_empty_and_names_local_files_as_the_oper
     assert kwargs["loras"] == {local: 0.5, "https://x/s.safetensors": 1}
     with pytest.raises(cli.InputError, match="loras: .* is not valid JSON"):
         cli.parse_inputs(["loras={not json"], None, predict_info)
+
+
+def test_cli_at_paths_name_files_for_file_inputs_and_read_text_for_the_rest(tmp_path):
+    """`-i extra_lora=@style.safetensors` names the file (it is a text input that takes a URL
+    over HTTP); `-i prompt=@prompt.txt` reads the prompt; a binary prompt file is refused."""
+    info = inspect_entry("predict.py:Predictor")
+    weights = tmp_path / "style.safetensors"
+    weights.write_bytes(bytes(range(256)))  # not UTF-8
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("a photo of TOK")
+    kwargs = cli.parse_inputs([f"extra_lora=@{weights}", f"prompt=@{prompt}"], None, info)
+    assert kwargs["extra_lora"] == weights and isinstance(kwargs["extra_lora"], Path)
+    assert kwargs["prompt"] == "a photo of TOK"
+    with pytest.raises(cli.InputError, match="style.safetensors is not a text file"):
+        cli.parse_inputs([f"negative_prompt=@{weights}"], None, info)
+    with pytest.raises(cli.InputError, match="missing.safetensors does not exist"):
+        cli.parse_inputs([f"extra_lora=@{tmp_path / 'missing.safetensors'}"], None, info)
