@@ -38,6 +38,9 @@ def run_block(marker: str, folder: Path, model_cache: Path) -> subprocess.Comple
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    # Libraries' import-time warnings stay out of what the user sees (weights/quiet.py).
+    for noise in ("Failed to load", "Enum subclass", "requires torchvision", "is deprecated"):
+        assert noise not in done.stdout + done.stderr, noise
     return done
 
 
