@@ -194,7 +194,12 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # one clear line for the user; the traceback is noise here
         print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
         return 1
-    for name in written:
+    return report_written(written)
+
+
+def report_written(names: list[str]) -> int:
+    """Print each written file as `cog` does; the exit status of a command that succeeded."""
+    for name in names:
         print(f"Written output to {name}")
     return 0
 

@@ -1,5 +1,10 @@
 """Cog `Input(...)` declarations read from a configuration dataclass's fields: the default,
-range and choices of every input are written once, on the field (see `input_ranges`)."""
+range and choices of every input are written once, on the field (see `input_ranges`).
+
+Under `SDXL_TUNER_PROFILE=tiny` a few defaults are the tiny models' instead of Replicate's
+(`TINY_PROFILE_DEFAULTS`), so a request that sets nothing takes seconds on a CPU; the served
+schema shows them, and every other input keeps its default.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,23 @@ from dataclasses import MISSING, fields
 from typing import Any
 
 from cog import Input
+
+from generation.request import FluxGenerationRequest, GenerationRequest
+from training.config import TrainingConfig
+from training.flux_inputs import FluxTrainingInputs
+from weights.settings import tiny_profile
+
+TINY_PROFILE_DEFAULTS: dict[type, dict[str, Any]] = {
+    TrainingConfig: {"resolution": 64, "max_train_steps": 20},
+    FluxTrainingInputs: {"resolution": "64", "steps": 20},
+    GenerationRequest: {"width": 64, "height": 64, "num_inference_steps": 4},
+    FluxGenerationRequest: {
+        "aspect_ratio": "custom",
+        "width": 256,  # Replicate's smallest custom size
+        "height": 256,
+        "num_inference_steps": 4,
+    },
+}
 
 
 def declared(config: type, name: str, description: str) -> Any:
@@ -16,8 +38,11 @@ def declared(config: type, name: str, description: str) -> Any:
         raise KeyError(f"{config.__name__} has no field {name!r} to declare as an input.")
     field, meta = found[name], found[name].metadata
     choices = meta.get("choices")
+    default = None if field.default is MISSING else field.default
+    if tiny_profile():
+        default = TINY_PROFILE_DEFAULTS.get(config, {}).get(name, default)
     return Input(
-        default=None if field.default is MISSING else field.default,
+        default=default,
         description=description,
         ge=meta.get("ge"),
         le=meta.get("le"),

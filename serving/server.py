@@ -20,6 +20,7 @@ from pathlib import Path
 
 from serving.containers import CONTAINERS, DEFAULT_CONTAINER
 from serving.schema import ROOT, write_schema
+from weights.references import is_remote
 
 MODES = ("predict", "train")
 
@@ -48,8 +49,9 @@ def server_command(options: ServerOptions) -> tuple[list[str], dict[str, str]]:
     env["COG_PREDICT_TYPE_STUB"] = container.predictor
     env["COG_TRAIN_TYPE_STUB"] = container.trainer
     env.pop("COG_WEIGHTS", None)
-    if options.weights:
-        env["COG_WEIGHTS"] = options.weights
+    if options.weights:  # a local path is the operator's; coglet runs from the project folder
+        local = not is_remote(options.weights)
+        env["COG_WEIGHTS"] = str(Path(options.weights).resolve()) if local else options.weights
     command = [sys.executable, "-m", "cog.server.http", "--host", options.host]
     if options.mode == "train":
         command += ["--x-mode", "train"]

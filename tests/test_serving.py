@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from formats.bundle import BUNDLE_FILE, LORA_FILE
-from serving import cli
+from serving import cli, client
 from serving.containers import CONTAINERS
 from serving.schema import SCHEMAS_DIR, build_schema, inspect_entry
 from tests.cog_server import request, request_when_free, running_server
@@ -243,3 +243,21 @@ def test_cli_at_paths_name_files_for_file_inputs_and_read_text_for_the_rest(tmp_
         cli.parse_inputs([f"negative_prompt=@{weights}"], None, info)
     with pytest.raises(cli.InputError, match="missing.safetensors does not exist"):
         cli.parse_inputs([f"extra_lora=@{tmp_path / 'missing.safetensors'}"], None, info)
+
+
+def test_the_client_shows_the_servers_message_and_never_replaces_a_good_file(
+    predict_server, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    good = tmp_path / "mine.png"
+    good.write_bytes(b"an image the user keeps")
+    assert client.main([predict_server, "predict", "-i", "num_outputs=9", "-o", "mine.png"]) == 1
+    error = capsys.readouterr().err
+    assert "The server refused the inputs" in error and "num_outputs" in error
+    assert good.read_bytes() == b"an image the user keeps"
+
+    quick = ["-i", "width=64", "-i", "height=64", "-i", "num_inference_steps=1", "-o", "mine.png"]
+    assert client.main([predict_server, "predict", *quick]) == 0
+    assert Image.open(good).size == (64, 64)
+    assert client.main(["127.0.0.1:9", "predict", "--wait", "2"]) == 1
+    assert "was not ready within 2 s" in capsys.readouterr().err
