@@ -75,6 +75,8 @@ class ModelFamily:
     # predictor marks after its safety check) and no SD 1.5 safety checker inside them (the
     # predictor runs its own).
     pipeline_options: dict = field(default_factory=dict, hash=False, compare=False)
+    # The name of this project's container that serves the family (serving/containers.py).
+    container: str = "sdxl"
 
     @property
     def text_encoder_names(self) -> tuple[str, ...]:
@@ -178,6 +180,7 @@ FLUX = ModelFamily(
     named_schedulers=False,
     img2img_takes_size=True,
     lora_target_modules=FLUX_LORA_TARGETS,
+    container="flux",
 )
 
 FAMILIES = {family.name: family for family in (SDXL, SD15, FLUX)}

@@ -426,14 +426,23 @@ def test_trained_flux_weights_apply_per_request_and_leave_nothing(flux_predictor
     assert np.array_equal(flux_predict(flux_predictor, prompt=SUBJECT)[0], base[0])
 
 
+def test_a_flux_prompt_without_the_trigger_word_is_told_so(flux_predictor, trained, capsys):
+    _, bundle = trained
+    flux_predict(flux_predictor, prompt="a red square", replicate_weights=bundle)
+    assert "The prompt does not contain TOK" in capsys.readouterr().out
+    flux_predict(flux_predictor, prompt=SUBJECT, replicate_weights=bundle)
+    assert "does not contain" not in capsys.readouterr().out
+
+
 def test_flux_weights_and_sdxl_weights_are_refused_by_the_other_container(
     flux_predictor, trained, model_cache, tiny_models, tmp_path
 ):
     _, bundle = trained
     sdxl = tiny_predictor(model_cache)
     inputs = {**declared_defaults(), "width": 64, "height": 64, "num_inference_steps": 1}
-    with pytest.raises(WrongFamilyError, match=r"trained for FLUX\.1 \(flux\).*SDXL"):
+    with pytest.raises(WrongFamilyError, match=r"trained for FLUX\.1 \(flux\).*SDXL") as refused:
         sdxl.predict(**{**inputs, "replicate_weights": bundle})
+    assert "--container flux" in str(refused.value) and "BASE_MODEL" not in str(refused.value)
     sdxl_bundle = write_lora_bundle(tiny_models["base"], tmp_path / "sdxl", seed=1)
     base = flux_predict(flux_predictor)
     for name in ("replicate_weights", "extra_lora"):

@@ -72,18 +72,29 @@ class TrainedWeights:
     # The family the weights were trained for: as training_config.json records it, else told
     # from the tensor names; None when neither tells.
     family: ModelFamily | None = None
+    # The word the captions named the subject by, as training_config.json records it.
+    trigger_word: str | None = None
 
     def check_family(self, family: ModelFamily) -> None:
         """Raise a clear error when these weights were made for another family than `family`."""
         if self.family is None or self.family is family:
             return
         made_for = self.family
+        if made_for.container != family.container:  # another container of this project
+            name = made_for.container
+            where = (
+                f"in the {made_for.title} container (`make serve CONTAINER={name}`, "
+                f"`python -m serving.cli --container {name}`; docs/serving.md)"
+            )
+        else:
+            where = (
+                f"with an {made_for.title} base model (BASE_MODEL={made_for.default_base_model} "
+                f"or another {made_for.title} checkpoint)"
+            )
         raise WrongFamilyError(
             f"{self.source} holds weights trained for {made_for.title} ({made_for.name}), but "
             f"this model runs an {family.title} ({family.name}) base model, which they cannot "
-            f"load into. Use them with an {made_for.title} base model (BASE_MODEL="
-            f"{made_for.default_base_model} or another {made_for.title} checkpoint), or train "
-            f"them again on an {family.title} base."
+            f"load into. Use them {where}, or train them again on an {family.title} base."
         )
 
 
@@ -107,6 +118,8 @@ def inspect_weights(path: Path, source: str | None = None) -> TrainedWeights:
     special = optional(SPECIAL_PARAMS_FILE)
     legacy = lora is not None and lora_key_format(lora) is WeightsFormat.REPLICATE_LEGACY
     pti, training_config = optional(EMBEDDINGS_PTI_FILE), optional(TRAINING_CONFIG_FILE)
+    record = _training_record(training_config)
+    recorded_family = FAMILIES.get(record.get("family"))
     return TrainedWeights(
         source=source,
         format=WeightsFormat.REPLICATE_LEGACY if legacy else WeightsFormat.BUNDLE,
@@ -117,7 +130,8 @@ def inspect_weights(path: Path, source: str | None = None) -> TrainedWeights:
         training_config=training_config,
         lora_kohya=optional(LORA_KOHYA_FILE),
         embeddings=optional(EMBEDDINGS_FILE),
-        family=_recorded_family(training_config) or _family_from_files(lora, unet, pti),
+        family=recorded_family or _family_from_files(lora, unet, pti),
+        trigger_word=(record.get("config") or {}).get("token_string"),
     )
 
 
@@ -125,16 +139,16 @@ def _bare_lora(file: Path, source: str) -> TrainedWeights:
     return TrainedWeights(source, lora_key_format(file), lora=file, family=_family_from_files(file))
 
 
-def _recorded_family(training_config: Path | None) -> ModelFamily | None:
-    """The family this project's trainer records in training_config.json."""
+def _training_record(training_config: Path | None) -> dict:
+    """What this project's trainer records in training_config.json (family, config, ...);
+    empty for none, or for another trainer's file (the tensors tell the family instead)."""
     if training_config is None:
-        return None
+        return {}
     try:
         record = json.loads(training_config.read_text())
     except (ValueError, OSError):
-        return None  # another trainer's file: the tensors tell instead
-    name = record.get("family") if isinstance(record, dict) else None
-    return FAMILIES.get(name) if isinstance(name, str) else None
+        return {}
+    return record if isinstance(record, dict) and isinstance(record.get("family"), str) else {}
 
 
 def _family_from_files(*files: Path | None) -> ModelFamily | None:
