@@ -35,6 +35,10 @@ BASE_IMAGE_REFINER_STRENGTH = 0.3  # diffusers' img2img default, as the referenc
 OVERSIZE_NOTE_FACTOR = 1.5
 
 
+class DefaultWeightsError(RuntimeError):
+    """The deployment's own trained weights (COG_WEIGHTS) cannot be loaded."""
+
+
 @dataclass(frozen=True)
 class GenerationResult:
     paths: list[Path]
@@ -85,11 +89,16 @@ class GenerationEngine:
             self.family,
             fits=lambda weights: self.switcher.check(Selection(weights)),
         )
-        # The trained version's own weights (COG_WEIGHTS): held here, never evicted.
+        # The trained version's own weights (COG_WEIGHTS): held here, never evicted. Weights
+        # that cannot be loaded now do not stop the server: each request that would use them
+        # tries again (a download may have failed for a moment) or says why it cannot.
+        self.default_reference = str(default_weights) if default_weights else None
         self.default_weights: PreparedWeights | None = None
-        if default_weights:
-            self.default_weights = self.weights_cache.get(str(default_weights))
-            self.switcher.activate(Selection(self.default_weights))
+        if self.default_reference:
+            try:
+                self._load_default_weights()
+            except DefaultWeightsError as error:
+                print(error)
 
     def generate(self, request: GenerationRequest, output_dir: Path) -> GenerationResult:
         """Run one request; the images are written into `output_dir`."""
@@ -123,9 +132,7 @@ class GenerationEngine:
         )
         self.switcher.activate(Selection(main, request.lora_scale, stacked))
         token_map = main.token_map if main else {}
-        used = [t for t in token_map if contains_trigger(request.prompt, t)]
-        if used:
-            print(f"Trained tokens for {', '.join(used)} in the prompt.")
+        _note_triggers(request.prompt, main)
         prompt = apply_token_map(request.prompt, token_map)
         negative_prompt = apply_token_map(request.negative_prompt, token_map)
 
@@ -179,7 +186,20 @@ class GenerationEngine:
     def _main_weights(self, request: GenerationRequest) -> PreparedWeights | None:
         if request.replicate_weights:
             return self.weights_cache.get(request.replicate_weights)
+        if self.default_reference and self.default_weights is None:
+            self._load_default_weights()
         return self.default_weights
+
+    def _load_default_weights(self) -> None:
+        try:
+            self.default_weights = self.weights_cache.get(self.default_reference)
+        except Exception as error:  # whatever keeps them out, reported as the reason
+            raise DefaultWeightsError(
+                f"This deployment's trained weights (COG_WEIGHTS) could not be loaded: "
+                f"{type(error).__name__}: {error} Fix COG_WEIGHTS and restart the server, or "
+                "name weights in the request (replicate_weights)."
+            ) from None
+        self.switcher.activate(Selection(self.default_weights))
 
     def _stacked_lora(self, reference) -> PreparedLora:
         stacked = self.weights_cache.get(reference)
@@ -262,6 +282,21 @@ class GenerationEngine:
                 refiner_args.update(width=request.width, height=request.height)
             images = refiner(**refiner_args).images
         return images
+
+
+def _note_triggers(prompt: str, weights: PreparedWeights | None) -> None:
+    """Say whether the prompt names what the weights were trained on: their trained tokens
+    replace the trigger, and a prompt without it draws little of the subject."""
+    triggers = weights.trigger_words if weights else ()
+    used = [t for t in triggers if contains_trigger(prompt, t)]
+    if used and weights.token_map:
+        print(f"Trained tokens for {', '.join(used)} in the prompt.")
+    elif triggers and not used:
+        print(
+            f"The prompt does not contain {' or '.join(triggers)}, the word these weights were "
+            f"trained on: only the LoRA applies, not what was learnt for that word. Write "
+            f"{triggers[0]} where the subject or style belongs (e.g. 'a photo of {triggers[0]}')."
+        )
 
 
 def _ensemble_splits(scheduler, steps: int, strength: float, high_noise_frac: float) -> bool:

@@ -38,6 +38,9 @@ class PreparedWeights:
     unet: dict[str, torch.Tensor] | None  # full fine-tune: UNet parameter name -> tensor
     token_vectors: dict[int, torch.Tensor] | None  # text-encoder index -> [n_tokens, width]
     token_map: dict[str, str]  # e.g. {"TOK": "<s0><s1>"}
+    # The words prompts name the trained subject by: the token map's, else the trigger word
+    # the training recorded (FLUX.1 trains it as a plain word).
+    trigger_words: tuple[str, ...] = ()
 
     @property
     def nbytes(self) -> int:
@@ -70,7 +73,8 @@ def prepare_weights(
             f"{weights.source} names trigger tokens {sorted(token_map)} but has no "
             "embeddings.pti holding their vectors."
         )
-    return PreparedWeights(weights.source, lora, unet, vectors, token_map)
+    triggers = tuple(token_map) or ((weights.trigger_word,) if weights.trigger_word else ())
+    return PreparedWeights(weights.source, lora, unet, vectors, token_map, triggers)
 
 
 def _read_tensors(file: Path, source: str, dtype: torch.dtype) -> dict[str, torch.Tensor]:

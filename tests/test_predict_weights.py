@@ -76,7 +76,7 @@ def fresh(model_cache, bundles, threads):
 
 def _run(predictor, bundles, name, **inputs):
     weights = {"replicate_weights": bundles[name]} if name else {}
-    return predict_arrays(predictor, **TRIGGER, **weights, **inputs)
+    return predict_arrays(predictor, **{**TRIGGER, **weights, **inputs})
 
 
 def test_switching_in_any_order_matches_fresh_loads_exactly(predictor, bundles, fresh):
@@ -136,6 +136,17 @@ def test_trained_tokens_reach_base_and_refiner_and_leave_with_the_bundle(predict
     _run(predictor, bundles, None)
     for pipeline in (base, engine.base.inpaint, refiner, engine.refiner.inpaint):
         assert "<s0>" not in pipeline.tokenizer_2.get_vocab()
+
+
+def test_a_prompt_without_the_trigger_is_told_that_the_trained_tokens_go_unused(
+    predictor, bundles, capsys
+):
+    _run(predictor, bundles, "B")
+    assert "Trained tokens for TOK in the prompt." in capsys.readouterr().out
+    _run(predictor, bundles, "B", prompt="a photo of a cat")
+    assert "The prompt does not contain TOK" in capsys.readouterr().out
+    _run(predictor, bundles, None, prompt="a photo of a cat")  # no weights: nothing to say
+    assert "does not contain" not in capsys.readouterr().out
 
 
 def test_kohya_layout_loads_identically_and_legacy_bundles_load(predictor, bundles):
