@@ -32,6 +32,8 @@ READY_STATES = ("READY", "BUSY")
 BROKEN_STATES = ("SETUP_FAILED", "UNHEALTHY", "DEFUNCT")
 BUSY_RETRY_SECONDS = 30  # how long a 409 (another call running) is retried
 EXTENSIONS = {"image/jpeg": ".jpg", "application/x-tar": ".tar"}
+# coglet 0.23 puts this before a failed call's error twice (docs/serving.md); shown once.
+FAILED_PREFIX = "Prediction failed: "
 
 
 class ClientError(RuntimeError):
@@ -123,6 +125,8 @@ def call(server: str, route: str, inputs: dict) -> dict:
     if response.status_code != 200 or body.get("status") != "succeeded":
         logs = "\n".join((body.get("logs") or "").strip().splitlines()[-10:])
         error = body.get("error") or f"HTTP {response.status_code}"
+        while error.startswith(FAILED_PREFIX):
+            error = error.removeprefix(FAILED_PREFIX)
         raise ClientError(f"The {route[:-1]} failed: {error}" + (f"\n{logs}" if logs else ""))
     return body
 

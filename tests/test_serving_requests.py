@@ -10,7 +10,7 @@ from PIL import Image
 
 from tests.cog_server import request, request_when_free, running_server
 from tests.conftest import tiny_variables
-from tests.trained_bundles import write_kohya_lora
+from tests.trained_bundles import tar_folder, write_kohya_lora, write_lora_bundle
 from weights.settings import LOCAL_DIRS_VARIABLE
 
 SMALL = {"width": 64, "height": 64, "num_inference_steps": 2, "seed": 5}
@@ -129,3 +129,24 @@ def test_loras_stack_by_url_as_octoai_sends_them(server, file_server, tiny_model
     assert file_server.requests("/style.safetensors") == 1  # cached like replicate_weights
     bad = predict(url, {"loras": {style: 9}})
     assert bad["status"] == "failed" and "between 0 and 4.0" in bad["error"]
+
+
+def test_weights_the_server_could_not_load_at_start_are_tried_again_and_named(
+    tmp_path, model_cache, tiny_models, file_server
+):
+    """COG_WEIGHTS that fail at start-up (here a URL that answers 404) leave the server READY;
+    a request that would use them says why it cannot, and once they can be fetched they are
+    used without a restart."""
+    weights_url = file_server.url("/version/trained_model.tar")
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in tiny_variables(model_cache).items():
+            env.setenv(name, value)
+        with running_server(tmp_path / "predict.log", weights=weights_url) as url:
+            failed = predict(url, {"prompt": "a photo of TOK"})
+            assert failed["status"] == "failed"
+            assert "COG_WEIGHTS" in failed["error"] and "404" in failed["error"]
+            bundle = write_lora_bundle(tiny_models["base"], tmp_path / "bundle", seed=3)
+            file_server.add("/version/trained_model.tar", tar_folder(bundle))
+            healed = predict(url, {"prompt": "a photo of TOK"})
+    assert healed["status"] == "succeeded", healed.get("error")
+    assert "Trained tokens for TOK in the prompt." in healed["logs"]
