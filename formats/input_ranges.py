@@ -25,6 +25,11 @@ def one_of(default, choices):
     return field(default=default, metadata={"choices": tuple(choices)})
 
 
+def text(default, max_length: int):
+    """A text field of at most `max_length` characters."""
+    return field(default=default, metadata={"max_length": max_length})
+
+
 def seed_field():
     """An optional seed: empty draws one (`random_seed`)."""
     return ranged(None, SEED_MIN, SEED_MAX)
@@ -46,6 +51,11 @@ def range_problems(instance) -> list[str]:
             problems.append(
                 f"{declared.name}={value!r}: use one of {', '.join(map(str, meta['choices']))}."
             )
+        if "max_length" in meta and len(value) > meta["max_length"]:
+            problems.append(
+                f"{declared.name} has {len(value):,} characters: at most {meta['max_length']}."
+            )
+            continue
         low, high = meta.get("ge"), meta.get("le")
         if (low is not None and value < low) or (high is not None and value > high):
             problems.append(f"{declared.name}={value}: must be {_describe(low, high)}.")

@@ -57,6 +57,23 @@ def apply_token_map(text: str, token_map: dict[str, str]) -> str:
     return text
 
 
+# A trigger word is one word a prompt names the subject by; longer ones are not words.
+MAX_TRIGGER_LENGTH = 64
+INSERTED_TOKEN = re.compile(r"<s\d+>")
+
+
+def trigger_problems(trigger: str, name: str) -> list[str]:
+    """What is wrong with `trigger` as the input `name` (the trigger word), if anything."""
+    if not trigger.strip() or any(c.isspace() for c in trigger):
+        return [f"{name}={trigger[:80]!r}: use one word without spaces, e.g. TOK."]
+    if INSERTED_TOKEN.search(trigger):
+        return [
+            f"{name}={trigger!r}: <s0>, <s1>, ... are the tokens training inserts for the "
+            "trigger; pick another word, e.g. TOK."
+        ]
+    return []
+
+
 def token_names(count: int) -> list[str]:
     """The inserted tokens, `<s0>`, `<s1>`, ...: the names bundles and prompts use."""
     return [f"<s{i}>" for i in range(count)]

@@ -46,6 +46,7 @@ def declared(config: type, name: str, description: str) -> Any:
         description=description,
         ge=meta.get("ge"),
         le=meta.get("le"),
+        max_length=meta.get("max_length"),
         choices=list(choices) if choices is not None else None,
     )
 

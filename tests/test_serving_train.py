@@ -221,6 +221,17 @@ def test_a_request_names_its_photos_and_base_model_only_by_url(train_server, fil
     assert response["status"] == "failed" and "from the Hugging Face hub" in response["error"]
 
 
+def test_a_trigger_word_is_one_short_word_other_than_the_inserted_tokens(train_server, file_server):
+    photos = file_server.add("/t.zip", ROOT / "examples" / "cat_photos.zip")
+    body = {"input": {**QUICK_TRAINING, "input_images": photos, "token_string": "x" * 100_000}}
+    status, response = request_when_free(f"{train_server}/trainings", body)
+    assert status == 422 and "token_string" in str(response["detail"])  # before any work
+    body["input"]["token_string"] = "<s0>"
+    status, response = request_when_free(f"{train_server}/trainings", body)
+    assert status == 200 and response["status"] == "failed"
+    assert "<s0>, <s1>, ... are the tokens training inserts" in response["error"]
+
+
 def test_a_trigger_other_than_tok_follows_into_captions_tokens_and_prompts(
     train_server, file_server, tmp_path, model_cache, capsys
 ):

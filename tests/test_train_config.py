@@ -1,6 +1,9 @@
 """Training settings, step arithmetic and learning-rate schedule: no models needed."""
 
+import json
 import random
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,7 +11,10 @@ import torch
 from formats.tokens import apply_token_map
 from training.caption_augment import caption_for_step
 from training.config import InvalidTrainingConfig, TrainingConfig
+from training.flux_inputs import FluxTrainingInputs
 from training.schedule import BatchSchedule, TrainingPlan, build_lr_scheduler, build_optimizer
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize(
@@ -221,3 +227,20 @@ def test_prodigy_needs_one_learning_rate_for_every_trained_group():
         TrainingConfig(seed=0, optimizer="prodigy", lora_lr=0.5, ti_lr=1.0)
     TrainingConfig(seed=0, optimizer="prodigy", lora_lr=1.0, ti_lr=1.0)
     TrainingConfig(seed=0, optimizer="prodigy", lora_lr=1.0, ti_lr=0)  # tokens do not train
+
+
+def test_trigger_words_are_one_short_word_and_not_an_inserted_token():
+    for trigger, message in [
+        ("x" * 100_000, "token_string has 100,000 characters: at most 64"),
+        ("<s0>", "<s0>, <s1>, ... are the tokens training inserts"),
+        ("my dog", "use one word without spaces"),
+    ]:
+        with pytest.raises(InvalidTrainingConfig, match=re.escape(message)):
+            TrainingConfig(token_string=trigger)
+    with pytest.raises(InvalidTrainingConfig, match=r"trigger_word='a<s1>'"):
+        FluxTrainingInputs(trigger_word="a<s1>").training_config()
+    for container in ("sdxl", "flux"):  # the schema bounds it too: a 422 before any work
+        schema = json.loads((ROOT / ".cog" / "schemas" / f"{container}.json").read_text())
+        inputs = schema["components"]["schemas"]["TrainingInput"]["properties"]
+        trigger = inputs["token_string" if container == "sdxl" else "trigger_word"]
+        assert trigger["maxLength"] == 64

@@ -14,7 +14,8 @@ import re
 from dataclasses import asdict, dataclass, field
 
 from families import ModelFamily
-from formats.input_ranges import one_of, random_seed, range_problems, ranged, seed_field
+from formats.input_ranges import one_of, random_seed, range_problems, ranged, seed_field, text
+from formats.tokens import MAX_TRIGGER_LENGTH, trigger_problems
 
 OPTIMIZERS = ("adamw", "adamw8bit", "adafactor", "prodigy")
 LR_SCHEDULERS = (
@@ -74,7 +75,7 @@ class TrainingConfig:
     base_quantization: str = one_of("none", BASE_QUANTIZATIONS)
     lr_scheduler: str = one_of("constant", LR_SCHEDULERS)
     lr_warmup_steps: int = ranged(100, 0, MAX_STEPS)
-    token_string: str = "TOK"
+    token_string: str = text("TOK", MAX_TRIGGER_LENGTH)
     # A word the new tokens start from (each its tokens' mean embedding), e.g. the subject's
     # class ("dog"); None: random vectors at the vocabulary's scale.
     token_init_word: str | None = None
@@ -243,8 +244,7 @@ class TrainingConfig:
             )
         if self.num_class_images and not self.class_prompt:
             yield "num_class_images > 0 needs a class_prompt, e.g. 'a photo of a dog'."
-        if not self.token_string.strip() or any(c.isspace() for c in self.token_string):
-            yield f"token_string={self.token_string!r}: use one word without spaces, e.g. TOK."
+        yield from trigger_problems(self.token_string, "token_string")
         if self.base_quantization != "none" and not self.is_lora:
             yield (
                 f"base_quantization={self.base_quantization!r} freezes the base weights in 8 "

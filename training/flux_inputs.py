@@ -7,7 +7,8 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 
-from formats.input_ranges import one_of, ranged, seed_field
+from formats.input_ranges import one_of, range_problems, ranged, seed_field, text
+from formats.tokens import MAX_TRIGGER_LENGTH, trigger_problems
 from training.config import (
     BASE_QUANTIZATIONS,
     LORA_TYPES,
@@ -22,7 +23,7 @@ from training.config import (
 
 @dataclass(frozen=True)
 class FluxTrainingInputs:
-    trigger_word: str = "TOK"
+    trigger_word: str = text("TOK", MAX_TRIGGER_LENGTH)
     lora_type: str = one_of("subject", LORA_TYPES)
     autocaption: bool = True
     autocaption_prefix: str | None = None  # None: the lora_type preset's
@@ -45,6 +46,9 @@ class FluxTrainingInputs:
         """The training settings: a LoRA of rank = alpha on the transformer, the trigger word
         kept as a word (no new tokens), the largest resolution for the crops and the others
         as buckets, a constant learning rate."""
+        problems = range_problems(self) + trigger_problems(self.trigger_word, "trigger_word")
+        if problems:  # in this container's names, before they become TrainingConfig's
+            raise InvalidTrainingConfig("Invalid training inputs:\n- " + "\n- ".join(problems))
         resolutions = sizes(self.resolution, "resolution")
         if not resolutions:
             raise InvalidTrainingConfig("resolution is empty: give sizes such as '512,768,1024'.")
