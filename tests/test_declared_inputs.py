@@ -1,7 +1,10 @@
 """Every input is written once: the Cog signature of each entry file, the schema clients see and
 the configuration dataclass agree on names, defaults, ranges and choices."""
 
+import json
+import math
 from dataclasses import MISSING, fields
+from pathlib import Path
 
 import pytest
 
@@ -91,3 +94,16 @@ def test_the_schema_and_the_config_refuse_the_same_values(name, value):
     assert not prop["minimum"] <= value <= prop["maximum"]
     with pytest.raises(ValueError, match=f"{name}="):
         TrainingConfig(**{name: value})
+
+
+@pytest.mark.parametrize("container", sorted(CONTAINERS))
+def test_every_number_input_of_the_committed_schemas_has_finite_bounds(container):
+    """What a client reads (the committed schema, as `cog build` writes it): no float or
+    integer input is open-ended, so no value can overflow what it feeds."""
+    schema_file = Path(__file__).resolve().parents[1] / ".cog" / "schemas" / f"{container}.json"
+    schemas = json.loads(schema_file.read_text())["components"]["schemas"]
+    for kind in ("Input", "TrainingInput"):
+        for name, prop in schemas[kind]["properties"].items():
+            if prop.get("type") in ("number", "integer"):
+                bounds = (prop.get("minimum"), prop.get("maximum"))
+                assert None not in bounds and all(map(math.isfinite, bounds)), (kind, name)

@@ -25,7 +25,8 @@ from training.schedule import BatchSchedule, TrainingPlan, build_lr_scheduler, b
         ({"token_string": "my token"}, "one word"),
         ({"caption_dropout": 1.0}, "caption_dropout"),
         ({"max_train_steps": 0}, "max_train_steps=0"),
-        ({"lora_lr": float("nan")}, "finite"),
+        ({"lora_lr": float("nan")}, "lora_lr=nan: must be between 0.0 and 10.0"),
+        ({"lora_lr": 1e308}, r"lora_lr=1e\+308: must be between 0.0 and 10.0"),
     ],
 )
 def test_invalid_combinations_fail_before_any_work(inputs, message):

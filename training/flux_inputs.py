@@ -11,6 +11,7 @@ from formats.input_ranges import one_of, ranged, seed_field
 from training.config import (
     BASE_QUANTIZATIONS,
     LORA_TYPES,
+    MAX_LEARNING_RATE,
     MAX_STEPS,
     OPTIMIZERS,
     PRESETS,
@@ -28,7 +29,7 @@ class FluxTrainingInputs:
     autocaption_prefix: str | None = None  # None: the lora_type preset's
     autocaption_suffix: str | None = None
     steps: int = ranged(1000, 1, MAX_STEPS)
-    learning_rate: float = ranged(4e-4, 0.0, None)
+    learning_rate: float = ranged(4e-4, 0.0, MAX_LEARNING_RATE)
     batch_size: int = ranged(1, 1, 64)
     resolution: str = "512,768,1024"  # every image is trained at each size
     lora_rank: int = ranged(16, 1, 256)
