@@ -129,7 +129,8 @@ def train(
     checkpointing_steps: int = _config(
         "checkpointing_steps",
         "Number of steps between saving checkpoints, kept in the tarball's checkpoints/ (each "
-        "a full copy of the weights). 0: none, the tarball holds the final weights only",
+        "a full copy of the weights). 0, or at least the number of steps (Replicate's 999999): "
+        "none, the tarball holds the final weights only",
     ),
     input_images_filetype: str = _preprocess(
         "input_images_filetype",

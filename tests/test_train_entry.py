@@ -10,6 +10,7 @@ from cog import Path as CogPath
 
 from families import SD15, SDXL
 from formats.bundle import (
+    CHECKPOINTS_DIR,
     EMBEDDINGS_PTI_FILE,
     LORA_FILE,
     MODEL_CARD_FILE,
@@ -142,3 +143,15 @@ def test_the_log_states_the_tarballs_size_and_warns_above_the_download_limit(tmp
     assert bundle_size_report(tar, 20 << 30) == "trained_model.tar: 3.0 MiB."
     assert "raise SDXL_TUNER_MAX_DOWNLOAD_GB" in bundle_size_report(tar, 1 << 20)
     assert TrainingConfig(seed=0).checkpointing_steps == 0  # final weights only, by default
+
+
+def test_replicates_checkpointing_steps_999999_trains_without_checkpoints(tiny_env):
+    """Replicate's SDXL clients send checkpointing_steps=999999 to disable checkpoints; any
+    value at least the run's steps means none."""
+    bundle = train_with(seed=0, resolution=64, train_batch_size=2, max_train_steps=3,
+                        lr_warmup_steps=0, lora_rank=4, checkpointing_steps=999999)  # fmt: skip
+    with tarfile.open(bundle) as tar:
+        names = tar.getnames()
+        record = json.load(tar.extractfile(TRAINING_CONFIG_FILE))
+    assert LORA_FILE in names and not any(name.startswith(CHECKPOINTS_DIR) for name in names)
+    assert record["config"]["checkpointing_steps"] == 999999

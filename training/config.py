@@ -123,9 +123,10 @@ class TrainingConfig:
     # DreamBooth's 1 weighs class and subject images alike; at 10 the class images already
     # outweigh the subject tenfold and it barely trains.
     prior_loss_weight: float = ranged(1.0, 0.0, 10.0)
-    # Steps between checkpoints, kept in the bundle's checkpoints/; 0 (or more than the run):
-    # none, so the tarball holds the final weights only (as Replicate's trainer's does).
-    checkpointing_steps: int = ranged(0, 0, MAX_STEPS)
+    # Steps between checkpoints, kept in the bundle's checkpoints/; 0, or any number at least
+    # the run's steps: none, so the tarball holds the final weights only. Replicate's SDXL
+    # clients send 999999 ("a very high number to disable"): up to the largest 32-bit integer.
+    checkpointing_steps: int = ranged(0, 0, 2**31 - 1)
     use_masks: bool | None = None  # weight the loss by the preprocessing masks
     verbose: bool = True
     extra: dict = field(default_factory=dict)  # recorded in training_config.json only
