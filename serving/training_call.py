@@ -14,6 +14,7 @@ from pathlib import Path
 from families import ModelFamily
 from formats.bundle import BUNDLE_FILE
 from preprocess import PreprocessConfig, preprocess
+from serving.containers import container_of
 from serving.handoff import OutputHandoff
 from training.config import TrainingConfig
 from training.job import PreparedImages, TrainingJob, run_job
@@ -35,7 +36,8 @@ def train_on_upload(
 ) -> Path:
     """Train on the upload `input_images` and return the tarball (or the dry run's report).
     `preprocess_options`: PreprocessConfig fields beside the ones the config decides;
-    `family`: the container's, whose BASE_MODEL is the default; `inputs`: for the record."""
+    `family`: the container's, whose BASE_MODEL is the default and whose container says which
+    families it trains; `inputs`: for the record."""
     # 1. Settings and file inputs, checked before any work.
     print(f"Using seed: {config.seed}")
     settings = ModelSettings.from_env(family)
@@ -69,6 +71,7 @@ def train_on_upload(
         dry_run=dry_run,
         inputs=inputs,
         processes=settings.training_processes,
+        check_base=container_of(family).check_trains,
     )
     try:
         return Path(run_job(job, settings, prepare_images))

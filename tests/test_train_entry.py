@@ -25,7 +25,7 @@ from tests.train_helpers import one_thread  # noqa: F401 (autouse fixture)
 from training.bundle import base_model_loading, bundle_size_report
 from training.config import InvalidTrainingConfig, TrainingConfig
 from weights.archive import unpack_archive
-from weights.settings import TINY, TINY_SD15
+from weights.settings import TINY, TINY_FLUX, TINY_SD15
 from weights.trained_files import inspect_weights
 
 EXAMPLE = "@examples/cat_photos.zip"
@@ -155,3 +155,29 @@ def test_replicates_checkpointing_steps_999999_trains_without_checkpoints(tiny_e
         record = json.load(tar.extractfile(TRAINING_CONFIG_FILE))
     assert LORA_FILE in names and not any(name.startswith(CHECKPOINTS_DIR) for name in names)
     assert record["config"]["checkpointing_steps"] == 999999
+
+
+@pytest.mark.parametrize(
+    ("container", "base_model", "named"),
+    [
+        ("flux", TINY, r"'tiny' is a model of the SDXL family.*FLUX\.1 trainer.*"
+         r"SDXL / SD 1\.5 container \(train\.py:train"),
+        ("flux", TINY_SD15, r"'tiny-sd15' is a model of the SD 1\.5 family.*FLUX\.1 trainer"),
+        ("sdxl", TINY_FLUX, r"'tiny-flux' is a model of the FLUX\.1 family.*SDXL / SD 1\.5 "
+         r"trainer.*FLUX\.1 container \(train_flux\.py:train, `cog build -f cog\.flux\.yaml`\)"),
+    ],
+)  # fmt: skip
+def test_a_trainer_refuses_another_containers_family_before_any_work(
+    container, base_model, named, tiny_env, monkeypatch
+):
+    """Weights trained on another family's base would be refused by this container's own
+    predictor: the trainer refuses the base as soon as its family is read."""
+    import serving.training_call as entry
+    from serving.containers import CONTAINERS
+
+    def no_preprocessing(*args, **kwargs):
+        raise AssertionError("preprocessing started")
+
+    monkeypatch.setattr(entry, "preprocess", no_preprocessing)
+    with pytest.raises(InvalidTrainingConfig, match=named):
+        train_with(CONTAINERS[container].trainer, base_model=base_model, seed=0)

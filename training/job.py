@@ -61,6 +61,9 @@ class TrainingJob:
     # Data-parallel processes: None, one per visible GPU; 1 (as under `accelerate launch`
     # already), this process alone.
     processes: int | None = None
+    # Raises for a base model of a family the caller does not train (the container's trainer,
+    # serving/containers.py): (family, base_model) -> None. None: every family.
+    check_base: Callable[[ModelFamily, str], None] | None = None
 
 
 def resolve_base(reference: str, settings: ModelSettings, allow_local: bool = True) -> BaseModel:
@@ -80,7 +83,9 @@ def run_job(
     runtime = pick_runtime(settings.device, settings.dtype, settings.speed)
     base = resolve_base(job.base_model, settings, job.allow_local_base)
     base = BaseModel(job.base_model_name or base.reference, base.folder, base.family)
-    config.check_family(base.family)  # before the images: a refused config fails fast
+    if job.check_base is not None:  # before the images: a refused base fails fast
+        job.check_base(base.family, base.reference)
+    config.check_family(base.family)
     print(f"Base model: {base.reference} ({base.family.title}), training at {config.resolution}px")
 
     # 2. The training images.
