@@ -160,8 +160,8 @@ def train(
     ),
     optimizer: str = _config(
         "optimizer",
-        "Optimizer. adamw8bit: 8-bit AdamW, less memory (GPU image); with prodigy use learning "
-        "rates of 1.0",
+        "Optimizer. The 8-bit ones (adamw8bit, adam8bit, lion8bit) keep their states in 8 bits "
+        "(less memory); with prodigy use learning rates of 1.0",
     ),
     ema_decay: float = _config(
         "ema_decay",

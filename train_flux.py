@@ -62,7 +62,9 @@ def train(
         "steps an image will be used without its caption",
     ),
     optimizer: str = _input(
-        "optimizer", "Optimizer (adamw8bit needs bitsandbytes: without it, adamw is used)"
+        "optimizer",
+        "Optimizer. The 8-bit ones keep their states in 8 bits (less memory); with prodigy use "
+        "a learning rate of 1.0",
     ),
     cache_latents_to_disk: bool = _input(
         "cache_latents_to_disk", "Accepted for compatibility: latents are always cached"

@@ -1,6 +1,7 @@
 """Training settings, step arithmetic and learning-rate schedule: no models needed."""
 
 import random
+import sys
 
 import pytest
 import torch
@@ -222,3 +223,23 @@ def test_prodigy_needs_one_learning_rate_for_every_trained_group():
         TrainingConfig(seed=0, optimizer="prodigy", lora_lr=0.5, ti_lr=1.0)
     TrainingConfig(seed=0, optimizer="prodigy", lora_lr=1.0, ti_lr=1.0)
     TrainingConfig(seed=0, optimizer="prodigy", lora_lr=1.0, ti_lr=0)  # tokens do not train
+
+
+def test_without_bitsandbytes_8_bit_flux_optimizers_train_with_32_bit_states(monkeypatch, capsys):
+    """A CPU setup without bitsandbytes: the Flux container trains an 8-bit optimizer's
+    algorithm with 32-bit states (what differs is memory only) and says so; Lion has no
+    torch version, so lion and lion8bit are refused there, as the SDXL container refuses
+    every bitsandbytes optimizer."""
+    from training.flux_inputs import FluxTrainingInputs
+
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as if it were not installed
+    for asked, trained in (("adamw8bit", "adamw"), ("adam8bit", "adam"), ("adagrad", "adagrad")):
+        assert FluxTrainingInputs(optimizer=asked, seed=0).training_config().optimizer == trained
+    assert "optimizer adam8bit needs bitsandbytes, absent here: training with adam." in (
+        capsys.readouterr().out
+    )
+    for optimizer in ("lion", "lion8bit"):
+        with pytest.raises(InvalidTrainingConfig, match=f"optimizer='{optimizer}' needs bitsand"):
+            FluxTrainingInputs(optimizer=optimizer, seed=0).training_config()
+    with pytest.raises(InvalidTrainingConfig, match="optimizer='adam8bit' needs bitsandbytes"):
+        TrainingConfig(seed=0, optimizer="adam8bit")

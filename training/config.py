@@ -15,7 +15,28 @@ from dataclasses import asdict, dataclass, field
 from families import ModelFamily
 from formats.input_ranges import one_of, random_seed, range_problems, ranged, seed_field
 
-OPTIMIZERS = ("adamw", "adamw8bit", "adafactor", "prodigy")
+# Replicate's Flux trainer's optimizers (training/schedule.py builds each).
+OPTIMIZERS = (
+    "adamw",
+    "adamw8bit",
+    "adam",
+    "adam8bit",
+    "lion",
+    "lion8bit",
+    "adagrad",
+    "adafactor",
+    "prodigy",
+)
+# Those bitsandbytes provides, with their class in `bitsandbytes.optim` (torch has no Lion).
+BITSANDBYTES_OPTIMIZERS = {
+    "adamw8bit": "AdamW8bit",
+    "adam8bit": "Adam8bit",
+    "lion": "Lion",
+    "lion8bit": "Lion8bit",
+}
+# The 8-bit ones and the same algorithm with 32-bit states, which trains alike: the 8-bit
+# states only save memory.
+EIGHT_BIT_OPTIMIZERS = {"adamw8bit": "adamw", "adam8bit": "adam", "lion8bit": "lion"}
 LR_SCHEDULERS = (
     "constant",
     "constant_with_warmup",
@@ -242,11 +263,11 @@ class TrainingConfig:
                 yield f"lora_layers_regex={pattern!r}: not a regular expression ({error})."
         if self.lora_alpha is not None and self.lora_alpha <= 0:
             yield f"lora_alpha={self.lora_alpha}: must be positive (or unset for alpha = rank)."
-        if self.optimizer == "adamw8bit" and importlib.util.find_spec("bitsandbytes") is None:
+        if not optimizer_available(self.optimizer):
             yield (
-                "optimizer='adamw8bit' needs bitsandbytes, which the Cog image installs "
+                f"optimizer={self.optimizer!r} needs bitsandbytes, which the Cog image installs "
                 "(cog.yaml) but this environment lacks (`pip install bitsandbytes==0.50.2`): "
-                "use adamw or adafactor."
+                "use adamw, adam, adagrad or adafactor."
             )
         if self.optimizer == "prodigy" and len(set(self._trained_rates().values())) > 1:
             rates = ", ".join(f"{k}={v:g}" for k, v in self._trained_rates().items())
@@ -281,6 +302,22 @@ class TrainingConfig:
                     f"ti_frac={self.ti_frac} with pure textual inversion: nothing would train "
                     "after the pivot. Use ti_frac=1 or train a LoRA too."
                 )
+
+
+def optimizer_available(name: str) -> bool:
+    return (
+        name not in BITSANDBYTES_OPTIMIZERS or importlib.util.find_spec("bitsandbytes") is not None
+    )
+
+
+def optimizer_here(name: str) -> str:
+    """`name`, or where it is an 8-bit optimizer and bitsandbytes is absent (a CPU setup), the
+    same algorithm with 32-bit states when torch has it, saying so."""
+    substitute = EIGHT_BIT_OPTIMIZERS.get(name)
+    if optimizer_available(name) or substitute is None or not optimizer_available(substitute):
+        return name
+    print(f"optimizer {name} needs bitsandbytes, absent here: training with {substitute}.")
+    return substitute
 
 
 def parse_settings(pairs: list[str]) -> dict:

@@ -4,7 +4,6 @@ this project's `TrainingConfig` and preprocessing options."""
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 
 from formats.input_ranges import one_of, ranged, seed_field
@@ -17,6 +16,7 @@ from training.config import (
     PRESETS,
     InvalidTrainingConfig,
     TrainingConfig,
+    optimizer_here,
     sizes,
 )
 
@@ -49,11 +49,6 @@ class FluxTrainingInputs:
         resolutions = sizes(self.resolution, "resolution")
         if not resolutions:
             raise InvalidTrainingConfig("resolution is empty: give sizes such as '512,768,1024'.")
-        optimizer = self.optimizer
-        if optimizer == "adamw8bit" and importlib.util.find_spec("bitsandbytes") is None:
-            # Replicate's default; 8-bit states only save memory, so plain AdamW trains alike.
-            print("optimizer adamw8bit needs bitsandbytes, absent here: training with adamw.")
-            optimizer = "adamw"
         return TrainingConfig(
             seed=self.seed,
             resolution=resolutions[-1],
@@ -67,7 +62,7 @@ class FluxTrainingInputs:
             lr_warmup_steps=0,
             token_string=self.trigger_word,
             caption_prefix=self._caption_prefix(),
-            optimizer=optimizer,
+            optimizer=optimizer_here(self.optimizer),  # adamw8bit: Replicate's default
             caption_dropout=self.caption_dropout_rate,
             lora_layers_regex=self.layers_to_optimize_regex,
             gradient_checkpointing=self.gradient_checkpointing or self.batch_size > 1,
