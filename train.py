@@ -181,6 +181,11 @@ def train(
         "flip_augmentation",
         "Also train on horizontally mirrored images (not for asymmetric subjects)",
     ),
+    cache_latents_to_disk: bool = _config(
+        "cache_latents_to_disk",
+        "Keep the encoded images on disk instead of in memory, for large image sets (the same "
+        "training)",
+    ),
     caption_dropout: float = _config(
         "caption_dropout", "Probability of training a step with an empty caption"
     ),

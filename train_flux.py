@@ -67,7 +67,9 @@ def train(
         "a learning rate of 1.0",
     ),
     cache_latents_to_disk: bool = _input(
-        "cache_latents_to_disk", "Accepted for compatibility: latents are always cached"
+        "cache_latents_to_disk",
+        "Use this if you have lots of input images and you hit out of memory errors: the "
+        "encoded images are kept on disk instead of in memory (the same training)",
     ),
     layers_to_optimize_regex: Optional[str] = _input(
         "layers_to_optimize_regex",

@@ -11,10 +11,10 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from formats.bundle import LORA_FILE
+from formats.bundle import EMBEDDINGS_PTI_FILE, LORA_FILE
 from tests.train_helpers import make_dataset, one_thread, small_config  # noqa: F401 (autouse)
 from training.config import OPTIMIZERS
-from training.loop import CHECKPOINTS_DIR, STATE_DIR, run_training
+from training.loop import CHECKPOINTS_DIR, LATENTS_DIR, STATE_DIR, run_training
 from weights.runtime import pick_runtime
 
 CPU = pick_runtime("cpu")
@@ -152,3 +152,25 @@ def test_aspect_buckets_of_different_sizes_train_in_one_run(tiny_models, tmp_pat
     )
     assert result.plan.micro_batches_per_epoch == 2  # one batch of 2 per bucket
     assert len(losses(result)) == 4 and all(np.isfinite(losses(result)))
+
+
+def test_latents_cached_on_disk_train_bit_identically(dataset, tiny_models, tmp_path):
+    """cache_latents_to_disk keeps the encoded images as safetensors files in the run folder,
+    read back per batch: the run is the in-memory one, bit for bit (flips and masks too)."""
+    runs = {}
+    for on_disk in (False, True):
+        config = small_config(
+            max_train_steps=3, flip_augmentation=True, cache_latents_to_disk=on_disk
+        )
+        runs[on_disk] = run_training(
+            config, dataset, tiny_models["base"], tmp_path / str(on_disk), CPU
+        )
+    files = sorted((tmp_path / "True" / LATENTS_DIR).rglob("*"))
+    cached = [f for f in files if f.is_file()]
+    assert len(cached) == 4 and all(f.suffix == ".safetensors" for f in cached)  # one per image
+    assert not (tmp_path / "False" / LATENTS_DIR).exists()
+    assert losses(runs[False]) == losses(runs[True])
+    for name in (LORA_FILE, EMBEDDINGS_PTI_FILE):
+        memory, disk = (load_file(str(r.weights_dir / name)) for r in runs.values())
+        assert memory.keys() == disk.keys()
+        assert all(torch.equal(memory[key], disk[key]) for key in memory), name

@@ -122,6 +122,9 @@ class TrainingConfig:
     # of about 1,200, so a gamma of 1000 already weights nearly every timestep as plain MSE.
     min_snr_gamma: float = ranged(0.0, 0.0, 1000.0)
     flip_augmentation: bool = False
+    # The encoded images in the run folder (safetensors files, read back per batch) instead of
+    # in memory: for sets whose latents would not fit. The same training, bit for bit.
+    cache_latents_to_disk: bool = False
     caption_dropout: float = ranged(0.0, 0.0, 0.99)  # 1 would never show the trigger
     shuffle_tokens: bool = False
     keep_tokens: int = ranged(1, 0, 100)  # comma-separated caption parts kept in place

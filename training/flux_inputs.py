@@ -35,7 +35,7 @@ class FluxTrainingInputs:
     lora_rank: int = ranged(16, 1, 256)
     caption_dropout_rate: float = ranged(0.05, 0.0, 0.99)
     optimizer: str = one_of("adamw8bit", OPTIMIZERS)
-    cache_latents_to_disk: bool = False  # latents are always cached (in memory)
+    cache_latents_to_disk: bool = False  # in the run folder instead of memory
     layers_to_optimize_regex: str | None = None
     gradient_checkpointing: bool = False  # on for batch_size > 1, as Replicate's
     # Not Replicate's: the transformer's frozen weights in 8 bits (a 24 GB card fits FLUX.1-dev).
@@ -64,6 +64,7 @@ class FluxTrainingInputs:
             caption_prefix=self._caption_prefix(),
             optimizer=optimizer_here(self.optimizer),  # adamw8bit: Replicate's default
             caption_dropout=self.caption_dropout_rate,
+            cache_latents_to_disk=self.cache_latents_to_disk,
             lora_layers_regex=self.layers_to_optimize_regex,
             gradient_checkpointing=self.gradient_checkpointing or self.batch_size > 1,
             lora_type=self.lora_type,

@@ -55,6 +55,7 @@ from weights.runtime import Runtime
 
 WEIGHTS_DIR = "weights"
 CLASS_IMAGES_DIR = "class_images"
+LATENTS_DIR = "latents"  # with cache_latents_to_disk; one folder per process
 STATE_DIR = "training_state"  # optimizer/scheduler/parameters for resuming; not bundled
 AVERAGE_FILE = "weight_average.safetensors"  # in STATE_DIR, with ema_decay
 MIXED_PRECISION = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "no"}
@@ -177,14 +178,26 @@ def run_training(
     #    Prior preservation: the base model draws the class images first, before anything trains.
     items = read_captions(dataset_folder)
     scales = tuple(size / config.resolution for size in config.bucket_resolutions)
+    on_disk = work_dir / LATENTS_DIR / f"process-{accelerator.process_index}"
     dataset = CachedLatentsDataset(
-        items, models.vae, config.flip_augmentation, config.use_masks, scales
+        items,
+        models.vae,
+        config.flip_augmentation,
+        config.use_masks,
+        scales,
+        cache_dir=on_disk / "images" if config.cache_latents_to_disk else None,
     )
     clock.done("latent caching")
     class_set = None
     if config.num_class_images:
         class_items = render_class_images(models, config, work_dir / CLASS_IMAGES_DIR, accelerator)
-        class_set = CachedLatentsDataset(class_items, models.vae, config.flip_augmentation, False)
+        class_set = CachedLatentsDataset(
+            class_items,
+            models.vae,
+            config.flip_augmentation,
+            False,
+            cache_dir=on_disk / "class_images" if config.cache_latents_to_disk else None,
+        )
         clock.done("class images")
     if not (config.sample_prompts and is_main):
         models.vae = None  # not needed any more
