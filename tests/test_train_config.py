@@ -243,3 +243,28 @@ def test_without_bitsandbytes_8_bit_flux_optimizers_train_with_32_bit_states(mon
             FluxTrainingInputs(optimizer=optimizer, seed=0).training_config()
     with pytest.raises(InvalidTrainingConfig, match="optimizer='adam8bit' needs bitsandbytes"):
         TrainingConfig(seed=0, optimizer="adam8bit")
+
+
+@pytest.mark.parametrize(
+    ("batch", "processes", "per_process", "steps", "warmup"),
+    [
+        (1, 8, 1, 125, 12),  # FLUX.1's default on 8 GPUs: 8x the images per step
+        (4, 8, 1, 500, 50),  # SDXL's default batch 4 on 8 GPUs
+        (4, 2, 2, 1000, 100),  # a batch the processes divide: steps as on one GPU
+        (4, 3, 2, 667, 67),  # 2 x 3 = 6 images per step for the 4 asked
+    ],
+)
+def test_every_process_trains_and_the_steps_keep_the_images_seen(
+    batch, processes, per_process, steps, warmup
+):
+    from training.processes import data_parallel
+
+    config = TrainingConfig(seed=0, train_batch_size=batch, max_train_steps=1000)
+    recipe = data_parallel(config, processes)
+    each = recipe.config(config)
+    assert each.train_batch_size == per_process and recipe.global_batch == per_process * processes
+    assert (each.max_train_steps, each.lr_warmup_steps) == (steps, warmup)
+    assert each.checkpointing_steps == 0  # none stays none
+    assert abs(steps * recipe.global_batch - 1000 * batch) <= recipe.global_batch  # one step
+    huge = recipe.config(TrainingConfig(seed=0, train_batch_size=batch, checkpointing_steps=999999))
+    assert huge.checkpointing_steps >= huge.max_train_steps  # "never" stays never

@@ -24,7 +24,7 @@ from families import ModelFamily, detect_family
 from training.bundle import bundle_size_report, write_bundle, write_dry_run_report
 from training.config import TrainingConfig
 from training.loop import run_training
-from training.processes import launch_command, processes_for, run_launch
+from training.processes import data_parallel, launch_command, run_launch
 from weights.base_models import diffusers_folder, resolve_model
 from weights.runtime import pick_runtime
 from weights.settings import ModelSettings
@@ -107,7 +107,7 @@ def run_job(
         return write_dry_run_report(timing, images, job.output, preprocess_seconds)
 
     # 4. Train, here or data-parallel in several processes (which write the tarball).
-    processes = processes_for(config, job.processes or max(1, torch.cuda.device_count()))
+    processes = job.processes or max(1, torch.cuda.device_count())
     if processes > 1:
         return _train_in_processes(job, base, images, processes, runtime)
     result = run_training(
@@ -133,13 +133,13 @@ def run_job(
 
 
 def _train_in_processes(job: TrainingJob, base: BaseModel, images, processes: int, runtime) -> Path:
-    share = job.config.train_batch_size // processes
-    print(f"Training data-parallel in {processes} processes, a batch of {share} each.")
+    recipe = data_parallel(job.config, processes)
+    print(recipe.describe())
     job.run_dir.mkdir(parents=True, exist_ok=True)
     inputs_file = job.run_dir / "inputs.json"
     inputs_file.write_text(json.dumps(job.inputs, default=str))
     command = launch_command(
-        job.config, processes, images.folder, job.run_dir, base.folder, job.output, runtime
+        job.config, recipe, images.folder, job.run_dir, base.folder, job.output, runtime
     )
     command += ["--base-model-name", base.reference, "--inputs", str(inputs_file)]
     command += ["--preview", str(images.preview)] if images.preview is not None else []
