@@ -22,6 +22,8 @@ PREPROCESS_PLUMBING = {"input_path", "output_dir", "resolution", "token_string",
 PREPROCESS_PLUMBING |= {"settings", "size_multiple"}
 # TrainingConfig fields that are not Cog inputs (tuning and bookkeeping).
 TRAINING_INTERNAL = {"weight_decay", "sample_steps", "use_masks", "extra"}
+# TrainingConfig fields the FLUX.1 container's W&B inputs set (training/flux_inputs.py).
+TRAINING_INTERNAL |= {"wandb_project", "wandb_run", "wandb_entity", "wandb_save_interval"}
 
 
 def declared_fields(*classes, leave_out=frozenset()):
@@ -80,7 +82,8 @@ def test_flux_predict_inputs_are_the_flux_generation_request():
 
 
 def test_flux_train_inputs_are_the_flux_training_inputs():
-    job = {"input_images": MISSING, "base_model": None, "dry_run": False}
+    # input_images may be empty, with skip_training_and_use_pretrained_hf_lora_url.
+    job = {"input_images": None, "base_model": None, "dry_run": False}
     expected = declared_fields(FluxTrainingInputs)
     assert_agree(CONTAINERS["flux"].trainer, "TrainingInput", expected, job, container="flux")
 

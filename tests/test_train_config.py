@@ -268,3 +268,20 @@ def test_every_process_trains_and_the_steps_keep_the_images_seen(
     assert abs(steps * recipe.global_batch - 1000 * batch) <= recipe.global_batch  # one step
     huge = recipe.config(TrainingConfig(seed=0, train_batch_size=batch, checkpointing_steps=999999))
     assert huge.checkpointing_steps >= huge.max_train_steps  # "never" stays never
+
+
+def test_a_hub_upload_needs_both_inputs_and_a_repository_id_before_any_work():
+    from training.flux_inputs import FluxTrainingInputs
+
+    assert FluxTrainingInputs().accounts().hub is None
+    with pytest.raises(InvalidTrainingConfig, match="hf_repo_id is empty"):
+        FluxTrainingInputs(hf_token="hf_x").accounts()
+    with pytest.raises(InvalidTrainingConfig, match="hf_token is empty"):
+        FluxTrainingInputs(hf_repo_id="me/lora").accounts()
+    with pytest.raises(InvalidTrainingConfig, match="hf_repo_id='me/my/lora'"):
+        FluxTrainingInputs(hf_repo_id="me/my/lora", hf_token="hf_x").accounts()
+    accounts = FluxTrainingInputs(
+        hf_repo_id="me/lora", hf_token="hf_x", wandb_api_key="k1"
+    ).accounts()
+    assert accounts.hub.repo_id == "me/lora" and "hf_x" not in repr(accounts)
+    assert "k1" not in repr(accounts)  # the keys never reach a log through a repr

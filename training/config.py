@@ -152,6 +152,12 @@ class TrainingConfig:
     # clients send 999999 ("a very high number to disable"): up to the largest 32-bit integer.
     checkpointing_steps: int = ranged(0, 0, 2**31 - 1)
     use_masks: bool | None = None  # weight the loss by the preprocessing masks
+    # A Weights & Biases run (training/tracking.py): loss, samples, settings, and the LoRA every
+    # `wandb_save_interval` steps (0: at the end only). No project: no run.
+    wandb_project: str | None = None
+    wandb_run: str | None = None
+    wandb_entity: str | None = None
+    wandb_save_interval: int = ranged(0, 0, MAX_STEPS)
     verbose: bool = True
     extra: dict = field(default_factory=dict)  # recorded in training_config.json only
 

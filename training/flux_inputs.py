@@ -19,6 +19,8 @@ from training.config import (
     optimizer_here,
     sizes,
 )
+from training.hub_upload import HubUpload
+from training.job import Accounts
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,20 @@ class FluxTrainingInputs:
     # Not Replicate's: the transformer's frozen weights in 8 bits (a 24 GB card fits FLUX.1-dev).
     base_quantization: str = one_of("none", BASE_QUANTIZATIONS)
     seed: int | None = seed_field()
+    # The LoRA uploaded to this Hugging Face repository with this token (Cog Secret).
+    hf_repo_id: str | None = None
+    hf_token: str | None = None
+    # A Weights & Biases run (with this key, a Cog Secret, never logged or recorded): loss,
+    # the sample prompts' images every sample interval, the LoRA every save interval.
+    wandb_api_key: str | None = None
+    wandb_project: str = "flux_train_replicate"
+    wandb_run: str | None = None
+    wandb_entity: str | None = None
+    wandb_sample_interval: int = ranged(100, 1, MAX_STEPS)
+    wandb_sample_prompts: str | None = None  # one per line; rendered into samples/ too
+    wandb_save_interval: int = ranged(100, 1, MAX_STEPS)
+    # A LoRA .safetensors URL packaged as the tarball, instead of training one.
+    skip_training_and_use_pretrained_hf_lora_url: str | None = None
 
     def training_config(self) -> TrainingConfig:
         """The training settings: a LoRA of rank = alpha on the transformer, the trigger word
@@ -64,13 +80,24 @@ class FluxTrainingInputs:
             caption_prefix=self._caption_prefix(),
             optimizer=optimizer_here(self.optimizer),  # adamw8bit: Replicate's default
             caption_dropout=self.caption_dropout_rate,
-            cache_latents_to_disk=self.cache_latents_to_disk,
             lora_layers_regex=self.layers_to_optimize_regex,
             gradient_checkpointing=self.gradient_checkpointing or self.batch_size > 1,
             lora_type=self.lora_type,
             base_quantization=self.base_quantization,
             use_masks=False,  # the whole image, as Replicate's Flux trainer trains
+            cache_latents_to_disk=self.cache_latents_to_disk,
+            sample_prompts=self.wandb_sample_prompts,
+            sample_every=self.wandb_sample_interval,
+            sample_steps=28,  # Replicate's Flux trainer's samples
+            wandb_project=self.wandb_project if self.wandb_api_key else None,
+            wandb_run=self.wandb_run,
+            wandb_entity=self.wandb_entity,
+            wandb_save_interval=self.wandb_save_interval,
         )
+
+    def accounts(self) -> Accounts:
+        """The W&B key and the hub upload these inputs ask for, checked before any work."""
+        return Accounts(self.wandb_api_key, HubUpload.from_inputs(self.hf_repo_id, self.hf_token))
 
     def preprocess_options(self) -> dict:
         """PreprocessConfig fields these inputs decide (the rest come from the config)."""

@@ -60,6 +60,7 @@ class DataParallelRecipe:
             lr_warmup_steps=self.scaled(config.lr_warmup_steps),
             checkpointing_steps=self.scaled(config.checkpointing_steps),
             sample_every=self.scaled(config.sample_every),
+            wandb_save_interval=self.scaled(config.wandb_save_interval),
             extra={**config.extra, "data_parallel": self.record()},
         )
 
@@ -111,10 +112,12 @@ def launch_command(
     return command + ["--output", str(output), *settings]
 
 
-def run_launch(command: list[str], cwd: Path) -> None:
+def run_launch(command: list[str], cwd: Path, secrets: dict[str, str] | None = None) -> None:
     """Run the launch, printing its output as it comes; stop it if this call is cancelled
-    (Cog raises a BaseException in the caller) or fails."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=_python_path(cwd))
+    (Cog raises a BaseException in the caller) or fails. `secrets`: environment variables
+    for the launched processes alone (not this process's environment, which outlives the
+    call)."""
+    env = dict(os.environ, **(secrets or {}), PYTHONUNBUFFERED="1", PYTHONPATH=_python_path(cwd))
     process = subprocess.Popen(
         command,
         cwd=cwd,
