@@ -483,3 +483,11 @@ def test_a_pretrained_lora_url_is_packaged_without_training_and_serves_that_lora
                            tmp_path / "sdxl.safetensors", seed=1).read_bytes())  # fmt: skip
     with pytest.raises(ValueError, match=r"is a LoRA for SDXL, not FLUX\.1"):
         train_with(trainer, input_images="", skip_training_and_use_pretrained_hf_lora_url=sdxl)
+
+
+@pytest.mark.parametrize("shorthand", ["someone/flux-style", "civitai.com/models/123"])
+def test_replicates_extra_lora_shorthands_are_refused_naming_the_input(flux_predictor, shorthand):
+    """Replicate's Flux models take `owner/model` and `civitai.com/...` as extra_lora; here a
+    LoRA is named by its URL, and a bare name is refused (it could be a path on the server)."""
+    with pytest.raises(InvalidRequestError, match=f"extra_lora: .{shorthand}. is not an http"):
+        flux_predict(flux_predictor, extra_lora=shorthand)
