@@ -80,15 +80,18 @@ def train_on_upload(
         inputs=inputs,
         processes=settings.training_processes,
         check_base=container_of(family).check_trains,
-        accounts=accounts,
+        wandb_api_key=accounts.wandb_api_key,
     )
     try:
-        return Path(run_job(job, settings, prepare_images))
+        bundle = Path(run_job(job, settings, prepare_images))
     except BaseException:  # failed or canceled (Cog's CancelationException): hand over nothing
         HANDOFF.release()
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    if accounts.hub is not None and not dry_run:
+        upload_bundle(bundle, accounts.hub, HubSettings.from_env().endpoint)
+    return bundle
 
 
 def package_pretrained_lora(

@@ -23,12 +23,12 @@ import torch
 from families import ModelFamily, detect_family
 from training.bundle import bundle_size_report, write_bundle, write_dry_run_report
 from training.config import TrainingConfig
-from training.hub_upload import HubUpload, upload_bundle
+from training.hub_upload import HubUpload
 from training.loop import run_training
 from training.processes import data_parallel, launch_command, run_launch
 from weights.base_models import diffusers_folder, resolve_model
 from weights.runtime import pick_runtime
-from weights.settings import HubSettings, ModelSettings
+from weights.settings import ModelSettings
 
 DRY_RUN_TIMED_STEPS = 3
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,7 +74,8 @@ class TrainingJob:
     # Raises for a base model of a family the caller does not train (the container's trainer,
     # serving/containers.py): (family, base_model) -> None. None: every family.
     check_base: Callable[[ModelFamily, str], None] | None = None
-    accounts: Accounts = Accounts()
+    # For the Weights & Biases run the config names (`wandb_project`); never recorded.
+    wandb_api_key: str | None = field(default=None, repr=False)
 
 
 def resolve_base(reference: str, settings: ModelSettings, allow_local: bool = True) -> BaseModel:
@@ -120,33 +121,27 @@ def run_job(
     # 4. Train, here or data-parallel in several processes (which write the tarball).
     processes = job.processes or max(1, torch.cuda.device_count())
     if processes > 1:
-        bundle = _train_in_processes(job, base, images, processes, runtime)
-    else:
-        result = run_training(
-            config,
-            images.folder,
-            base.folder,
-            job.run_dir,
-            runtime,
-            job.resume_from,
-            family=base.family,
-            wandb_api_key=job.accounts.wandb_api_key,
-        )
-        if not result.is_main_process:
-            return None
-        # 5. The weights tarball.
-        result.phase_seconds = {"preprocess": preprocess_seconds, **result.phase_seconds}
-        bundle = write_bundle(
-            result, job.output, base.reference, preview=images.preview, inputs=job.inputs
-        )
-        print(
-            "Time per phase: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.phase_seconds.items())
-        )
-        print(bundle_size_report(bundle, settings.max_download_bytes))
+        return _train_in_processes(job, base, images, processes, runtime)
+    result = run_training(
+        config,
+        images.folder,
+        base.folder,
+        job.run_dir,
+        runtime,
+        job.resume_from,
+        family=base.family,
+        wandb_api_key=job.wandb_api_key,
+    )
+    if not result.is_main_process:
+        return None
 
-    # 6. The LoRA on the hub, when asked.
-    if job.accounts.hub is not None:
-        upload_bundle(bundle, job.accounts.hub, HubSettings.from_env().endpoint)
+    # 5. The weights tarball.
+    result.phase_seconds = {"preprocess": preprocess_seconds, **result.phase_seconds}
+    bundle = write_bundle(
+        result, job.output, base.reference, preview=images.preview, inputs=job.inputs
+    )
+    print("Time per phase: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.phase_seconds.items()))
+    print(bundle_size_report(bundle, settings.max_download_bytes))
     return bundle
 
 
@@ -161,6 +156,6 @@ def _train_in_processes(job: TrainingJob, base: BaseModel, images, processes: in
     )
     command += ["--base-model-name", base.reference, "--inputs", str(inputs_file)]
     command += ["--preview", str(images.preview)] if images.preview is not None else []
-    key = job.accounts.wandb_api_key  # wandb reads it there; never on a command line
+    key = job.wandb_api_key  # wandb reads it there; never on a command line
     run_launch(command, cwd=ROOT, secrets={"WANDB_API_KEY": key} if key else {})
     return job.output
