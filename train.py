@@ -132,7 +132,8 @@ def train(
     checkpointing_steps: int = _config(
         "checkpointing_steps",
         "Number of steps between saving checkpoints, kept in the tarball's checkpoints/ (each "
-        "a full copy of the weights). 0: none, the tarball holds the final weights only",
+        "a full copy of the weights). 0, or at least the number of steps (Replicate's 999999): "
+        "none, the tarball holds the final weights only",
     ),
     input_images_filetype: str = _preprocess(
         "input_images_filetype",
@@ -162,8 +163,8 @@ def train(
     ),
     optimizer: str = _config(
         "optimizer",
-        "Optimizer. adamw8bit: 8-bit AdamW, less memory (GPU image); with prodigy use learning "
-        "rates of 1.0",
+        "Optimizer. The 8-bit ones (adamw8bit, adam8bit, lion8bit) keep their states in 8 bits "
+        "(less memory); with prodigy use learning rates of 1.0",
     ),
     ema_decay: float = _config(
         "ema_decay",
@@ -182,6 +183,11 @@ def train(
     flip_augmentation: bool = _config(
         "flip_augmentation",
         "Also train on horizontally mirrored images (not for asymmetric subjects)",
+    ),
+    cache_latents_to_disk: bool = _config(
+        "cache_latents_to_disk",
+        "Keep the encoded images on disk instead of in memory, for large image sets (the same "
+        "training)",
     ),
     caption_dropout: float = _config(
         "caption_dropout", "Probability of training a step with an empty caption"
@@ -260,6 +266,13 @@ def train(
     preprocessing = field_inputs(PreprocessConfig, inputs)
     return Path(
         train_on_upload(
-            config, preprocessing, input_images, base_model, SDXL, inputs, dry_run, resume_from
+            config,
+            preprocessing,
+            input_images,
+            base_model,
+            SDXL,
+            inputs,
+            dry_run,
+            resume_from=resume_from,
         )
     )

@@ -8,11 +8,11 @@ import weights.quiet  # noqa: F401 (first: keeps libraries' import-time noise ou
 import logging
 from typing import Optional
 
-from cog import Input, Path
+from cog import Input, Path, Secret
 
 from families import FLUX
-from serving.inputs import declared, field_inputs
-from serving.training_call import train_on_upload
+from serving.inputs import declared, field_inputs, revealed
+from serving.training_call import package_pretrained_lora, train_on_upload
 from training.flux_inputs import FluxTrainingInputs
 
 logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -23,10 +23,11 @@ def _input(name: str, description: str):
 
 
 def train(
-    input_images: Path = Input(
+    input_images: Optional[Path] = Input(
         description="A zip file containing the images that will be used for training. We "
         "recommend a minimum of 10 images. If you include captions, include them as one .txt "
-        "file per image, e.g. my-photo.jpg should have a caption file named my-photo.txt."
+        "file per image, e.g. my-photo.jpg should have a caption file named my-photo.txt.",
+        default=None,
     ),
     trigger_word: str = _input(
         "trigger_word",
@@ -65,10 +66,14 @@ def train(
         "steps an image will be used without its caption",
     ),
     optimizer: str = _input(
-        "optimizer", "Optimizer (adamw8bit needs bitsandbytes: without it, adamw is used)"
+        "optimizer",
+        "Optimizer. The 8-bit ones keep their states in 8 bits (less memory); with prodigy use "
+        "a learning rate of 1.0",
     ),
     cache_latents_to_disk: bool = _input(
-        "cache_latents_to_disk", "Accepted for compatibility: latents are always cached"
+        "cache_latents_to_disk",
+        "Use this if you have lots of input images and you hit out of memory errors: the "
+        "encoded images are kept on disk instead of in memory (the same training)",
     ),
     layers_to_optimize_regex: Optional[str] = _input(
         "layers_to_optimize_regex",
@@ -86,6 +91,51 @@ def train(
         "the memory (FLUX.1-dev fits a 24 GB GPU), slightly different results",
     ),
     seed: Optional[int] = _input("seed", "Random seed for reproducible training. Empty: random"),
+    hf_repo_id: Optional[str] = _input(
+        "hf_repo_id",
+        "Hugging Face repository ID, if you'd like to upload the trained LoRA to Hugging Face. "
+        "For example, lucataco/flux-dev-lora. If the given repo does not exist, a new public "
+        "repo will be created.",
+    ),
+    hf_token: Optional[Secret] = _input(
+        "hf_token",
+        "Hugging Face token, if you'd like to upload the trained LoRA to Hugging Face.",
+    ),
+    wandb_api_key: Optional[Secret] = _input(
+        "wandb_api_key",
+        "Weights and Biases API key, if you'd like to log training progress to W&B.",
+    ),
+    wandb_project: str = _input(
+        "wandb_project",
+        "Weights and Biases project name. Only applicable if wandb_api_key is set.",
+    ),
+    wandb_run: Optional[str] = _input(
+        "wandb_run", "Weights and Biases run name. Only applicable if wandb_api_key is set."
+    ),
+    wandb_entity: Optional[str] = _input(
+        "wandb_entity", "Weights and Biases entity name. Only applicable if wandb_api_key is set."
+    ),
+    wandb_sample_interval: int = _input(
+        "wandb_sample_interval",
+        "Step interval for sampling output images that are logged to W&B. Only applicable if "
+        "wandb_api_key is set.",
+    ),
+    wandb_sample_prompts: Optional[str] = _input(
+        "wandb_sample_prompts",
+        "Newline-separated list of prompts to use when logging samples to W&B (also kept in "
+        "the tarball's samples/).",
+    ),
+    wandb_save_interval: int = _input(
+        "wandb_save_interval",
+        "Step interval for saving intermediate LoRA weights to W&B. Only applicable if "
+        "wandb_api_key is set.",
+    ),
+    skip_training_and_use_pretrained_hf_lora_url: Optional[str] = _input(
+        "skip_training_and_use_pretrained_hf_lora_url",
+        "If you'd like to skip LoRA training altogether and instead package a pre-trained "
+        "FLUX.1 LoRA, give its download URL, e.g. "
+        "https://huggingface.co/fofr/flux-80s-cyberpunk/resolve/main/lora.safetensors.",
+    ),
     base_model: Optional[str] = Input(
         description="Base FLUX.1 model: a Hugging Face repo id or an http(s) URL of a tar of "
         "a diffusers folder. Empty: the deployment's BASE_MODEL",
@@ -96,8 +146,16 @@ def train(
         default=False,
     ),
 ) -> Path:
-    inputs = {k: v for k, v in locals().items() if k != "input_images"}
-    flux = FluxTrainingInputs(**field_inputs(FluxTrainingInputs, inputs))
+    inputs = {k: v for k, v in locals().items() if k != "input_images"}  # Secrets stay masked
+    flux = FluxTrainingInputs(**field_inputs(FluxTrainingInputs, revealed(inputs)))
+    accounts = flux.accounts()
+    pretrained = flux.skip_training_and_use_pretrained_hf_lora_url
+    if pretrained:
+        return Path(package_pretrained_lora(pretrained, FLUX, flux.trigger_word, inputs, accounts))
     config = flux.training_config()
     options = flux.preprocess_options()
-    return Path(train_on_upload(config, options, input_images, base_model, FLUX, inputs, dry_run))
+    return Path(
+        train_on_upload(
+            config, options, input_images, base_model, FLUX, inputs, dry_run, accounts=accounts
+        )
+    )

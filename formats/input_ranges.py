@@ -57,7 +57,9 @@ def range_problems(instance) -> list[str]:
             )
             continue
         low, high = meta.get("ge"), meta.get("le")
-        if (low is not None and value < low) or (high is not None and value > high):
+        outside = (low is not None and value < low) or (high is not None and value > high)
+        not_a_number = value != value and (low, high) != (None, None)  # NaN passes comparisons
+        if outside or not_a_number:
             problems.append(f"{declared.name}={value}: must be {_describe(low, high)}.")
     return problems
 

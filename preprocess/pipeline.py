@@ -24,7 +24,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from formats.dataset_folder import CAPTIONS_FILE, CaptionedImage, write_captions
-from formats.input_ranges import one_of, range_problems
+from formats.input_ranges import one_of, range_problems, ranged
 from preprocess.captioning import (
     Captioner,
     caption_images,
@@ -79,7 +79,9 @@ class PreprocessConfig:
     mask_target_prompts: str | None = None
     crop_based_on_salience: bool = True
     use_face_detection_instead: bool = False
-    clipseg_temperature: float = 1.0
+    # The CLIPSeg logits are divided by it (0.5-1 advised): at 10 the mask is already a blur
+    # of nearly uniform weight, so nothing larger is useful.
+    clipseg_temperature: float = ranged(1.0, 0.0, 10.0)
     input_images_filetype: str = one_of("infer", FILETYPES)
     aspect_buckets: bool = False
     size_multiple: int = 8  # of every crop's sides: the family's pixel_multiple

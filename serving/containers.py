@@ -10,22 +10,49 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from families import FLUX, SDXL, ModelFamily
+from families import FLUX, SD15, SDXL, ModelFamily
+from training.config import InvalidTrainingConfig
 
 
 @dataclass(frozen=True)
 class Container:
     name: str
     family: ModelFamily  # whose BASE_MODEL is the default
+    trains: tuple[ModelFamily, ...]  # the families whose bases its trainer takes
     predictor: str  # Cog's `predict:` reference
     trainer: str  # Cog's `train:` reference
     cog_config: str  # the file `cog build -f` reads
 
+    @property
+    def title(self) -> str:
+        return " / ".join(family.title for family in self.trains)
+
+    def check_trains(self, family: ModelFamily, base_model: str) -> None:
+        """Refuse a base model of a family this container's trainer does not train: its
+        weights would be refused by this container's predictor."""
+        if family in self.trains:
+            return
+        other = next(c for c in CONTAINERS.values() if family in c.trains)
+        raise InvalidTrainingConfig(
+            f"base_model {base_model!r} is a model of the {family.title} family, and this is "
+            f"the {self.title} trainer, whose weights the {self.title} predictor serves: it "
+            f"trains {self.title} bases only. Train {family.title} in the {other.title} "
+            f"container ({other.trainer}, `cog build -f {other.cog_config}`), or give a "
+            f"base_model of the {self.title} family."
+        )
+
 
 CONTAINERS = {
-    "sdxl": Container("sdxl", SDXL, "predict.py:Predictor", "train.py:train", "cog.yaml"),
+    "sdxl": Container(
+        "sdxl", SDXL, (SDXL, SD15), "predict.py:Predictor", "train.py:train", "cog.yaml"
+    ),
     "flux": Container(
-        "flux", FLUX, "predict_flux.py:Predictor", "train_flux.py:train", "cog.flux.yaml"
+        "flux", FLUX, (FLUX,), "predict_flux.py:Predictor", "train_flux.py:train", "cog.flux.yaml"
     ),
 }
 DEFAULT_CONTAINER = "sdxl"
+
+
+def container_of(family: ModelFamily) -> Container:
+    """The container whose default base model is of `family`."""
+    return next(c for c in CONTAINERS.values() if c.family is family)

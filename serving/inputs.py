@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import MISSING, fields
 from typing import Any
 
-from cog import Input
+from cog import Input, Secret
 
 from generation.request import FluxGenerationRequest, GenerationRequest
 from training.config import TrainingConfig
@@ -55,3 +55,9 @@ def field_inputs(config: type, inputs: dict) -> dict:
     """The entries of `inputs` that are fields of `config`."""
     names = {f.name for f in fields(config)}
     return {name: value for name, value in inputs.items() if name in names}
+
+
+def revealed(inputs: dict) -> dict:
+    """`inputs` with each Cog `Secret` replaced by its value, for the code that uses it. The
+    inputs kept for the record hold the `Secret`, which writes itself as asterisks."""
+    return {k: v.get_secret_value() if isinstance(v, Secret) else v for k, v in inputs.items()}

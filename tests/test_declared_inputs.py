@@ -1,7 +1,10 @@
 """Every input is written once: the Cog signature of each entry file, the schema clients see and
 the configuration dataclass agree on names, defaults, ranges and choices."""
 
+import json
+import math
 from dataclasses import MISSING, fields
+from pathlib import Path
 
 import pytest
 
@@ -13,12 +16,14 @@ from training.config import TrainingConfig
 from training.flux_inputs import FluxTrainingInputs
 
 # train() inputs that belong to the job itself rather than to a configuration dataclass.
-JOB_INPUTS = {"input_images": MISSING, "base_model": None, "dry_run": False}
+JOB_INPUTS = {"input_images": MISSING, "base_model": None, "dry_run": False, "resume_from": None}
 # PreprocessConfig fields train() takes from TrainingConfig or sets itself.
 PREPROCESS_PLUMBING = {"input_path", "output_dir", "resolution", "token_string", "caption_prefix"}
 PREPROCESS_PLUMBING |= {"settings", "size_multiple"}
 # TrainingConfig fields that are not Cog inputs (tuning and bookkeeping).
 TRAINING_INTERNAL = {"weight_decay", "sample_steps", "use_masks", "extra"}
+# TrainingConfig fields the FLUX.1 container's W&B inputs set (training/flux_inputs.py).
+TRAINING_INTERNAL |= {"wandb_project", "wandb_run", "wandb_entity", "wandb_save_interval"}
 
 
 def declared_fields(*classes, leave_out=frozenset()):
@@ -77,7 +82,8 @@ def test_flux_predict_inputs_are_the_flux_generation_request():
 
 
 def test_flux_train_inputs_are_the_flux_training_inputs():
-    job = {"input_images": MISSING, "base_model": None, "dry_run": False}
+    # input_images may be empty, with skip_training_and_use_pretrained_hf_lora_url.
+    job = {"input_images": None, "base_model": None, "dry_run": False}
     expected = declared_fields(FluxTrainingInputs)
     assert_agree(CONTAINERS["flux"].trainer, "TrainingInput", expected, job, container="flux")
 
@@ -91,3 +97,16 @@ def test_the_schema_and_the_config_refuse_the_same_values(name, value):
     assert not prop["minimum"] <= value <= prop["maximum"]
     with pytest.raises(ValueError, match=f"{name}="):
         TrainingConfig(**{name: value})
+
+
+@pytest.mark.parametrize("container", sorted(CONTAINERS))
+def test_every_number_input_of_the_committed_schemas_has_finite_bounds(container):
+    """What a client reads (the committed schema, as `cog build` writes it): no float or
+    integer input is open-ended, so no value can overflow what it feeds."""
+    schema_file = Path(__file__).resolve().parents[1] / ".cog" / "schemas" / f"{container}.json"
+    schemas = json.loads(schema_file.read_text())["components"]["schemas"]
+    for kind in ("Input", "TrainingInput"):
+        for name, prop in schemas[kind]["properties"].items():
+            if prop.get("type") in ("number", "integer"):
+                bounds = (prop.get("minimum"), prop.get("maximum"))
+                assert None not in bounds and all(map(math.isfinite, bounds)), (kind, name)

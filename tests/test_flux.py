@@ -23,14 +23,20 @@ from safetensors.torch import load_file, save_file
 from transformers import CLIPTextModel, T5EncoderModel
 
 from families import FLUX, SDXL, detect_family, family_from_weight_names
-from formats.bundle import LORA_FILE, LORA_KOHYA_FILE, SAMPLES_DIR, TRAINING_CONFIG_FILE
+from formats.bundle import (
+    LORA_FILE,
+    LORA_KOHYA_FILE,
+    MODEL_CARD_FILE,
+    SAMPLES_DIR,
+    TRAINING_CONFIG_FILE,
+)
 from generation.request import ASPECT_RATIOS, FluxGenerationRequest, InvalidRequestError
 from predict_flux import Predictor as FluxPredictor
 from serving.cli import declared_defaults
 from serving.containers import CONTAINERS
 from tests.predict_helpers import one_torch_thread, tiny_predictor
 from tests.train_helpers import make_dataset, small_config
-from tests.trained_bundles import write_lora_bundle
+from tests.trained_bundles import write_kohya_lora, write_lora_bundle
 from training.bfl_export import to_bfl_kohya
 from training.bundle import write_bundle
 from training.config import InvalidTrainingConfig
@@ -449,3 +455,48 @@ def test_flux_weights_and_sdxl_weights_are_refused_by_the_other_container(
         with pytest.raises(WrongFamilyError, match=r"trained for SDXL.*FLUX\.1 \(flux\) base"):
             flux_predict(flux_predictor, **{name: sdxl_bundle})
     assert np.array_equal(flux_predict(flux_predictor)[0], base[0])
+
+
+def test_a_pretrained_lora_url_is_packaged_without_training_and_serves_that_lora(
+    flux_predictor, trained, file_server, tiny_env, tiny_models, monkeypatch, tmp_path, capsys
+):
+    """skip_training_and_use_pretrained_hf_lora_url: the LoRA at the URL (fetched through the
+    model store) becomes the tarball, with no photos and no training; the predictor then
+    applies exactly that LoRA. Another family's LoRA is refused."""
+    from tests.test_train_entry import train_with
+
+    result, trained_bundle = trained
+    lora = (result.weights_dir / LORA_FILE).read_bytes()
+    url = file_server.add("/someone/flux-lora/resolve/main/lora.safetensors", lora)
+    monkeypatch.setenv("BASE_MODEL", TINY_FLUX)
+    trainer = CONTAINERS["flux"].trainer
+    packaged = train_with(
+        trainer, input_images="", skip_training_and_use_pretrained_hf_lora_url=url
+    )
+    assert "Training:" not in capsys.readouterr().out  # nothing trained
+    with tarfile.open(packaged) as tar:
+        assert sorted(tar.getnames()) == sorted([LORA_FILE, MODEL_CARD_FILE, TRAINING_CONFIG_FILE])
+        assert tar.extractfile(LORA_FILE).read() == lora
+        record = json.load(tar.extractfile(TRAINING_CONFIG_FILE))
+    assert record["family"] == "flux" and record["source"] == url
+    copy = tmp_path / "packaged.tar"  # the next train() call releases the handed-over tarball
+    copy.write_bytes(Path(packaged).read_bytes())
+
+    base = flux_predict(flux_predictor, prompt=SUBJECT)
+    served = flux_predict(flux_predictor, prompt=SUBJECT, replicate_weights=copy)
+    assert np.array_equal(served[0], flux_predict(flux_predictor, prompt=SUBJECT,
+                                                  replicate_weights=trained_bundle)[0])  # fmt: skip
+    assert np.abs(served[0] - base[0]).mean() > 1
+
+    sdxl = file_server.add("/sdxl-lora.safetensors", write_kohya_lora(tiny_models["base"],
+                           tmp_path / "sdxl.safetensors", seed=1).read_bytes())  # fmt: skip
+    with pytest.raises(ValueError, match=r"is a LoRA for SDXL, not FLUX\.1"):
+        train_with(trainer, input_images="", skip_training_and_use_pretrained_hf_lora_url=sdxl)
+
+
+@pytest.mark.parametrize("shorthand", ["someone/flux-style", "civitai.com/models/123"])
+def test_replicates_extra_lora_shorthands_are_refused_naming_the_input(flux_predictor, shorthand):
+    """Replicate's Flux models take `owner/model` and `civitai.com/...` as extra_lora; here a
+    LoRA is named by its URL, and a bare name is refused (it could be a path on the server)."""
+    with pytest.raises(InvalidRequestError, match=f"extra_lora: .{shorthand}. is not an http"):
+        flux_predict(flux_predictor, extra_lora=shorthand)

@@ -1,5 +1,5 @@
 """What a hostile client and a migrating Replicate or OctoAI user send, over Cog's real server:
-requests name files only by URL, integer inputs are bounded, `loras` stacks by URL."""
+requests name files only by URL, number inputs are bounded, `loras` stacks by URL."""
 
 import base64
 import io
@@ -102,6 +102,27 @@ def test_every_integer_input_is_bounded_in_the_schema(server):
         properties = schema["components"]["schemas"][name]["properties"]
         integers = {k: p for k, p in properties.items() if p.get("type") == "integer"}
         assert integers and all("minimum" in p and "maximum" in p for p in integers.values()), name
+
+
+@pytest.mark.parametrize("container", ["sdxl", "flux"])
+def test_a_number_past_its_bounds_is_a_422_on_each_train_server(
+    container, tmp_path, model_cache, monkeypatch
+):
+    """1e308 is a valid JSON number that no float input can train with: the schema refuses it
+    for every number input, naming the input, before train() runs."""
+    for name, value in tiny_variables(model_cache).items():
+        monkeypatch.setenv(name, value)
+    photos = "https://example.invalid/photos.zip"  # never fetched: validation comes first
+    with running_server(tmp_path / "train.log", mode="train", container=container) as url:
+        schema = request("GET", f"{url}/openapi.json")[1]["components"]["schemas"]
+        properties = schema["TrainingInput"]["properties"]
+        numbers = [name for name, p in properties.items() if p.get("type") == "number"]
+        assert "learning_rate" in numbers or "lora_lr" in numbers
+        for name in numbers:
+            for value in (1e308, -1e308):
+                body = {"input": {"input_images": photos, name: value}}
+                status, answer = request_when_free(f"{url}/trainings", body)
+                assert status == 422 and answer["detail"][0]["loc"][-1] == name, (name, answer)
 
 
 def test_seeds_outside_the_range_are_refused_by_the_schema(server):

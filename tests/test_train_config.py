@@ -3,6 +3,7 @@
 import json
 import random
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -31,7 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
         ({"token_string": "my token"}, "one word"),
         ({"caption_dropout": 1.0}, "caption_dropout"),
         ({"max_train_steps": 0}, "max_train_steps=0"),
-        ({"lora_lr": float("nan")}, "finite"),
+        ({"lora_lr": float("nan")}, "lora_lr=nan: must be between 0.0 and 10.0"),
+        ({"lora_lr": 1e308}, r"lora_lr=1e\+308: must be between 0.0 and 10.0"),
     ],
 )
 def test_invalid_combinations_fail_before_any_work(inputs, message):
@@ -244,3 +246,65 @@ def test_trigger_words_are_one_short_word_and_not_an_inserted_token():
         inputs = schema["components"]["schemas"]["TrainingInput"]["properties"]
         trigger = inputs["token_string" if container == "sdxl" else "trigger_word"]
         assert trigger["maxLength"] == 64
+
+
+def test_without_bitsandbytes_8_bit_flux_optimizers_train_with_32_bit_states(monkeypatch, capsys):
+    """A CPU setup without bitsandbytes: the Flux container trains an 8-bit optimizer's
+    algorithm with 32-bit states (what differs is memory only) and says so; Lion has no
+    torch version, so lion and lion8bit are refused there, as the SDXL container refuses
+    every bitsandbytes optimizer."""
+    from training.flux_inputs import FluxTrainingInputs
+
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as if it were not installed
+    for asked, trained in (("adamw8bit", "adamw"), ("adam8bit", "adam"), ("adagrad", "adagrad")):
+        assert FluxTrainingInputs(optimizer=asked, seed=0).training_config().optimizer == trained
+    assert "optimizer adam8bit needs bitsandbytes, absent here: training with adam." in (
+        capsys.readouterr().out
+    )
+    for optimizer in ("lion", "lion8bit"):
+        with pytest.raises(InvalidTrainingConfig, match=f"optimizer='{optimizer}' needs bitsand"):
+            FluxTrainingInputs(optimizer=optimizer, seed=0).training_config()
+    with pytest.raises(InvalidTrainingConfig, match="optimizer='adam8bit' needs bitsandbytes"):
+        TrainingConfig(seed=0, optimizer="adam8bit")
+
+
+@pytest.mark.parametrize(
+    ("batch", "processes", "per_process", "steps", "warmup"),
+    [
+        (1, 8, 1, 125, 12),  # FLUX.1's default on 8 GPUs: 8x the images per step
+        (4, 8, 1, 500, 50),  # SDXL's default batch 4 on 8 GPUs
+        (4, 2, 2, 1000, 100),  # a batch the processes divide: steps as on one GPU
+        (4, 3, 2, 667, 67),  # 2 x 3 = 6 images per step for the 4 asked
+    ],
+)
+def test_every_process_trains_and_the_steps_keep_the_images_seen(
+    batch, processes, per_process, steps, warmup
+):
+    from training.processes import data_parallel
+
+    config = TrainingConfig(seed=0, train_batch_size=batch, max_train_steps=1000)
+    recipe = data_parallel(config, processes)
+    each = recipe.config(config)
+    assert each.train_batch_size == per_process and recipe.global_batch == per_process * processes
+    assert (each.max_train_steps, each.lr_warmup_steps) == (steps, warmup)
+    assert each.checkpointing_steps == 0  # none stays none
+    assert abs(steps * recipe.global_batch - 1000 * batch) <= recipe.global_batch  # one step
+    huge = recipe.config(TrainingConfig(seed=0, train_batch_size=batch, checkpointing_steps=999999))
+    assert huge.checkpointing_steps >= huge.max_train_steps  # "never" stays never
+
+
+def test_a_hub_upload_needs_both_inputs_and_a_repository_id_before_any_work():
+    from training.flux_inputs import FluxTrainingInputs
+
+    assert FluxTrainingInputs().accounts().hub is None
+    with pytest.raises(InvalidTrainingConfig, match="hf_repo_id is empty"):
+        FluxTrainingInputs(hf_token="hf_x").accounts()
+    with pytest.raises(InvalidTrainingConfig, match="hf_token is empty"):
+        FluxTrainingInputs(hf_repo_id="me/lora").accounts()
+    with pytest.raises(InvalidTrainingConfig, match="hf_repo_id='me/my/lora'"):
+        FluxTrainingInputs(hf_repo_id="me/my/lora", hf_token="hf_x").accounts()
+    accounts = FluxTrainingInputs(
+        hf_repo_id="me/lora", hf_token="hf_x", wandb_api_key="k1"
+    ).accounts()
+    assert accounts.hub.repo_id == "me/lora" and "hf_x" not in repr(accounts)
+    assert "k1" not in repr(accounts)  # the keys never reach a log through a repr

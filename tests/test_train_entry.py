@@ -12,6 +12,7 @@ from safetensors.torch import load
 
 from families import SD15, SDXL
 from formats.bundle import (
+    CHECKPOINTS_DIR,
     EMBEDDINGS_PTI_FILE,
     LORA_FILE,
     MODEL_CARD_FILE,
@@ -27,7 +28,7 @@ from tests.trained_bundles import tar_bytes
 from training.bundle import base_model_loading, bundle_size_report
 from training.config import InvalidTrainingConfig, TrainingConfig
 from weights.archive import unpack_archive
-from weights.settings import TINY, TINY_SD15
+from weights.settings import TINY, TINY_FLUX, TINY_SD15
 from weights.trained_files import inspect_weights
 
 EXAMPLE = "@examples/cat_photos.zip"
@@ -186,3 +187,41 @@ def test_resuming_from_a_tarball_without_checkpoints_is_refused_before_training(
     url = file_server.add("/plain/trained_model.tar", tar_bytes(plain))
     with pytest.raises(ValueError, match="holds no checkpoint to resume from"):
         train_with(**RESUMABLE, resume_from=url)
+
+
+def test_replicates_checkpointing_steps_999999_trains_without_checkpoints(tiny_env):
+    """Replicate's SDXL clients send checkpointing_steps=999999 to disable checkpoints; any
+    value at least the run's steps means none."""
+    bundle = train_with(seed=0, resolution=64, train_batch_size=2, max_train_steps=3,
+                        lr_warmup_steps=0, lora_rank=4, checkpointing_steps=999999)  # fmt: skip
+    with tarfile.open(bundle) as tar:
+        names = tar.getnames()
+        record = json.load(tar.extractfile(TRAINING_CONFIG_FILE))
+    assert LORA_FILE in names and not any(name.startswith(CHECKPOINTS_DIR) for name in names)
+    assert record["config"]["checkpointing_steps"] == 999999
+
+
+@pytest.mark.parametrize(
+    ("container", "base_model", "named"),
+    [
+        ("flux", TINY, r"'tiny' is a model of the SDXL family.*FLUX\.1 trainer.*"
+         r"SDXL / SD 1\.5 container \(train\.py:train"),
+        ("flux", TINY_SD15, r"'tiny-sd15' is a model of the SD 1\.5 family.*FLUX\.1 trainer"),
+        ("sdxl", TINY_FLUX, r"'tiny-flux' is a model of the FLUX\.1 family.*SDXL / SD 1\.5 "
+         r"trainer.*FLUX\.1 container \(train_flux\.py:train, `cog build -f cog\.flux\.yaml`\)"),
+    ],
+)  # fmt: skip
+def test_a_trainer_refuses_another_containers_family_before_any_work(
+    container, base_model, named, tiny_env, monkeypatch
+):
+    """Weights trained on another family's base would be refused by this container's own
+    predictor: the trainer refuses the base as soon as its family is read."""
+    import serving.training_call as entry
+    from serving.containers import CONTAINERS
+
+    def no_preprocessing(*args, **kwargs):
+        raise AssertionError("preprocessing started")
+
+    monkeypatch.setattr(entry, "preprocess", no_preprocessing)
+    with pytest.raises(InvalidTrainingConfig, match=named):
+        train_with(CONTAINERS[container].trainer, base_model=base_model, seed=0)

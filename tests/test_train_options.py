@@ -11,9 +11,10 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from formats.bundle import LORA_FILE
+from formats.bundle import EMBEDDINGS_PTI_FILE, LORA_FILE
 from tests.train_helpers import make_dataset, one_thread, small_config  # noqa: F401 (autouse)
-from training.loop import CHECKPOINTS_DIR, run_training
+from training.config import OPTIMIZERS
+from training.loop import CHECKPOINTS_DIR, LATENTS_DIR, STATE_DIR, run_training
 from weights.runtime import pick_runtime
 
 CPU = pick_runtime("cpu")
@@ -32,21 +33,16 @@ def losses(result) -> list[float]:
     return [json.loads(line)["loss"] for line in result.metrics_file.read_text().splitlines()]
 
 
-@pytest.mark.parametrize(
-    ("optimizer", "learning_rates"),
-    [
-        ("adamw8bit", {}),
-        ("adafactor", {}),
-        # Prodigy adapts its own step size: its learning rates are multipliers, 1.0 by advice.
-        ("prodigy", {"lora_lr": 1.0, "ti_lr": 1.0}),
-    ],
-)
-def test_each_optimizer_trains_and_resumes_exactly(
-    optimizer, learning_rates, dataset, tiny_models, tmp_path
-):
-    config = small_config(
-        optimizer=optimizer, max_train_steps=4, checkpointing_steps=2, **learning_rates
-    )
+# Prodigy adapts its own step size: its learning rates are multipliers, 1.0 by advice.
+LEARNING_RATES = {"prodigy": {"lora_lr": 1.0, "ti_lr": 1.0}}
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_each_optimizer_trains_and_resumes_exactly(optimizer, dataset, tiny_models, tmp_path):
+    """Every choice, the bitsandbytes ones on its CPU backend. Their 8-bit states apply to
+    tensors of 4096 elements or more: here the token-embedding tables, not the tiny LoRA."""
+    rates = LEARNING_RATES.get(optimizer, {})
+    config = small_config(optimizer=optimizer, max_train_steps=4, checkpointing_steps=2, **rates)
     whole = run_training(config, dataset, tiny_models["base"], tmp_path / "whole", CPU)
     assert all(np.isfinite(losses(whole)))
     trained = lora_weights(whole)
@@ -55,6 +51,9 @@ def test_each_optimizer_trains_and_resumes_exactly(
 
     # The second half again, from the step-2 checkpoint's optimizer state.
     checkpoint = whole.work_dir / CHECKPOINTS_DIR / "checkpoint-000002"
+    saved = load_file(str(checkpoint / STATE_DIR / "progress.safetensors"))
+    eight_bit = any(tensor.dtype == torch.uint8 for tensor in saved.values())
+    assert eight_bit == optimizer.endswith("8bit"), "8-bit states where the name says so"
     resumed = run_training(
         config, dataset, tiny_models["base"], tmp_path / "resumed", CPU, resume_from=checkpoint
     )
@@ -153,3 +152,25 @@ def test_aspect_buckets_of_different_sizes_train_in_one_run(tiny_models, tmp_pat
     )
     assert result.plan.micro_batches_per_epoch == 2  # one batch of 2 per bucket
     assert len(losses(result)) == 4 and all(np.isfinite(losses(result)))
+
+
+def test_latents_cached_on_disk_train_bit_identically(dataset, tiny_models, tmp_path):
+    """cache_latents_to_disk keeps the encoded images as safetensors files in the run folder,
+    read back per batch: the run is the in-memory one, bit for bit (flips and masks too)."""
+    runs = {}
+    for on_disk in (False, True):
+        config = small_config(
+            max_train_steps=3, flip_augmentation=True, cache_latents_to_disk=on_disk
+        )
+        runs[on_disk] = run_training(
+            config, dataset, tiny_models["base"], tmp_path / str(on_disk), CPU
+        )
+    files = sorted((tmp_path / "True" / LATENTS_DIR).rglob("*"))
+    cached = [f for f in files if f.is_file()]
+    assert len(cached) == 4 and all(f.suffix == ".safetensors" for f in cached)  # one per image
+    assert not (tmp_path / "False" / LATENTS_DIR).exists()
+    assert losses(runs[False]) == losses(runs[True])
+    for name in (LORA_FILE, EMBEDDINGS_PTI_FILE):
+        memory, disk = (load_file(str(r.weights_dir / name)) for r in runs.values())
+        assert memory.keys() == disk.keys()
+        assert all(torch.equal(memory[key], disk[key]) for key in memory), name

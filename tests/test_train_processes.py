@@ -164,3 +164,34 @@ def test_train_on_two_processes_matches_one_process(container, tiny_env, monkeyp
     one_update, two_update = layer_updates(one["lora"]), layer_updates(two["lora"])
     assert one_update.keys() == two_update.keys()
     assert relative_difference(one_update, two_update) < 1e-2
+    for key, value in one["lora"].items():
+        assert torch.allclose(value, two["lora"][key], rtol=1e-3, atol=1e-5), key
+
+
+def test_two_processes_train_flux_at_batch_size_1_in_half_the_steps(tiny_env, monkeypatch, capsys):
+    """FLUX.1's default batch of 1 on two processes: both train (a batch of 1 each, gradients
+    averaged), the global batch is 2 and the steps halve, so the run sees the images the
+    one-process run would, in half the steps."""
+    from serving.containers import CONTAINERS
+    from tests.test_train_entry import train_with
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # CPU processes (gloo) even with a GPU
+    monkeypatch.setenv("SDXL_TUNER_TRAINING_PROCESSES", "2")
+    inputs = dict(seed=0, resolution="64", batch_size=1, steps=4, lora_rank=4,
+                  learning_rate=1e-3, optimizer="adamw", base_model=TINY_FLUX)  # fmt: skip
+    with tarfile.open(train_with(CONTAINERS["flux"].trainer, **inputs)) as tar:
+        record = json.load(tar.extractfile(TRAINING_CONFIG_FILE))
+        losses = [json.loads(line)["loss"] for line in tar.extractfile("metrics.jsonl")]
+    log = capsys.readouterr().out
+    assert (
+        "Training data-parallel in 2 processes, a batch of 1 each. Global batch 2 for batch "
+        "size 1: 2 steps instead of 4, about as many images seen."
+    ) in log
+    plan, summary = record["plan"], record["summary"]
+    assert summary["processes"] == 2 and summary["batch_size"] == 1  # each process's share
+    assert plan["global_batch_size"] == 2 and plan["steps"] == 2 and len(losses) == 2
+    assert plan["steps"] * plan["effective_batch_size"] == inputs["steps"] * inputs["batch_size"]
+    assert record["config"]["extra"]["data_parallel"] == {
+        "processes": 2, "batch_size": 1, "per_process_batch": 1, "steps": 4,
+        "global_batch": 2, "steps_run": 2,
+    }  # fmt: skip

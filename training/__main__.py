@@ -22,8 +22,9 @@ from pathlib import Path
 
 from formats.bundle import BUNDLE_FILE
 from training.config import TrainingConfig, parse_settings
-from training.job import PreparedImages, ResumePoint, TrainingJob, run_job
+from training.job import PreparedImages, TrainingJob, run_job
 from training.loop import latest_checkpoint
+from training.resume import ResumePoint
 from weights.settings import ModelSettings
 
 

@@ -11,6 +11,7 @@ import tempfile
 from importlib.metadata import version
 from pathlib import Path
 
+from families import ModelFamily
 from formats.bundle import (
     CHECKPOINTS_DIR,
     EMBEDDINGS_FILE,
@@ -67,14 +68,59 @@ def write_bundle(
         record = training_record(result, config, base_model, inputs or {})
         (staging / TRAINING_CONFIG_FILE).write_text(json.dumps(record, indent=2, default=str))
         (staging / MODEL_CARD_FILE).write_text(model_card(result, config, base_model))
-
-        partial = output.with_name(output.name + ".partial")
-        with tarfile.open(partial, "w") as tar:
-            for path in sorted(staging.rglob("*")):
-                if path.is_file():
-                    tar.add(path, arcname=path.relative_to(staging).as_posix())
-        partial.rename(output)
+        _write_tar(staging, output)
     return output
+
+
+def write_pretrained_bundle(
+    lora: Path, source: str, output: Path, family: ModelFamily, trigger_word: str, inputs: dict
+) -> Path:
+    """The tarball of a LoRA trained elsewhere (`skip_training_and_use_pretrained_hf_lora_url`):
+    the file as `lora.safetensors` unchanged (its own key layout: every loader here reads
+    them all), the record and a model card; no training, so no metrics or samples."""
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    record = {
+        "inputs": inputs,
+        "family": family.name,  # read back by weights.trained_files.inspect_weights
+        "mode": "LoRA trained elsewhere, packaged without training",
+        "source": source,
+        "trigger_word": trigger_word,
+        "libraries": {name: version(name) for name in LIBRARIES},
+    }
+    card = [
+        f"# {family.title} LoRA",
+        "",
+        f"Packaged from {source} without training. Write `{trigger_word}` in prompts if the "
+        "LoRA was trained with that trigger word.",
+        "",
+        "## diffusers",
+        "",
+        "```python",
+        f"from diffusers import {family.txt2img_pipeline}",
+        "",
+        f'pipe = {family.txt2img_pipeline}.from_pretrained("{family.default_base_model}")',
+        f'pipe.load_lora_weights(".", weight_name="{LORA_FILE}")',
+        "```",
+        "",
+    ]
+    with tempfile.TemporaryDirectory(dir=output.parent, prefix=".bundle-") as tmp:
+        staging = Path(tmp)
+        shutil.copy2(lora, staging / LORA_FILE)
+        (staging / TRAINING_CONFIG_FILE).write_text(json.dumps(record, indent=2, default=str))
+        (staging / MODEL_CARD_FILE).write_text("\n".join(card))
+        _write_tar(staging, output)
+    return output
+
+
+def _write_tar(staging: Path, output: Path) -> None:
+    """Every file under `staging`, flat names relative to it, written whole or not at all."""
+    partial = output.with_name(output.name + ".partial")
+    with tarfile.open(partial, "w") as tar:
+        for path in sorted(staging.rglob("*")):
+            if path.is_file():
+                tar.add(path, arcname=path.relative_to(staging).as_posix())
+    partial.rename(output)
 
 
 def training_record(result: TrainingResult, config: TrainingConfig, base_model, inputs) -> dict:
@@ -86,6 +132,7 @@ def training_record(result: TrainingResult, config: TrainingConfig, base_model, 
         "base_model": base_model,
         "family": result.family.name,  # read back by weights.trained.inspect_weights
         "mode": config.mode,
+        "trigger_word": config.token_string,
         "token_map": result.token_map,
         "plan": {
             "images": plan.num_images,

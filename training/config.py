@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import math
 import re
 from dataclasses import asdict, dataclass, field
 
@@ -17,7 +16,28 @@ from families import ModelFamily
 from formats.input_ranges import one_of, random_seed, range_problems, ranged, seed_field, text
 from formats.tokens import MAX_TRIGGER_LENGTH, trigger_problems
 
-OPTIMIZERS = ("adamw", "adamw8bit", "adafactor", "prodigy")
+# Replicate's Flux trainer's optimizers (training/schedule.py builds each).
+OPTIMIZERS = (
+    "adamw",
+    "adamw8bit",
+    "adam",
+    "adam8bit",
+    "lion",
+    "lion8bit",
+    "adagrad",
+    "adafactor",
+    "prodigy",
+)
+# Those bitsandbytes provides, with their class in `bitsandbytes.optim` (torch has no Lion).
+BITSANDBYTES_OPTIMIZERS = {
+    "adamw8bit": "AdamW8bit",
+    "adam8bit": "Adam8bit",
+    "lion": "Lion",
+    "lion8bit": "Lion8bit",
+}
+# The 8-bit ones and the same algorithm with 32-bit states, which trains alike: the 8-bit
+# states only save memory.
+EIGHT_BIT_OPTIMIZERS = {"adamw8bit": "adamw", "adam8bit": "adam", "lion8bit": "lion"}
 LR_SCHEDULERS = (
     "constant",
     "constant_with_warmup",
@@ -30,6 +50,10 @@ LORA_TYPES = ("subject", "style")
 BASE_QUANTIZATIONS = ("none", "int8")
 NUM_TOKENS = 2  # <s0><s1>, as Replicate's SDXL trainer
 MAX_STEPS = 100_000
+# Every learning rate's upper bound. Prodigy's rates multiply its own adapted step size (1.0 is
+# its advice); the Adam family diverges above about 1e-2. 10 refuses only what cannot train
+# (1e308 would overflow the first update) and leaves Prodigy's users room.
+MAX_LEARNING_RATE = 10.0
 
 # What the `lora_type` presets give the inputs a client left empty (Replicate's advice for
 # styles: a faster LoRA rate and a caption that names a style). `{trigger}`: the token_string.
@@ -59,9 +83,13 @@ class TrainingConfig:
     num_train_epochs: int = ranged(4000, 1, MAX_STEPS)
     max_train_steps: int | None = ranged(1000, 1, MAX_STEPS)  # takes precedence over epochs
     is_lora: bool = True  # False: full fine-tune of the UNet
-    unet_learning_rate: float = ranged(1e-6, 0.0, None)  # full fine-tune only
-    ti_lr: float = ranged(3e-4, 0.0, None)  # 0: no new tokens, the trigger stays plain text
-    lora_lr: float | None = ranged(None, 0.0, None)  # 0 (with is_lora): pure textual inversion
+    unet_learning_rate: float = ranged(1e-6, 0.0, MAX_LEARNING_RATE)  # full fine-tune only
+    ti_lr: float = ranged(
+        3e-4, 0.0, MAX_LEARNING_RATE
+    )  # 0: no new tokens, the trigger stays plain text
+    lora_lr: float | None = ranged(
+        None, 0.0, MAX_LEARNING_RATE
+    )  # 0 (with is_lora): pure textual inversion
     lora_rank: int = ranged(32, 1, 256)
     lora_alpha: float | None = ranged(None, 0.0, 4096.0)  # None: equal to the rank (scale 1)
     # LoRA+ (Hayou et al., 2024): the B matrices learn this many times faster than the A
@@ -81,14 +109,23 @@ class TrainingConfig:
     token_init_word: str | None = None
     caption_prefix: str | None = None
     optimizer: str = one_of("adamw", OPTIMIZERS)
-    weight_decay: float = 1e-4
-    max_grad_norm: float = ranged(1.0, 0.0, None)  # 0: no clipping
+    # AdamW's decoupled decay shrinks each weight by lr x weight_decay per step: above 1 it
+    # would flip signs at a learning rate of 1.
+    weight_decay: float = ranged(1e-4, 0.0, 1.0)
+    # 0: no clipping. Gradient norms of these runs are of order 1-10; a bound of 1000 never
+    # clips, so nothing larger is useful.
+    max_grad_norm: float = ranged(1.0, 0.0, 1000.0)
     # The saved weights are an exponential moving average of the trained ones (training/ema.py)
     # with this decay; 0: the last step's weights.
     ema_decay: float = ranged(0.0, 0.0, 0.9999)
     noise_offset: float = ranged(0.0, 0.0, 1.0)
-    min_snr_gamma: float = ranged(0.0, 0.0, None)  # 0: plain MSE
+    # 0: plain MSE. 5 is the paper's; the least-noised timestep of SD's schedules has an SNR
+    # of about 1,200, so a gamma of 1000 already weights nearly every timestep as plain MSE.
+    min_snr_gamma: float = ranged(0.0, 0.0, 1000.0)
     flip_augmentation: bool = False
+    # The encoded images in the run folder (safetensors files, read back per batch) instead of
+    # in memory: for sets whose latents would not fit. The same training, bit for bit.
+    cache_latents_to_disk: bool = False
     caption_dropout: float = ranged(0.0, 0.0, 0.99)  # 1 would never show the trigger
     shuffle_tokens: bool = False
     keep_tokens: int = ranged(1, 0, 100)  # comma-separated caption parts kept in place
@@ -96,7 +133,7 @@ class TrainingConfig:
     gradient_accumulation_steps: int = ranged(1, 1, 256)
     gradient_checkpointing: bool = False
     train_text_encoder: bool = False  # LoRA on both text encoders
-    text_encoder_lr: float = ranged(5e-5, 0.0, None)
+    text_encoder_lr: float = ranged(5e-5, 0.0, MAX_LEARNING_RATE)
     ti_frac: float | None = ranged(None, 0.0, 1.0)  # None: 0.5 when LoRA/UNet trains, else 1
     lora_type: str = one_of("subject", LORA_TYPES)
     # One prompt per line (as the Cog input gives them) or a tuple; stored as a tuple.
@@ -108,11 +145,20 @@ class TrainingConfig:
     # trained on beside the subject so the LoRA keeps drawing what the base drew for them.
     class_prompt: str | tuple[str, ...] | None = None  # one prompt per line
     num_class_images: int = ranged(0, 0, 1000)  # 0: no prior preservation
-    prior_loss_weight: float = ranged(1.0, 0.0, None)
-    # Steps between checkpoints, kept in the bundle's checkpoints/; 0 (or more than the run):
-    # none, so the tarball holds the final weights only (as Replicate's trainer's does).
-    checkpointing_steps: int = ranged(0, 0, MAX_STEPS)
+    # DreamBooth's 1 weighs class and subject images alike; at 10 the class images already
+    # outweigh the subject tenfold and it barely trains.
+    prior_loss_weight: float = ranged(1.0, 0.0, 10.0)
+    # Steps between checkpoints, kept in the bundle's checkpoints/; 0, or any number at least
+    # the run's steps: none, so the tarball holds the final weights only. Replicate's SDXL
+    # clients send 999999 ("a very high number to disable"): up to the largest 32-bit integer.
+    checkpointing_steps: int = ranged(0, 0, 2**31 - 1)
     use_masks: bool | None = None  # weight the loss by the preprocessing masks
+    # A Weights & Biases run (training/tracking.py): loss, samples, settings, and the LoRA every
+    # `wandb_save_interval` steps (0: at the end only). No project: no run.
+    wandb_project: str | None = None
+    wandb_run: str | None = None
+    wandb_entity: str | None = None
+    wandb_save_interval: int = ranged(0, 0, MAX_STEPS)
     verbose: bool = True
     extra: dict = field(default_factory=dict)  # recorded in training_config.json only
 
@@ -225,16 +271,13 @@ class TrainingConfig:
             except re.error as error:
                 pattern = self.lora_layers_regex
                 yield f"lora_layers_regex={pattern!r}: not a regular expression ({error})."
-        for name in ("unet_learning_rate", "ti_lr", "lora_lr", "text_encoder_lr"):
-            if not math.isfinite(getattr(self, name)):
-                yield f"{name}={getattr(self, name)}: learning rates must be finite."
         if self.lora_alpha is not None and self.lora_alpha <= 0:
             yield f"lora_alpha={self.lora_alpha}: must be positive (or unset for alpha = rank)."
-        if self.optimizer == "adamw8bit" and importlib.util.find_spec("bitsandbytes") is None:
+        if not optimizer_available(self.optimizer):
             yield (
-                "optimizer='adamw8bit' needs bitsandbytes, which the Cog image installs "
+                f"optimizer={self.optimizer!r} needs bitsandbytes, which the Cog image installs "
                 "(cog.yaml) but this environment lacks (`pip install bitsandbytes==0.50.2`): "
-                "use adamw or adafactor."
+                "use adamw, adam, adagrad or adafactor."
             )
         if self.optimizer == "prodigy" and len(set(self._trained_rates().values())) > 1:
             rates = ", ".join(f"{k}={v:g}" for k, v in self._trained_rates().items())
@@ -268,6 +311,22 @@ class TrainingConfig:
                     f"ti_frac={self.ti_frac} with pure textual inversion: nothing would train "
                     "after the pivot. Use ti_frac=1 or train a LoRA too."
                 )
+
+
+def optimizer_available(name: str) -> bool:
+    return (
+        name not in BITSANDBYTES_OPTIMIZERS or importlib.util.find_spec("bitsandbytes") is not None
+    )
+
+
+def optimizer_here(name: str) -> str:
+    """`name`, or where it is an 8-bit optimizer and bitsandbytes is absent (a CPU setup), the
+    same algorithm with 32-bit states when torch has it, saying so."""
+    substitute = EIGHT_BIT_OPTIMIZERS.get(name)
+    if optimizer_available(name) or substitute is None or not optimizer_available(substitute):
+        return name
+    print(f"optimizer {name} needs bitsandbytes, absent here: training with {substitute}.")
+    return substitute
 
 
 def parse_settings(pairs: list[str]) -> dict:

@@ -9,8 +9,33 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from safetensors.torch import load_file, save_file
 
 from formats.dataset_folder import CaptionedImage
+
+
+class LatentCache:
+    """The cached latent distributions, one entry of named tensors per dataset entry: in
+    memory, or with `folder` one safetensors file per entry there, read back when a batch
+    needs it (resident memory then holds a batch, not the whole set)."""
+
+    def __init__(self, folder: Path | None = None):
+        self.folder = folder
+        self.entries: list[dict[str, torch.Tensor] | Path] = []
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def add(self, tensors: dict[str, torch.Tensor]) -> None:
+        if self.folder is None:
+            self.entries.append(tensors)
+            return
+        file = self.folder / f"{len(self.entries):06d}.safetensors"
+        save_file(tensors, str(file))
+        self.entries.append(file)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        entry = self.entries[index]
+        return load_file(str(entry)) if isinstance(entry, Path) else entry
 
 
 class CachedLatentsDataset:
@@ -19,7 +44,8 @@ class CachedLatentsDataset:
     The VAE's latent distribution (mean, std) is kept, so each step still draws a fresh latent
     sample without running the encoder again. Masks are kept at latent resolution. `scales`
     below 1 add each image again, downscaled by that factor (sides multiples of 16): the
-    multi-resolution buckets, each size its own bucket.
+    multi-resolution buckets, each size its own bucket. `cache_dir`: keep the latents there on
+    disk instead of in memory (`LatentCache`).
     """
 
     def __init__(
@@ -29,12 +55,14 @@ class CachedLatentsDataset:
         flip: bool,
         use_masks: bool,
         scales: tuple[float, ...] = (),
+        cache_dir: Path | None = None,
     ):
         self.image_count = len(items)  # photos; each is len(scales) + 1 entries
         self.captions = [item.caption for item in items for _ in range(1 + len(scales))]
         self.pixel_sizes: list[tuple[int, int]] = []
-        self.means, self.stds, self.masks = [], [], []
-        self.flipped: tuple[list, list] | None = ([], []) if flip else None
+        self.latent_sizes: list[tuple[int, int]] = []
+        self.cache, self.masks = LatentCache(cache_dir), []
+        self.flip = flip
         # The VAE's latent normalisation: (latent - shift) * scale (Flux's has a shift).
         self.scaling_factor = vae.config.scaling_factor
         self.shift_factor = vae.config.get("shift_factor") or 0.0
@@ -46,12 +74,11 @@ class CachedLatentsDataset:
     def _add(self, vae, pixels: torch.Tensor, item: CaptionedImage, use_masks: bool) -> None:
         self.pixel_sizes.append(tuple(pixels.shape[-2:]))
         mean, std = self._encode(vae, pixels)
-        self.means.append(mean)
-        self.stds.append(std)
-        if self.flipped is not None:
-            mean, std = self._encode(vae, pixels.flip(-1))
-            self.flipped[0].append(mean)
-            self.flipped[1].append(std)
+        tensors = {"mean": mean, "std": std}
+        if self.flip:
+            tensors["flipped_mean"], tensors["flipped_std"] = self._encode(vae, pixels.flip(-1))
+        self.cache.add(tensors)
+        self.latent_sizes.append(tuple(mean.shape[-2:]))
         self.masks.append(
             load_mask(item.mask_path, mean.shape[-2:]) if use_masks and item.mask_path else None
         )
@@ -70,9 +97,9 @@ class CachedLatentsDataset:
         """A batch of latents sampled from the cached distributions (scaled for the UNet)."""
         means, stds = [], []
         for index, flip in zip(indices, flips, strict=True):
-            source = self.flipped if flip else (self.means, self.stds)
-            means.append(source[0][index])
-            stds.append(source[1][index])
+            tensors, prefix = self.cache[index], "flipped_" if flip else ""
+            means.append(tensors[prefix + "mean"])
+            stds.append(tensors[prefix + "std"])
         mean, std = torch.stack(means), torch.stack(stds)
         noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
         return (mean + std * noise - self.shift_factor) * self.scaling_factor
@@ -85,7 +112,7 @@ class CachedLatentsDataset:
         for index, flip in zip(indices, flips, strict=True):
             mask = self.masks[index]
             if mask is None:
-                mask = torch.ones((1, *self.means[index].shape[-2:]))
+                mask = torch.ones((1, *self.latent_sizes[index]))
             masks.append(mask.flip(-1) if flip else mask)
         return torch.stack(masks)
 

@@ -13,7 +13,6 @@ several GPUs, `train()`'s job trains data-parallel through `python -m training` 
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,17 +21,15 @@ from pathlib import Path
 import torch
 
 from families import ModelFamily, detect_family
-from formats.bundle import METRICS_FILE, TRAINING_CONFIG_FILE
 from training.bundle import bundle_size_report, write_bundle, write_dry_run_report
 from training.config import TrainingConfig
-from training.loop import STATE_DIR, latest_checkpoint, run_training
-from training.processes import launch_command, processes_for, run_launch
+from training.hub_upload import HubUpload
+from training.loop import run_training
+from training.processes import data_parallel, launch_command, run_launch
+from training.resume import ResumePoint
 from weights.base_models import diffusers_folder, resolve_model
-from weights.download import describe_source
-from weights.references import is_remote
 from weights.runtime import pick_runtime
 from weights.settings import ModelSettings
-from weights.store import ModelStore
 
 DRY_RUN_TIMED_STEPS = 3
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,6 +50,15 @@ class BaseModel:
 
 
 @dataclass(frozen=True)
+class Accounts:
+    """The user's accounts a job reports to besides Cog: the key of the Weights & Biases run
+    its config names (`wandb_project`), and the hub repository its LoRA is uploaded to."""
+
+    wandb_api_key: str | None = field(default=None, repr=False)
+    hub: HubUpload | None = None
+
+
+@dataclass(frozen=True)
 class TrainingJob:
     config: TrainingConfig
     base_model: str
@@ -66,66 +72,11 @@ class TrainingJob:
     # Data-parallel processes: None, one per visible GPU; 1 (as under `accelerate launch`
     # already), this process alone.
     processes: int | None = None
-
-
-@dataclass(frozen=True)
-class ResumePoint:
-    """Where a run continues from: a checkpoint with its training state, and the record of the
-    run that wrote it (empty for a work folder that has none yet)."""
-
-    checkpoint: Path
-    record: dict
-
-    @classmethod
-    def find(cls, folder: Path, source: str) -> ResumePoint:
-        """The newest resumable checkpoint in an unpacked tarball or a work folder (or a
-        checkpoint folder itself); `source` names it in messages."""
-        folder = Path(folder)
-        checkpoint = folder if (folder / STATE_DIR).is_dir() else latest_checkpoint(folder)
-        if checkpoint is None or not (checkpoint / STATE_DIR).is_dir():
-            raise ValueError(
-                f"resume_from: {source} holds no checkpoint to resume from. Resume from the "
-                "trained_model.tar of a run with checkpointing_steps > 0 (full fine-tunes "
-                "resume only with `python -m training --resume`)."
-            )
-        record_file = checkpoint.parents[1] / TRAINING_CONFIG_FILE
-        record = json.loads(record_file.read_text()) if record_file.is_file() else {}
-        return cls(checkpoint, record)
-
-    @classmethod
-    def fetch(cls, reference, settings: ModelSettings) -> ResumePoint:
-        """From a tarball's URL (fetched and unpacked through the model store), or from the
-        operator's own tarball or folder."""
-        source = describe_source(str(reference))
-        if not is_remote(str(reference)) and Path(reference).is_dir():
-            return cls.find(Path(reference), source)
-        entry = ModelStore.from_settings(settings).fetch(str(reference))
-        return cls.find(entry.content, source)
-
-    @property
-    def step(self) -> int:
-        return int(self.checkpoint.name.split("-")[-1])
-
-    @property
-    def seed(self) -> int | None:
-        return self.record.get("config", {}).get("seed")
-
-    def differing_inputs(self, inputs: dict) -> list[str]:
-        """The inputs given now that differ from the resumed run's (its record's)."""
-        earlier = self.record.get("inputs", {})
-        return sorted(
-            name
-            for name, value in inputs.items()
-            if name in earlier and earlier[name] != value and value is not None
-        )
-
-    def carry_metrics(self, run_dir: Path) -> None:
-        """The earlier run's metrics, into a new work folder (the loop cuts them back to the
-        checkpoint's step), so the tarball's loss curve covers the whole run."""
-        earlier, ours = self.checkpoint.parents[1] / METRICS_FILE, run_dir / METRICS_FILE
-        if earlier.is_file() and not ours.exists():
-            run_dir.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(earlier, ours)
+    # Raises for a base model of a family the caller does not train (the container's trainer,
+    # serving/containers.py): (family, base_model) -> None. None: every family.
+    check_base: Callable[[ModelFamily, str], None] | None = None
+    # For the Weights & Biases run the config names (`wandb_project`); never recorded.
+    wandb_api_key: str | None = field(default=None, repr=False)
 
 
 def resolve_base(reference: str, settings: ModelSettings, allow_local: bool = True) -> BaseModel:
@@ -145,7 +96,9 @@ def run_job(
     runtime = pick_runtime(settings.device, settings.dtype, settings.speed)
     base = resolve_base(job.base_model, settings, job.allow_local_base)
     base = BaseModel(job.base_model_name or base.reference, base.folder, base.family)
-    config.check_family(base.family)  # before the images: a refused config fails fast
+    if job.check_base is not None:  # before the images: a refused base fails fast
+        job.check_base(base.family, base.reference)
+    config.check_family(base.family)
     print(f"Base model: {base.reference} ({base.family.title}), training at {config.resolution}px")
 
     # 2. The training images.
@@ -167,7 +120,7 @@ def run_job(
         return write_dry_run_report(timing, images, job.output, preprocess_seconds)
 
     # 4. Train, here or data-parallel in several processes (which write the tarball).
-    processes = processes_for(config, job.processes or max(1, torch.cuda.device_count()))
+    processes = job.processes or max(1, torch.cuda.device_count())
     if job.resume_from is not None:
         print(f"Resuming from step {job.resume_from.step}.")
         job.resume_from.carry_metrics(job.run_dir)
@@ -182,6 +135,7 @@ def run_job(
         runtime,
         checkpoint,
         family=base.family,
+        wandb_api_key=job.wandb_api_key,
     )
     if not result.is_main_process:
         return None
@@ -197,17 +151,18 @@ def run_job(
 
 
 def _train_in_processes(job: TrainingJob, base: BaseModel, images, processes: int, runtime) -> Path:
-    share = job.config.train_batch_size // processes
-    print(f"Training data-parallel in {processes} processes, a batch of {share} each.")
+    recipe = data_parallel(job.config, processes)
+    print(recipe.describe())
     job.run_dir.mkdir(parents=True, exist_ok=True)
     inputs_file = job.run_dir / "inputs.json"
     inputs_file.write_text(json.dumps(job.inputs, default=str))
     command = launch_command(
-        job.config, processes, images.folder, job.run_dir, base.folder, job.output, runtime
+        job.config, recipe, images.folder, job.run_dir, base.folder, job.output, runtime
     )
     command += ["--base-model-name", base.reference, "--inputs", str(inputs_file)]
     if job.resume_from is not None:
         command += ["--resume-from", str(job.resume_from.checkpoint)]
     command += ["--preview", str(images.preview)] if images.preview is not None else []
-    run_launch(command, cwd=ROOT)
+    key = job.wandb_api_key  # wandb reads it there; never on a command line
+    run_launch(command, cwd=ROOT, secrets={"WANDB_API_KEY": key} if key else {})
     return job.output

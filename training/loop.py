@@ -51,10 +51,13 @@ from training.schedule import (
     seeded,
 )
 from training.state_files import load_state, save_state
+from training.tracking import RunTracking
 from weights.runtime import Runtime
 
 WEIGHTS_DIR = "weights"
 CLASS_IMAGES_DIR = "class_images"
+LATENTS_DIR = "latents"  # with cache_latents_to_disk; one folder per process
+TRACKED_WEIGHTS_DIR = "tracked_weights"  # the weights on their way to the W&B run
 STATE_DIR = "training_state"  # optimizer/scheduler/parameters for resuming; not bundled
 AVERAGE_FILE = "weight_average.safetensors"  # in STATE_DIR, with ema_decay
 MIXED_PRECISION = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "no"}
@@ -136,12 +139,39 @@ def run_training(
     resume_from: Path | None = None,
     timing_steps: int = 0,
     family: ModelFamily | None = None,
+    wandb_api_key: str | None = None,
 ) -> TrainingResult:
     """Train on a prepared dataset folder (captions.csv + images + masks) and write weights,
     checkpoints, samples and metrics under `work_dir`. `timing_steps` > 0: a dry run that only
     times that many steps (for the estimate) and writes nothing. `family`: the base model's,
-    when the caller knows it already (else read from its config)."""
+    when the caller knows it already (else read from its config). `wandb_api_key`: for the
+    Weights & Biases run a `wandb_project` asks for (None: wandb reads WANDB_API_KEY)."""
     work_dir = Path(work_dir)
+    with RunTracking(config, wandb_api_key, work_dir) as tracking:
+        return _train(
+            config,
+            dataset_folder,
+            base_model,
+            work_dir,
+            runtime,
+            resume_from,
+            timing_steps,
+            family,
+            tracking,
+        )
+
+
+def _train(
+    config: TrainingConfig,
+    dataset_folder: Path,
+    base_model: Path,
+    work_dir: Path,
+    runtime: Runtime,
+    resume_from: Path | None,
+    timing_steps: int,
+    family: ModelFamily | None,
+    tracking: RunTracking,
+) -> TrainingResult:
     clock = PhaseClock()
 
     # 1. Processes, device and precision. Trainable parameters are always fp32; on GPU the
@@ -157,6 +187,8 @@ def run_training(
     )
     device, is_main = accelerator.device, accelerator.is_main_process
     torch.manual_seed(config.seed)
+    if not timing_steps:
+        tracking.open(is_main)  # before the models load: a refused key fails fast
 
     # 2. Models, once the config is known to suit their family.
     family = family or detect_family(base_model)
@@ -177,14 +209,26 @@ def run_training(
     #    Prior preservation: the base model draws the class images first, before anything trains.
     items = read_captions(dataset_folder)
     scales = tuple(size / config.resolution for size in config.bucket_resolutions)
+    on_disk = work_dir / LATENTS_DIR / f"process-{accelerator.process_index}"
     dataset = CachedLatentsDataset(
-        items, models.vae, config.flip_augmentation, config.use_masks, scales
+        items,
+        models.vae,
+        config.flip_augmentation,
+        config.use_masks,
+        scales,
+        cache_dir=on_disk / "images" if config.cache_latents_to_disk else None,
     )
     clock.done("latent caching")
     class_set = None
     if config.num_class_images:
         class_items = render_class_images(models, config, work_dir / CLASS_IMAGES_DIR, accelerator)
-        class_set = CachedLatentsDataset(class_items, models.vae, config.flip_augmentation, False)
+        class_set = CachedLatentsDataset(
+            class_items,
+            models.vae,
+            config.flip_augmentation,
+            False,
+            cache_dir=on_disk / "class_images" if config.cache_latents_to_disk else None,
+        )
         clock.done("class images")
     if not (config.sample_prompts and is_main):
         models.vae = None  # not needed any more
@@ -384,6 +428,7 @@ def run_training(
             }
             with metrics_file.open("a") as file:
                 file.write(json.dumps(row) + "\n")
+        tracking.log_step(done, step_loss, lrs, grad_norm)
         clock.done("training")
         # 8f. Checkpoints and samples along the way.
         if timing_steps:
@@ -400,8 +445,14 @@ def run_training(
             and _due(config.sample_every, done, plan.max_train_steps)
         ):
             with run.saved_weights():
-                render_samples(models, config, token_map, work_dir / SAMPLES_DIR, done, accelerator)
+                files = render_samples(
+                    models, config, token_map, work_dir / SAMPLES_DIR, done, accelerator
+                )
+            tracking.log_samples(done, files)
             clock.done("sampling")
+        if tracking.saves_at(done) and done < plan.max_train_steps:
+            _save_tracked_weights(run, tracking, done)
+            clock.done("saving")
     bar.close()
     if runtime.uses("compile") and is_main and len(step_seconds) > 1:
         median = sorted(step_seconds[1:])[len(step_seconds[1:]) // 2]
@@ -429,10 +480,11 @@ def run_training(
     accelerator.wait_for_everyone()
     if is_main:
         _save_weights(run, work_dir / WEIGHTS_DIR)
+        tracking.save_weights(plan.max_train_steps, work_dir / WEIGHTS_DIR)
         clock.done("saving")
         if config.sample_prompts:
             with run.saved_weights():
-                render_samples(
+                files = render_samples(
                     models,
                     config,
                     token_map,
@@ -440,6 +492,7 @@ def run_training(
                     plan.max_train_steps,
                     accelerator,
                 )
+            tracking.log_samples(plan.max_train_steps, files)
             clock.done("sampling")
     accelerator.wait_for_everyone()
     accelerator.end_training()
@@ -467,6 +520,14 @@ def _save_weights(run: TrainingRun, folder: Path) -> None:
         save_trained_weights(staging, run.config, run.models, run.handler, run.token_map, dtype)
     shutil.rmtree(folder, ignore_errors=True)
     staging.rename(folder)
+
+
+def _save_tracked_weights(run: TrainingRun, tracking: RunTracking, step: int) -> None:
+    """The weights at `step` to the W&B run (written here, uploaded, then deleted)."""
+    folder = run.work_dir / TRACKED_WEIGHTS_DIR
+    _save_weights(run, folder)
+    tracking.save_weights(step, folder)
+    shutil.rmtree(folder)
 
 
 def _save_checkpoint(run: TrainingRun, step: int, optimizer, lr_scheduler) -> None:

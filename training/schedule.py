@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from training.config import TrainingConfig
+from training.config import BITSANDBYTES_OPTIMIZERS, TrainingConfig
 
 
 def seeded(*numbers: int) -> int:
@@ -142,14 +142,19 @@ def build_lr_scheduler(
 def build_optimizer(name: str, groups: list[dict], weight_decay: float, device: torch.device):
     """`groups`: torch parameter groups with `params`, `lr` and a `name` (kept for logs).
     With `prodigy` each `lr` multiplies Prodigy's own adapted step size: use 1.0."""
-    if name == "adamw":
-        # Fused kernels on CUDA, multi-tensor (foreach) elsewhere: one launch per group.
+    if name in ("adamw", "adam"):
+        # AdamW decouples the weight decay; Adam adds it to the gradient (an L2 term). Fused
+        # kernels on CUDA, multi-tensor (foreach) elsewhere: one launch per group.
         fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
-        return torch.optim.AdamW(groups, weight_decay=weight_decay, **fast)
-    if name == "adamw8bit":
+        adam = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
+        return adam(groups, weight_decay=weight_decay, **fast)
+    if name == "adagrad":
+        return torch.optim.Adagrad(groups, weight_decay=weight_decay, foreach=True)
+    if name in BITSANDBYTES_OPTIMIZERS:
         import bitsandbytes
 
-        return bitsandbytes.optim.AdamW8bit(groups, weight_decay=weight_decay)
+        optimizer_class = getattr(bitsandbytes.optim, BITSANDBYTES_OPTIMIZERS[name])
+        return optimizer_class(groups, weight_decay=weight_decay)
     if name == "adafactor":
         from transformers.optimization import Adafactor
 

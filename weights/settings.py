@@ -110,6 +110,7 @@ class HubSettings:
 
     cache_dir: Path
     offline: bool
+    endpoint: str = "https://huggingface.co"  # HF_ENDPOINT: the hub (or a mirror) uploads go to
 
     @classmethod
     def from_env(cls) -> HubSettings:
@@ -117,7 +118,15 @@ class HubSettings:
         cache = os.environ.get("HF_HUB_CACHE") or Path(home) / "hub"
         offline = os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
         offline = offline or tiny_profile()
-        return cls(cache_dir=Path(cache).expanduser(), offline=offline)
+        endpoint = os.environ.get("HF_ENDPOINT") or cls.endpoint
+        return cls(cache_dir=Path(cache).expanduser(), offline=offline, endpoint=endpoint)
+
+
+def wandb_dir() -> Path | None:
+    """WANDB_DIR, Weights & Biases' own variable: where its runs are written (an offline run
+    stays there for `wandb sync`); None: the training's run folder, deleted with it."""
+    value = os.environ.get("WANDB_DIR")
+    return Path(value).expanduser() if value else None
 
 
 def tiny_profile() -> bool:
