@@ -266,6 +266,7 @@ def test_an_int8_base_trains_the_same_lora_layout_and_learns(trained, dataset, t
         ({"ti_lr": 3e-4}, "trains no new tokens: set ti_lr=0"),
         ({"ti_lr": 0.0, "min_snr_gamma": 5.0}, "trains by flow matching: set min_snr_gamma=0"),
         ({"ti_lr": 0.0, "is_lora": False, "unet_learning_rate": 1e-5}, "LoRA on its transformer"),
+        ({"ti_lr": 0.0, "lora_method": "dora"}, "trains a plain LoRA here"),
     ],
 )
 def test_settings_flux_cannot_train_are_refused_before_training(

@@ -26,6 +26,10 @@ from training.schedule import BatchSchedule, TrainingPlan, build_lr_scheduler, b
         ({"caption_dropout": 1.0}, "caption_dropout"),
         ({"max_train_steps": 0}, "max_train_steps=0"),
         ({"lora_lr": float("nan")}, "finite"),
+        ({"lora_method": "loha"}, "lora, dora, lokr"),
+        ({"lora_method": "dora", "is_lora": False}, "lora_method='dora' shapes a LoRA"),
+        ({"lora_method": "lokr", "base_quantization": "int8"}, "base_quantization='none'"),
+        ({"lora_method": "lokr", "lora_plus_ratio": 16}, "no B matrices"),
     ],
 )
 def test_invalid_combinations_fail_before_any_work(inputs, message):
