@@ -276,9 +276,10 @@ def test_peft_dora_files_apply_as_peft_merges_them(predictor, tiny_models, tmp_p
             }
             layer = Layer(module, name, (module,), "lora", lora)
             layers.append(layer)
-            exact, bound = changed_weight(layer, before[f"{name}.{module}.weight"], 1.0)
             peft_layer = model.get_submodule(module)
-            peft_layer.merge()  # peft's DoRA merge, in float32: within the same bound
+            # peft's DoRA merge, on its float32 base weight: within the formula's bound
+            exact, bound = changed_weight(layer, peft_layer.get_base_layer().weight, 1.0)
+            peft_layer.merge()
             merged = peft_layer.get_base_layer().weight.double()
             assert ((merged - exact).abs() <= bound).all(), module
     assert {layer.component for layer in layers} == set(parts)
