@@ -72,6 +72,12 @@ def train(
         "LoRA+: the LoRA B matrices learn this many times faster than the A matrices "
         "(16 in the LoRA+ paper). 1: one learning rate for both",
     ),
+    lora_method: str = _config(
+        "lora_method",
+        "How the LoRA's update is shaped: 'lora' (low-rank), 'dora' (LoRA plus a trained "
+        "magnitude per output row) or 'lokr' (a Kronecker product of two small factors, "
+        "LyCORIS's LoKr). SDXL and SD 1.5",
+    ),
     lr_scheduler: str = _config(
         "lr_scheduler", "Learning rate scheduler to use for training ('constant' ignores warmup)"
     ),

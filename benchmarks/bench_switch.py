@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.sdxl_architecture import build_unet as build_sdxl_unet  # noqa: E402
 from families import SDXL  # noqa: E402
+from generation.layer_names import LayerNames  # noqa: E402
 from generation.switcher import Selection, WeightsSwitcher  # noqa: E402
 from generation.weights_cache import prepare_weights  # noqa: E402
 from weights.embedded.tiny import ensure_tiny_model  # noqa: E402
@@ -134,7 +135,10 @@ def run(unet, folder: Path, repeats: int) -> tuple[list[tuple[str, float]], bool
     # Ours.
     switcher = WeightsSwitcher({"unet": unet}, token_targets=[])
     runtime = Runtime(unet.device, DTYPE)
-    read = {f: lambda f=f: prepare_weights(inspect_weights(f), runtime, SDXL) for f in files}
+    layers = LayerNames({"unet": unet}, SDXL)
+    read = {
+        f: lambda f=f: prepare_weights(inspect_weights(f), runtime, SDXL, layers) for f in files
+    }
     prepared = {f: read[f]() for f in files}
     first = timed(lambda: switcher.activate(Selection(prepared[files[0]])))
     rows.append(("ours: first load (builds the LoRA layers)", first))

@@ -127,7 +127,13 @@ def unet_floor_seconds(folder: Path, config) -> tuple[float, int]:
     unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet")
     parameters = sum(p.numel() for p in unet.parameters())
     unet.requires_grad_(False)
-    add_lora(unet, config.lora_rank, config.effective_lora_alpha, SDXL.lora_target_modules)
+    add_lora(
+        unet,
+        config.lora_rank,
+        config.effective_lora_alpha,
+        SDXL.lora_target_modules,
+        config.lora_method,
+    )
     batch, side = config.train_batch_size, config.resolution // 8
     latents = torch.randn(batch, 4, side, side)
     text = torch.randn(batch, 77, unet.config.cross_attention_dim)

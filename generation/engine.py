@@ -11,6 +11,7 @@ from PIL import Image
 from families import FLUX
 from formats.input_ranges import random_seed
 from formats.tokens import apply_token_map, contains_trigger
+from generation.layer_names import LayerNames
 from generation.lora import PreparedLora
 from generation.outputs import Watermarker, save_images
 from generation.pipelines import load_base, load_refiner
@@ -87,6 +88,7 @@ class GenerationEngine:
             self.runtime,
             ModelStore.from_settings(settings),
             self.family,
+            LayerNames(self.switcher.components, self.family),
             fits=lambda weights: self.switcher.check(Selection(weights)),
         )
         # The trained version's own weights (COG_WEIGHTS): held here, never evicted. Weights

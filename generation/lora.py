@@ -1,9 +1,12 @@
 """LoRA weights read once into a canonical form, and swapped into a model in place.
 
-Every supported layout (this project's diffusers/PEFT keys, kohya keys, the original
+Every supported low-rank layout (this project's diffusers/PEFT keys, kohya keys, the original
 Replicate trainer's attention-processor keys) is converted with diffusers' own converters
 into one form: per model component, per target module, the pair (lora_A, lora_B) with the
-module's alpha/rank scale folded into lora_B. The model then holds each LoRA "slot" as PEFT
+module's alpha/rank scale folded into lora_B. Changes that are not low-rank pairs (LyCORIS's
+LoKr and LoHa, DoRA in kohya's `dora_scale` or peft's `lora_magnitude_vector` keys) are read
+into per-layer changes (generation/lycoris.py) that patch the weights instead
+(generation/weight_patches.py). The model then holds each LoRA "slot" as PEFT
 layers whose own scale is just the user's `lora_scale`, so switching to another LoRA on the
 same modules (of any rank) only points the existing LoRA parameters at the new tensors: no
 module is built or removed and nothing is copied. (This rebinding would invalidate a
@@ -16,7 +19,7 @@ import inspect
 import math
 import warnings
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import diffusers
@@ -27,12 +30,17 @@ from diffusers.utils import (
     convert_unet_state_dict_to_peft,
 )
 from diffusers.utils.peft_utils import _create_lora_config
+from diffusers.utils.state_dict_utils import _load_sft_state_dict_metadata
 from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
 from peft.utils.other import get_pattern_key
+from safetensors import safe_open
 
 from families import ModelFamily
 from formats.bundle import TEXT_MODEL
+from generation.layer_changes import DoraChange, LayerChange, LowRankChange
+from generation.layer_names import LayerNames, LayerTarget
+from generation.lycoris import is_lycoris, read_lycoris
 from weights.runtime import Runtime
 
 # The pipeline components a LoRA file may address, by their key prefix (the denoiser of each
@@ -40,9 +48,12 @@ from weights.runtime import Runtime
 COMPONENTS = ("unet", "transformer", "text_encoder", "text_encoder_2")
 DENOISERS = ("unet", "transformer")
 KEYS_ADVICE = (
-    "Nothing was loaded. Use a LoRA saved by diffusers, peft or kohya's scripts for this "
-    "base model (`.lora_A/.lora_B` or `.lora_down/.lora_up` keys)."
+    "Nothing was loaded. Use a LoRA saved by diffusers, peft, kohya's scripts or LyCORIS for "
+    "this base model (`.lora_A/.lora_B`, `.lora_down/.lora_up`, LoKr `.lokr_w1/.lokr_w2`, "
+    "LoHa `.hada_w1_a/…`, DoRA `.dora_scale` keys)."
 )
+# The key of peft's DoRA magnitude of a module, in diffusers' files.
+MAGNITUDE = "lora_magnitude_vector"
 
 
 class LoraFormatError(ValueError):
@@ -61,25 +72,37 @@ class ModuleLora:
 
 @dataclass(frozen=True, eq=False)
 class PreparedLora:
-    """One LoRA in canonical form: component -> module name -> tensors."""
+    """One LoRA in canonical form: component -> module name -> tensors (held in slots), and
+    the changes of layers that are not low-rank (patched into the weights)."""
 
     source: str
     modules: dict[str, dict[str, ModuleLora]]
+    patches: dict[LayerTarget, LayerChange] = field(default_factory=dict)
 
     @property
     def nbytes(self) -> int:
-        return sum(
+        low_rank = sum(
             m.down.nbytes + m.up.nbytes for part in self.modules.values() for m in part.values()
         )
+        return low_rank + sum(change.nbytes for change in self.patches.values())
 
 
 def read_lora(
-    file: Path, runtime: Runtime, family: ModelFamily, source: str | None = None
+    file: Path,
+    runtime: Runtime,
+    family: ModelFamily,
+    layers: LayerNames,
+    source: str | None = None,
 ) -> PreparedLora:
     """Read a LoRA `.safetensors` in any supported layout into canonical form, on the
-    runtime's device and in its dtype (so a slot can use the tensors as they are).
-    Conversion and alpha handling follow the family pipeline's `load_lora_weights`."""
+    runtime's device and in its dtype (so a slot can use the tensors as they are; a change's
+    factors keep the file's dtype, computed in fp32). `layers`: the models' layer names.
+    Low-rank conversion and alpha handling follow the family pipeline's `load_lora_weights`."""
     source = source or Path(file).name
+    with safe_open(str(file), framework="pt", device=str(runtime.device)) as opened:
+        if is_lycoris(opened.keys()):
+            tensors = {key: opened.get_tensor(key) for key in opened.keys()}
+            return _read_lycoris_file(file, tensors, layers, source)
     pipeline_class = getattr(diffusers, family.txt2img_pipeline)
     # SDXL's and SD 1.5's readers always return the alphas; Flux's when asked.
     asks = "return_alphas" in inspect.signature(pipeline_class.lora_state_dict).parameters
@@ -98,20 +121,33 @@ def read_lora(
         # The original Replicate trainer wrote UNet attention-processor keys without a prefix.
         state_dict = {f"unet.{key}": value for key, value in state_dict.items()}
     _refuse_unplaced(source, [key for key in state_dict if not key.startswith(prefixes)])
-    modules = {}
+    modules, patches = {}, {}
     for component in COMPONENTS:
         part = _component_part(state_dict, component)
         if part:
             part_alphas = _component_part(alphas or {}, component) or None
             part_metadata = _component_part(metadata or {}, component) or None
-            modules[component] = _canonical(
-                part, part_alphas, part_metadata, component, runtime, source
+            low_rank, changes = _canonical(
+                part, part_alphas, part_metadata, component, runtime, layers, source
             )
-    if not modules:
+            modules[component] = low_rank
+            patches.update(changes)
+    modules = {component: part for component, part in modules.items() if part}
+    if not (modules or patches):
         raise LoraFormatError(
             f"{source}: no LoRA weights for the {family.denoiser} or the text encoders."
         )
-    return PreparedLora(source, modules)
+    return PreparedLora(source, modules, patches)
+
+
+def _read_lycoris_file(
+    file: Path, tensors: dict[str, torch.Tensor], layers: LayerNames, source: str
+) -> PreparedLora:
+    patches, unplaced = read_lycoris(tensors, _load_sft_state_dict_metadata(str(file)), layers)
+    _refuse_unplaced(source, unplaced)
+    if not patches:
+        raise LoraFormatError(f"{source}: no LoRA weights in it.")
+    return PreparedLora(source, {}, patches)
 
 
 def _component_part(mapping: dict, component: str) -> dict:
@@ -130,7 +166,10 @@ def _refuse_unplaced(source: str, keys: list[str]) -> None:
         )
 
 
-def _canonical(state_dict, alphas, metadata, component, runtime, source) -> dict[str, ModuleLora]:
+def _canonical(
+    state_dict, alphas, metadata, component, runtime, layers: LayerNames, source
+) -> tuple[dict[str, ModuleLora], dict[LayerTarget, LayerChange]]:
+    """The component's low-rank pairs, and its DoRA modules as layer changes."""
     if component in DENOISERS:
         if not any("lora_A" in key for key in state_dict):  # Flux's readers give PEFT keys
             state_dict = convert_unet_state_dict_to_peft(state_dict)
@@ -140,18 +179,19 @@ def _canonical(state_dict, alphas, metadata, component, runtime, source) -> dict
         # flattened CLIPTextModel, not CLIPTextModelWithProjection); each slot puts it back
         # where its model has it.
         state_dict = {k.removeprefix(f"{TEXT_MODEL}."): v for k, v in state_dict.items()}
-    if any("lora_magnitude_vector" in k or k.endswith("lora_B.bias") for k in state_dict):
-        raise LoraFormatError("DoRA and LoRA-bias weights are not supported.")
+    if any(k.endswith("lora_B.bias") for k in state_dict):
+        raise LoraFormatError("LoRA-bias weights are not supported.")
     paired = [
         k for k in state_dict if ".lora_A." in k and k.replace(".lora_A.", ".lora_B.") in state_dict
     ]
-    placed = {*paired, *(k.replace(".lora_A.", ".lora_B.") for k in paired)}
+    magnitudes = {f"{k.split('.lora_A.')[0]}.{MAGNITUDE}" for k in paired} & set(state_dict)
+    placed = {*paired, *(k.replace(".lora_A.", ".lora_B.") for k in paired), *magnitudes}
     _refuse_unplaced(source, [f"{component}.{k}" for k in state_dict if k not in placed])
     ranks = {k: v.shape[1] for k, v in state_dict.items() if "lora_B" in k and v.ndim > 1}
     config: LoraConfig = _create_lora_config(
         state_dict, alphas, metadata, {f"^{k}": r for k, r in ranks.items()}, component in DENOISERS
     )
-    modules = {}
+    modules, patches = {}, {}
     for key in paired:
         down = state_dict[key]
         name = key.split(".lora_A.")[0]
@@ -161,9 +201,17 @@ def _canonical(state_dict, alphas, metadata, component, runtime, source) -> dict
             get_pattern_key(config.alpha_pattern, name), config.lora_alpha
         )
         scale = alpha / math.sqrt(rank) if config.use_rslora else alpha / rank
+        magnitude = state_dict.get(f"{name}.{MAGNITUDE}")
+        if magnitude is not None:  # peft's DoRA: its magnitude is per output row
+            target = layers.find(f"{component}.{name}")
+            if target is None:
+                _refuse_unplaced(source, [f"{component}.{name}.{MAGNITUDE}"])
+            change = LowRankChange(up.to(runtime.device), down.to(runtime.device), scale)
+            patches[target] = DoraChange(change, magnitude.to(runtime.device), on_output=True)
+            continue
         up = (up.float() * scale).to(runtime.device, runtime.dtype)
         modules[name] = ModuleLora(down.to(runtime.device, runtime.dtype).contiguous(), up)
-    return modules
+    return modules, patches
 
 
 class LoraSlot:
@@ -185,7 +233,7 @@ class LoraSlot:
         if self._shapes(lora) == self._current_shapes():
             return  # the slot already holds these exact shapes, so they fit
         for name, module in lora.items():
-            weight = _target_layer(self.component, name).weight
+            weight = target_layer(self.component, name).weight
             if module.down.shape[1] != weight.shape[1] or module.up.shape[0] != weight.shape[0]:
                 raise LoraFormatError(
                     f"The LoRA for {name!r} has shape {tuple(module.up.shape[:1])} x "
@@ -263,7 +311,7 @@ def lora_layers(component: torch.nn.Module) -> list[LoraLayer]:
     return [m for m in component.modules() if isinstance(m, LoraLayer)]
 
 
-def _target_layer(component: torch.nn.Module, name: str) -> torch.nn.Module:
+def target_layer(component: torch.nn.Module, name: str) -> torch.nn.Module:
     try:
         module = component.get_submodule(name)
     except AttributeError:

@@ -5,11 +5,14 @@ them, their scales). The switcher changes only what differs from the current sta
 
 1. full fine-tune UNet tensors: copied in; the base values are kept on the CPU and copied
    back exactly when another bundle (or none) is requested;
-2. LoRA: each component (UNet, both text encoders) has a "main" slot and one slot per
+2. layer changes that are not low-rank (LoKr, LoHa, DoRA): written into the weights (on top
+   of a full fine-tune's), the weights they had kept on the CPU and copied back exactly
+   (generation/weight_patches.py);
+3. LoRA: each component (UNet, both text encoders) has a "main" slot and one slot per
    stacked LoRA ("stacked0", "stacked1", ...); a LoRA on the modules a slot already wraps (any
    rank) goes into it in place (its parameters are pointed at the cached tensors); an unused
    slot is switched off (its layers compute exactly the base output) rather than removed;
-3. trained tokens: installed into the base *and* the refiner text encoders; each token count
+4. trained tokens: installed into the base *and* the refiner text encoders; each token count
    gets its own copy of the tokenizers, and a request without tokens gets the pristine ones.
 
 Everything is checked before anything changes; if a switch still fails or is cancelled
@@ -28,6 +31,7 @@ from peft.tuners.lora import LoraLayer
 
 from formats.tokens import TokenEmbeddingsHandler
 from generation.lora import LoraFormatError, LoraSlot, PreparedLora
+from generation.weight_patches import WeightPatcher
 from generation.weights_cache import PreparedWeights
 
 MAIN_SLOT = "main"
@@ -44,6 +48,10 @@ class Selection:
         slots = {MAIN_SLOT: (self.main.lora if self.main else None, self.main_scale)}
         slots.update((stacked_slot(i), pair) for i, pair in enumerate(self.stacked))
         return slots
+
+    def patching(self) -> tuple[tuple[PreparedLora, float], ...]:
+        """(LoRA, scale) of each LoRA with layer changes, in order."""
+        return tuple(pair for pair in self.slots().values() if pair[0] and pair[0].patches)
 
 
 def stacked_slot(index: int) -> str:
@@ -78,6 +86,7 @@ class WeightsSwitcher:
         self._unet_backup: dict[str, torch.Tensor] = {}  # base values of overwritten tensors
         self._unet_modified: set[str] = set()
         self._unet_loaded: dict | None = None
+        self._patcher = WeightPatcher(components)
         self._tokens_loaded: dict | None = None
 
     def activate(self, selection: Selection) -> None:
@@ -85,7 +94,11 @@ class WeightsSwitcher:
             return
         self.check(selection)
         try:
-            self._apply_unet(selection.main.unet if selection.main else None)
+            unet = selection.main.unet if selection.main else None
+            if unet is not self._unet_loaded:
+                self._patcher.forget()  # the weights it changed are about to change under it
+            self._apply_unet(unet)
+            self._patcher.apply(selection.patching())
             self._apply_loras(selection)
             self._apply_tokens(selection.main.token_vectors if selection.main else None)
             self.active = selection
@@ -102,6 +115,8 @@ class WeightsSwitcher:
                         f"{owner.source} has LoRA weights for {component}, which this model lacks."
                     )
                 self._slot(component, MAIN_SLOT).check(part)
+            if owner:
+                self._patcher.check(owner)
         if selection.main and selection.main.unet:
             self._check_unet(selection.main)
         if selection.main and selection.main.token_vectors:
@@ -109,6 +124,7 @@ class WeightsSwitcher:
 
     def reset(self) -> None:
         """Back to the base model: no LoRA layers, base UNet values, pristine tokenizers."""
+        self._patcher.forget()
         for component in self.components.values():
             _unwrap_lora_layers(component)
         self._slots = {}
@@ -161,7 +177,7 @@ class WeightsSwitcher:
                     f"({name!r} {'is unknown' if name not in parameters else 'has another shape'})."
                 )
 
-    # --- 2. LoRA slots --------------------------------------------------------------------------
+    # --- 3. LoRA slots --------------------------------------------------------------------------
 
     def _apply_loras(self, selection: Selection) -> None:
         wanted = selection.slots()
@@ -192,7 +208,7 @@ class WeightsSwitcher:
             self._slots[component, name] = LoraSlot(self.components[component], name)
         return self._slots[component, name]
 
-    # --- 3. tokens ------------------------------------------------------------------------------
+    # --- 4. tokens ------------------------------------------------------------------------------
 
     def _apply_tokens(self, vectors: dict | None) -> None:
         if vectors is self._tokens_loaded:

@@ -21,6 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from families import ModelFamily
+from generation.layer_names import LayerNames
 from generation.lora import PreparedLora, read_lora
 from weights.runtime import Runtime
 from weights.store import ModelStore
@@ -50,13 +51,16 @@ class PreparedWeights:
 
 
 def prepare_weights(
-    weights: TrainedWeights, runtime: Runtime, family: ModelFamily
+    weights: TrainedWeights, runtime: Runtime, family: ModelFamily, layers: LayerNames
 ) -> PreparedWeights:
     """Read every tensor a bundle needs into memory, checking the files on the way (first of
     all that they were made for the base model's `family`): LoRA tensors on the runtime's
-    device (a switch uses them as they are), a full fine-tune's UNet on the CPU (copied in)."""
+    device (a switch uses them as they are), a full fine-tune's UNet on the CPU (copied in).
+    `layers`: the names LoRA files may give the models' layers."""
     weights.check_family(family)
-    lora = read_lora(weights.lora, runtime, family, weights.source) if weights.lora else None
+    lora = None
+    if weights.lora:
+        lora = read_lora(weights.lora, runtime, family, layers, weights.source)
     unet = _read_tensors(weights.unet, weights.source, runtime.dtype) if weights.unet else None
     vectors = None
     if weights.embeddings_pti:
@@ -95,11 +99,13 @@ class WeightsCache:
         runtime: Runtime,
         store: ModelStore,
         family: ModelFamily,
+        layers: LayerNames,
         max_bytes: int = DEFAULT_CACHE_BYTES,
         fits: Callable[[PreparedWeights], None] | None = None,
     ):
         self.runtime = runtime
         self.family = family  # the base model's: weights made for another are refused
+        self.layers = layers  # the names LoRA files may give the models' layers
         self.store = store  # fetches URLs / data URIs / archives to disk (and caches them there)
         self.max_bytes = max_bytes
         self.fits = fits  # raises for weights that do not fit the models they are meant for
@@ -118,7 +124,7 @@ class WeightsCache:
         return prepared
 
     def _prepare(self, weights: TrainedWeights) -> PreparedWeights:
-        prepared = prepare_weights(weights, self.runtime, self.family)
+        prepared = prepare_weights(weights, self.runtime, self.family, self.layers)
         if self.fits is not None:
             self.fits(prepared)
         return prepared

@@ -31,9 +31,19 @@ from formats.bundle import (
     TRAINING_CONFIG_FILE,
 )
 from generation.request import ASPECT_RATIOS, FluxGenerationRequest, InvalidRequestError
+from generation.switcher import Selection
 from predict_flux import Predictor as FluxPredictor
 from serving.cli import declared_defaults
 from serving.containers import CONTAINERS
+from tests.lycoris_files import (
+    assert_base,
+    assert_changed_as_formula,
+    file_tensors,
+    loha_layer,
+    lokr_layer,
+    lora_layer,
+    snapshot,
+)
 from tests.predict_helpers import one_torch_thread, tiny_predictor
 from tests.train_helpers import make_dataset, small_config
 from tests.trained_bundles import write_kohya_lora, write_lora_bundle
@@ -262,6 +272,7 @@ def test_an_int8_base_trains_the_same_lora_layout_and_learns(trained, dataset, t
         ({"ti_lr": 3e-4}, "trains no new tokens: set ti_lr=0"),
         ({"ti_lr": 0.0, "min_snr_gamma": 5.0}, "trains by flow matching: set min_snr_gamma=0"),
         ({"ti_lr": 0.0, "is_lora": False, "unet_learning_rate": 1e-5}, "LoRA on its transformer"),
+        ({"ti_lr": 0.0, "lora_method": "dora"}, "trains a plain LoRA here"),
     ],
 )
 def test_settings_flux_cannot_train_are_refused_before_training(
@@ -500,3 +511,61 @@ def test_replicates_extra_lora_shorthands_are_refused_naming_the_input(flux_pred
     LoRA is named by its URL, and a bare name is refused (it could be a path on the server)."""
     with pytest.raises(InvalidRequestError, match=f"extra_lora: .{shorthand}. is not an http"):
         flux_predict(flux_predictor, extra_lora=shorthand)
+
+
+def test_lycoris_files_in_bfl_names_change_the_fused_layers_rows(flux_predictor, tmp_path):
+    """BFL's fused layers (`img_attn_qkv` = to_q, to_k, to_v; `linear1` = to_q, to_k, to_v,
+    proj_mlp) change as one weight, their rows split back; a DoRA over input columns
+    normalises the whole fused weight."""
+    g = torch.Generator().manual_seed(6)
+    single = tuple(
+        f"single_transformer_blocks.0.{m}"
+        for m in ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")
+    )
+    layers = [
+        lokr_layer(
+            "lora_unet_double_blocks_0_img_attn_qkv",
+            "transformer",
+            tuple(f"transformer_blocks.0.attn.to_{p}" for p in "qkv"),
+            (96, 32),
+            g,
+            w1="whole",
+            w2="ab",
+            alpha=2.0,
+        ),
+        lora_layer(
+            "lora_unet_single_blocks_0_linear1",
+            "transformer",
+            single,
+            (224, 32),
+            g,
+            alpha=4.0,
+            dora="in",
+        ),
+        loha_layer(
+            "lora_unet_single_blocks_1_linear2",
+            "transformer",
+            ("single_transformer_blocks.1.proj_out",),
+            (32, 160),
+            g,
+            alpha=2.0,
+        ),
+        lokr_layer(
+            "lycoris_transformer_blocks_1_attn_add_k_proj",
+            "transformer",
+            ("transformer_blocks.1.attn.add_k_proj",),
+            (32, 32),
+            g,
+            w1="ab",
+            w2="ab",
+        ),
+    ]
+    save_file(file_tensors(layers), tmp_path / "flux.safetensors")
+    engine = flux_predictor.engine
+    models = engine.switcher.components
+    before = snapshot(models)
+    lora = engine.weights_cache.get(tmp_path / "flux.safetensors").lora
+    engine.switcher.activate(Selection(stacked=((lora, 0.9),)))
+    assert_changed_as_formula(models, [(x, 0.9) for x in layers], before)
+    engine.switcher.activate(Selection())
+    assert_base(models, before)

@@ -33,6 +33,8 @@ LORA_KEYS = {
     "_attn1_to_q.lora_down.weight",
     WeightsFormat.REPLICATE_LEGACY: "down_blocks.1.attentions.0.transformer_blocks.0"
     ".attn1.processor.to_q_lora.down.weight",
+    WeightsFormat.LORA_LYCORIS: "lycoris_down_blocks_1_attentions_0_transformer_blocks_0"
+    "_attn1_to_q.lokr_w1",
 }
 
 
@@ -93,7 +95,9 @@ def test_original_replicate_trainer_tarball_is_recognised(file_server, store):
     assert weights.token_map == TOKEN_MAP and weights.embeddings_pti is not None
 
 
-@pytest.mark.parametrize("layout", [WeightsFormat.LORA_DIFFUSERS, WeightsFormat.LORA_KOHYA])
+@pytest.mark.parametrize(
+    "layout", [WeightsFormat.LORA_DIFFUSERS, WeightsFormat.LORA_KOHYA, WeightsFormat.LORA_LYCORIS]
+)
 def test_bare_lora_url_and_zip_of_one(file_server, store, layout):
     bare = store.trained_weights(file_server.add("/my-lora.safetensors", lora_bytes(layout)))
     assert bare.format is layout and bare.lora.name == "my-lora.safetensors"

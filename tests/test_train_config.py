@@ -34,6 +34,10 @@ ROOT = Path(__file__).resolve().parents[1]
         ({"max_train_steps": 0}, "max_train_steps=0"),
         ({"lora_lr": float("nan")}, "lora_lr=nan: must be between 0.0 and 10.0"),
         ({"lora_lr": 1e308}, r"lora_lr=1e\+308: must be between 0.0 and 10.0"),
+        ({"lora_method": "loha"}, "lora, dora, lokr"),
+        ({"lora_method": "dora", "is_lora": False}, "lora_method='dora' shapes a LoRA"),
+        ({"lora_method": "lokr", "base_quantization": "int8"}, "base_quantization='none'"),
+        ({"lora_method": "lokr", "lora_plus_ratio": 16}, "no B matrices"),
     ],
 )
 def test_invalid_combinations_fail_before_any_work(inputs, message):

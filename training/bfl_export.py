@@ -2,12 +2,11 @@
 the layout ComfyUI and Forge load (their key tables map `lora_unet_` + the BFL module path)
 and diffusers' `FluxPipeline.load_lora_weights` reads back.
 
-BFL fuses some of diffusers' linear layers into one weight: a double block's image q, k, v
-into `img_attn.qkv` (text: `txt_attn.qkv`), a single block's q, k, v and MLP input into
-`linear1`. ComfyUI skips split q/k/v under kohya names, so the parts of a fused layer become
-one LoRA: the downs stacked, the ups block-diagonal (rank n·r; a part that was not trained
-is a zero block), which computes exactly the parts' sum. The alpha/rank scale is folded into
-the ups and each `.alpha` is the module's rank, so every loader applies scale 1.
+BFL fuses some of diffusers' linear layers into one weight (formats/bfl_names.py). ComfyUI
+skips split q/k/v under kohya names, so the parts of a fused layer become one LoRA: the downs
+stacked, the ups block-diagonal (rank n·r; a part that was not trained is a zero block), which
+computes exactly the parts' sum. The alpha/rank scale is folded into the ups and each `.alpha`
+is the module's rank, so every loader applies scale 1.
 """
 
 from __future__ import annotations
@@ -16,35 +15,8 @@ import re
 
 import torch
 
-# diffusers module suffix -> (BFL module, part index within the fused weight, part count)
-DOUBLE_BLOCK = {
-    "attn.to_q": ("img_attn_qkv", 0, 3),
-    "attn.to_k": ("img_attn_qkv", 1, 3),
-    "attn.to_v": ("img_attn_qkv", 2, 3),
-    "attn.add_q_proj": ("txt_attn_qkv", 0, 3),
-    "attn.add_k_proj": ("txt_attn_qkv", 1, 3),
-    "attn.add_v_proj": ("txt_attn_qkv", 2, 3),
-    "attn.to_out.0": ("img_attn_proj", 0, 1),
-    "attn.to_add_out": ("txt_attn_proj", 0, 1),
-    "ff.net.0.proj": ("img_mlp_0", 0, 1),
-    "ff.net.2": ("img_mlp_2", 0, 1),
-    "ff_context.net.0.proj": ("txt_mlp_0", 0, 1),
-    "ff_context.net.2": ("txt_mlp_2", 0, 1),
-    "norm1.linear": ("img_mod_lin", 0, 1),
-    "norm1_context.linear": ("txt_mod_lin", 0, 1),
-}
-SINGLE_BLOCK = {
-    "attn.to_q": ("linear1", 0, 4),
-    "attn.to_k": ("linear1", 1, 4),
-    "attn.to_v": ("linear1", 2, 4),
-    "proj_mlp": ("linear1", 3, 4),
-    "proj_out": ("linear2", 0, 1),
-    "norm.linear": ("modulation_lin", 0, 1),
-}
-BLOCKS = {
-    "transformer_blocks": ("double_blocks", DOUBLE_BLOCK),
-    "single_transformer_blocks": ("single_blocks", SINGLE_BLOCK),
-}
+from formats.bfl_names import BLOCKS, fused_parts
+
 MODULE = re.compile(r"transformer\.(transformer_blocks|single_transformer_blocks)\.(\d+)\.(.+)")
 
 
@@ -78,9 +50,7 @@ def to_bfl_kohya(
         up = diffusers_lora[f"{module}.lora_B.weight"].float() * (alpha / down.shape[0])
         fused.setdefault(name, {})[part] = (down, up)
         part_modules[name] = [
-            f"transformer.{block_kind}.{index}.{s}"
-            for s, (t, _, _) in sorted(table.items(), key=lambda item: item[1][1])
-            if t == target
+            f"transformer.{block_kind}.{index}.{s}" for s in fused_parts(table)[target]
         ]
     if unmapped:
         raise UnmappableModulesError(

@@ -199,7 +199,13 @@ def model_card(result: TrainingResult, config: TrainingConfig, base_model: str) 
     if tokens:
         lines.append("from dataset_and_utils import TokenEmbeddingsHandler  # from this project")
     lines += ["", *base_model_loading(base_model, pipeline_class), 'pipe.to("cuda")']
-    if (weights / LORA_FILE).is_file():
+    if (weights / LORA_FILE).is_file() and config.lora_method == "lokr":
+        # diffusers' load_lora_weights takes LoRA and DoRA; a LoKr loads model by model.
+        lines.append(
+            f'pipe.{family.denoiser}.load_lora_adapter(".", weight_name="{LORA_FILE}", '
+            f'prefix="{family.denoiser}")'
+        )
+    elif (weights / LORA_FILE).is_file():
         lines.append(f'pipe.load_lora_weights(".", weight_name="{LORA_FILE}")')
     if (weights / UNET_FILE).is_file():
         lines += [

@@ -13,7 +13,7 @@ import torch
 import transformers
 from diffusers import AutoencoderKL, DDPMScheduler, FlowMatchEulerDiscreteScheduler
 from diffusers.training_utils import cast_training_params
-from peft import LoraConfig
+from peft import LoKrConfig, LoraConfig, PeftConfig
 
 from families import ModelFamily
 from training.config import InvalidTrainingConfig
@@ -103,16 +103,32 @@ def quantize_int8(model: torch.nn.Module) -> None:
     quantize_(model, Int8WeightOnlyConfig())
 
 
-def add_lora(model, rank: int, alpha: float, target_modules: tuple[str, ...] | str) -> None:
-    """Attach a peft LoRA adapter; its parameters are the only trainable ones, kept in fp32
-    even when the model runs in bf16 (autocast does the low-precision compute).
-    `target_modules`: module names, or one regular expression over the full names."""
-    targets = target_modules if isinstance(target_modules, str) else list(target_modules)
-    config = LoraConfig(
-        r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=targets
-    )
-    model.add_adapter(config)
+def add_lora(
+    model, rank: int, alpha: float, target_modules: tuple[str, ...] | str, method: str
+) -> None:
+    """Attach a peft adapter of `method` (training/config.py LORA_METHODS); its parameters
+    are the only trainable ones, kept in fp32 even when the model runs in bf16 (autocast does
+    the low-precision compute). `target_modules`: module names, or one regular expression
+    over the full names."""
+    model.add_adapter(adapter_config(method, rank, alpha, target_modules))
     cast_training_params(model, dtype=torch.float32)
+
+
+def adapter_config(
+    method: str, rank: int, alpha: float, target_modules: tuple[str, ...] | str
+) -> PeftConfig:
+    """The peft config of a `method` adapter. Each starts as a zero change: LoRA's and DoRA's
+    B at zero (DoRA's magnitude at the weight's row norms), LoKr's w1 at zero."""
+    targets = target_modules if isinstance(target_modules, str) else list(target_modules)
+    if method == "lokr":
+        return LoKrConfig(r=rank, alpha=alpha, target_modules=targets)
+    return LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        init_lora_weights="gaussian",
+        target_modules=targets,
+        use_dora=method == "dora",
+    )
 
 
 def lora_targets(model: torch.nn.Module, prefix: str, pattern: str) -> list[str]:

@@ -47,6 +47,9 @@ LR_SCHEDULERS = (
     "step",
 )
 LORA_TYPES = ("subject", "style")
+# How the LoRA's update is shaped: plain low-rank, DoRA (low-rank direction plus a trained
+# magnitude per output row), LoKr (a Kronecker product of two small factors).
+LORA_METHODS = ("lora", "dora", "lokr")
 BASE_QUANTIZATIONS = ("none", "int8")
 NUM_TOKENS = 2  # <s0><s1>, as Replicate's SDXL trainer
 MAX_STEPS = 100_000
@@ -95,6 +98,8 @@ class TrainingConfig:
     # LoRA+ (Hayou et al., 2024): the B matrices learn this many times faster than the A
     # matrices (B starts at zero and carries the update's size); 1: one rate for both.
     lora_plus_ratio: float = ranged(1.0, 1.0, 64.0)
+    # How the denoiser's (and text encoders') adapter is shaped (LORA_METHODS).
+    lora_method: str = one_of("lora", LORA_METHODS)
     # A regular expression searched in the denoiser's module names (`transformer.…` /
     # `unet.…`): its linear layers that match are the ones LoRA trains. None: the family's.
     lora_layers_regex: str | None = None
@@ -253,6 +258,11 @@ class TrainingConfig:
                     f"{family.title} trains a LoRA on its transformer only: use is_lora=true "
                     "and train_text_encoder=false."
                 )
+        if self.lora_method != "lora" and family.kohya_layout != "sgm":
+            problems.append(
+                f"lora_method={self.lora_method!r} is offered for SDXL and SD 1.5; "
+                f"{family.title} trains a plain LoRA here: set lora_method='lora'."
+            )
         if problems:
             raise InvalidTrainingConfig("Invalid training inputs:\n- " + "\n- ".join(problems))
 
@@ -293,6 +303,7 @@ class TrainingConfig:
                 f"base_quantization={self.base_quantization!r} freezes the base weights in 8 "
                 "bits: it trains a LoRA (is_lora=true), not a full fine-tune."
             )
+        yield from self._method_problems()
         if self.train_text_encoder and not self.is_lora:
             yield "train_text_encoder trains a text-encoder LoRA: it needs is_lora=true."
         if self.train_text_encoder and self.text_encoder_lr <= 0:
@@ -311,6 +322,20 @@ class TrainingConfig:
                     f"ti_frac={self.ti_frac} with pure textual inversion: nothing would train "
                     "after the pivot. Use ti_frac=1 or train a LoRA too."
                 )
+
+    def _method_problems(self):
+        if self.lora_method == "lora":
+            return
+        method = f"lora_method={self.lora_method!r}"
+        if not self.is_lora:
+            yield (
+                f"{method} shapes a LoRA, but is_lora=false trains the whole UNet: set "
+                "lora_method='lora' or is_lora=true."
+            )
+        if self.base_quantization != "none":
+            yield f"{method} trains on full-precision weights: set base_quantization='none'."
+        if self.lora_method == "lokr" and self.lora_plus_ratio != 1:
+            yield f"{method} has no B matrices for LoRA+ to speed up: set lora_plus_ratio=1."
 
 
 def optimizer_available(name: str) -> bool:

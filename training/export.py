@@ -4,8 +4,9 @@ names of the base model's family (`families.py`):
 - `lora.safetensors`: diffusers/PEFT keys (`unet.….lora_A.weight`, `text_encoder.…`), with the
   adapter config (rank, alpha) in the file's metadata so `load_lora_weights` applies alpha;
 - `lora_kohya.safetensors`: kohya keys (SDXL `lora_unet_…`, `lora_te1_…`, `lora_te2_…`;
-  SD 1.5 `lora_unet_…`, `lora_te_…`) with a `.alpha` per module (A1111, ComfyUI); for FLUX.1
-  the BFL names (`lora_unet_double_blocks_0_img_attn_qkv`, training/bfl_export.py);
+  SD 1.5 `lora_unet_…`, `lora_te_…`) with a `.alpha` per module (A1111, ComfyUI), a DoRA's
+  magnitudes as LyCORIS's `.dora_scale` and a LoKr's factors as `.lokr_w1`, `.lokr_w2_a`, …;
+  for FLUX.1 the BFL names (`lora_unet_double_blocks_0_img_attn_qkv`, training/bfl_export.py);
 - `embeddings.pti` (Replicate's layout: `text_encoders_0`, `text_encoders_1`),
   `embeddings.safetensors` (A1111 / ComfyUI: SDXL `clip_l` / `clip_g`, SD 1.5 `emb_params`),
   and `special_params.json` (the token map);
@@ -19,8 +20,10 @@ from pathlib import Path
 
 import diffusers
 import torch
-from diffusers.utils import convert_state_dict_to_kohya
+from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY
+from peft import LoKrConfig
 from peft.utils import get_peft_model_state_dict
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from families import ModelFamily
@@ -38,8 +41,12 @@ from training.bfl_export import UnmappableModulesError, to_bfl_kohya
 from training.components import TrainingComponents
 from training.config import TrainingConfig
 
-# The kohya prefixes diffusers' converter writes (SDXL's); mapped to the family's own.
-DIFFUSERS_KOHYA_PREFIXES = ("lora_unet", "lora_te1", "lora_te2")
+# peft's key of a part in lora.safetensors -> kohya's (LoKr's parts keep their names).
+KOHYA_PARTS = {
+    "lora_A.weight": "lora_down.weight",
+    "lora_B.weight": "lora_up.weight",
+    "lora_magnitude_vector": "dora_scale",
+}
 
 
 def save_trained_weights(
@@ -64,9 +71,7 @@ def save_trained_weights(
         if family.kohya_layout == "bfl":
             save_bfl_lora(folder, models.denoiser, config.effective_lora_alpha)
         else:
-            save_kohya_lora(
-                folder / LORA_FILE, folder / LORA_KOHYA_FILE, family, config.effective_lora_alpha
-            )
+            save_kohya_lora(folder / LORA_FILE, folder / LORA_KOHYA_FILE, family)
     if config.trains_full_unet:
         state = {k: v.to(dtype).contiguous() for k, v in models.denoiser.state_dict().items()}
         save_file(state, str(folder / UNET_FILE))
@@ -78,44 +83,62 @@ def save_trained_weights(
 def save_lora(folder: Path, family: ModelFamily, denoiser, text_encoders: dict, dtype) -> None:
     """`denoiser`: the UNet or transformer carrying a LoRA, or None to leave it out;
     `text_encoders`: the text encoders carrying one, by component name. Saved by the family
-    pipeline's own saver (keys `unet.…` / `transformer.…`, `text_encoder.…`)."""
+    pipeline's own saver (keys `unet.…` / `transformer.…`, `text_encoder.…`), with each
+    adapter's peft config in the metadata."""
     parts = {family.denoiser: denoiser, **text_encoders}
     arguments = {}
     for name, model in parts.items():
         if model is not None:
             state = get_peft_model_state_dict(model)
+            config = model.peft_config["default"]
+            if isinstance(config, LoKrConfig):
+                state, config = _lokr_scale_folded(state, config)
             if name != family.denoiser and not hasattr(model, TEXT_MODEL):
                 # transformers 5 flattened CLIPTextModel; A1111, ComfyUI and older diffusers
                 # know its modules as `text_model.encoder.…` (kohya: `lora_te_text_model_…`).
                 state = {f"{TEXT_MODEL}.{k}": v for k, v in state.items()}
             arguments[f"{name}_lora_layers"] = {k: v.to(dtype) for k, v in state.items()}
-            arguments[f"{name}_lora_adapter_metadata"] = model.peft_config["default"].to_dict()
+            arguments[f"{name}_lora_adapter_metadata"] = config.to_dict()
     pipeline_class = getattr(diffusers, family.txt2img_pipeline)
     pipeline_class.save_lora_weights(folder, weight_name=LORA_FILE, **arguments)
 
 
-def save_kohya_lora(
-    lora_file: Path, kohya_file: Path, family: ModelFamily, lora_alpha: float
-) -> None:
-    """Convert the PEFT-layout file to kohya keys with the family's prefixes. diffusers writes
-    `.alpha` = rank (scale 1); the real alpha is written instead, so alpha/rank scaling
-    survives in every loader."""
-    prefixes = dict(
-        zip(
-            DIFFUSERS_KOHYA_PREFIXES,
-            (family.kohya_unet_prefix, *family.kohya_text_encoder_prefixes),
-            strict=False,
-        )
-    )
+def _lokr_scale_folded(state: dict, config: LoKrConfig) -> tuple[dict, LoKrConfig]:
+    """A LoKr with peft's alpha/r folded into w1 and alpha = r. peft scales a LoKr by alpha/r
+    always, LyCORIS and ComfyUI only when a factor is decomposed: at scale 1 they agree."""
+    scale = config.alpha / config.r
+    folded = {
+        k: v * scale if k.endswith((".lokr_w1", ".lokr_w1_a")) else v for k, v in state.items()
+    }
+    return folded, LoKrConfig(**{**config.to_dict(), "alpha": config.r})
+
+
+def save_kohya_lora(lora_file: Path, kohya_file: Path, family: ModelFamily) -> None:
+    """The PEFT-layout file with kohya keys: each module `<component>.<path>` as
+    `<the family's prefix>_<path with _ for .>`, peft's parts by kohya's names, the alpha of
+    the module's adapter (from the file's metadata; diffusers' converter would write the rank)
+    as `.alpha`, and a DoRA magnitude as one per output row (`[out, 1]`, LyCORIS's
+    `wd_on_out`)."""
+    prefixes = {
+        family.denoiser: family.kohya_unet_prefix,
+        **dict(zip(family.text_encoder_names, family.kohya_text_encoder_prefixes, strict=False)),
+    }
+    tensors = load_file(str(lora_file))
+    with safe_open(str(lora_file), framework="pt") as opened:
+        configs = json.loads(opened.metadata()[LORA_ADAPTER_METADATA_KEY])
     kohya = {}
-    for key, value in convert_state_dict_to_kohya(load_file(str(lora_file))).items():
-        written = next((p for p in prefixes if key.startswith(f"{p}_")), None)
-        assert written is not None, f"unexpected kohya key {key}"
-        kohya[prefixes[written] + key.removeprefix(written)] = value
-    for key in kohya:
-        if key.endswith(".alpha"):
-            kohya[key] = torch.tensor(float(lora_alpha))
-    save_file({k: v.contiguous() for k, v in kohya.items()}, str(kohya_file))
+    for key, value in tensors.items():
+        component, _, rest = key.partition(".")
+        cut = 2 if rest.endswith(".weight") else 1  # `.lora_A.weight`, `.lokr_w1`
+        module, part = ".".join(rest.split(".")[:-cut]), ".".join(rest.split(".")[-cut:])
+        name = f"{prefixes[component]}_{module.replace('.', '_')}"
+        if part == "lora_magnitude_vector":
+            weight_dims = tensors[f"{component}.{module}.lora_A.weight"].ndim
+            value = value.reshape(-1, *[1] * (weight_dims - 1))
+        kohya[f"{name}.{KOHYA_PARTS.get(part, part)}"] = value.contiguous()
+        alpha = configs.get(f"{component}.lora_alpha", configs.get(f"{component}.alpha"))
+        kohya[f"{name}.alpha"] = torch.tensor(float(alpha))
+    save_file(kohya, str(kohya_file))
 
 
 def save_bfl_lora(folder: Path, transformer, lora_alpha: float) -> None:

@@ -251,7 +251,13 @@ def _train(
         targets = family.lora_target_modules
         if config.lora_layers_regex:
             targets = lora_targets(models.denoiser, denoiser_name, config.lora_layers_regex)
-        add_lora(models.denoiser, config.lora_rank, config.effective_lora_alpha, targets)
+        add_lora(
+            models.denoiser,
+            config.lora_rank,
+            config.effective_lora_alpha,
+            targets,
+            config.lora_method,
+        )
         groups.append((f"{denoiser_name}_lora", models.denoiser, config.lora_lr))
     if config.trains_full_unet:
         models.denoiser.requires_grad_(True)
@@ -263,6 +269,7 @@ def _train(
                 config.lora_rank,
                 config.effective_lora_alpha,
                 family.text_encoder_lora_target_modules,
+                config.lora_method,
             )
             groups.append((f"{name}_lora", encoder, config.text_encoder_lr))
     if config.gradient_checkpointing:

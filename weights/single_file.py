@@ -73,6 +73,13 @@ def export_single_file(folder: Path, output: Path) -> Path:
 
 
 def unet_to_ldm(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:
+    names = unet_ldm_names(unet)
+    return {names[key]: value for key, value in unet.state_dict().items()}
+
+
+def unet_ldm_names(unet: UNet2DConditionModel) -> dict[str, str]:
+    """Each UNet tensor's name in the original SGM layout, by its diffusers name (kohya's SDXL
+    LoRA files name the UNet's layers this way too)."""
     config = unet.config
     per_block = config.layers_per_block + 1  # resnets plus the down/upsampler slot
     renames: list[tuple[str, str]] = []
@@ -102,16 +109,16 @@ def unet_to_ldm(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:
         **DIFFUSERS_TO_LDM_MAPPING["unet"]["addition_embed_type"],
     }
 
-    converted = {}
-    for key, value in unet.state_dict().items():
+    names = {}
+    for key in unet.state_dict():
         if key in fixed:
-            converted[fixed[key]] = value
+            names[key] = fixed[key]
             continue
         new_key = _rename_prefix(key, renames)
         if ".resnets." in key:
             new_key = _rename_parts(new_key, UNET_RESNET_NAMES)
-        converted[new_key] = value
-    return converted
+        names[key] = new_key
+    return names
 
 
 def vae_to_ldm(vae: AutoencoderKL) -> dict[str, torch.Tensor]:

@@ -31,6 +31,7 @@ class WeightsFormat(enum.Enum):
     REPLICATE_LEGACY = "replicate_legacy"  # the original Replicate SDXL trainer's tarball
     LORA_DIFFUSERS = "lora_diffusers"  # a bare LoRA, diffusers/PEFT keys
     LORA_KOHYA = "lora_kohya"  # a bare LoRA, kohya keys
+    LORA_LYCORIS = "lora_lycoris"  # a bare LoKr or LoHa (LyCORIS keys), kohya or diffusers names
 
 
 class UnrecognisedWeightsError(ValueError):
@@ -185,6 +186,8 @@ def _bare_lora_in(folder: Path, source: str) -> TrainedWeights:
 def lora_key_format(file: Path) -> WeightsFormat:
     """Which key layout a LoRA safetensors file uses, judged from its keys."""
     keys = _tensor_names(file)
+    if any(".lokr_" in k or ".hada_" in k for k in keys):
+        return WeightsFormat.LORA_LYCORIS
     if any(k.startswith(("lora_unet_", "lora_te")) for k in keys):
         return WeightsFormat.LORA_KOHYA
     if any("_lora.down." in k or "_lora.up." in k for k in keys):
