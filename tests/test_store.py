@@ -2,9 +2,11 @@
 restarts, one download for concurrent requests, LRU eviction, hostile and bad content."""
 
 import base64
+import fcntl
 import io
 import json
 import logging
+import os
 import subprocess
 import sys
 import tarfile
@@ -261,6 +263,103 @@ def test_concurrent_processes_share_one_download(file_server, tmp_path):
     assert [worker.returncode for worker in workers] == [0, 0]
     assert outputs[0] == outputs[1] and (Path(outputs[0]) / LORA_FILE).is_file()
     assert file_server.requests("/t.tar") == 1
+
+
+KILLED_FETCH = """
+import sys
+from pathlib import Path
+from weights.download import DownloadPolicy
+from weights.store import ModelStore
+policy = DownloadPolicy(progress=False)
+ModelStore(Path(sys.argv[1]), min_free_bytes=0, policy=policy).fetch(sys.argv[2])
+"""
+
+
+def wait_for(condition, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def leftovers(root: Path) -> list[str]:
+    """Everything in the store but its locks folder, and the lock files in it."""
+    found = [p.name for p in root.iterdir() if p.name != "locks"]
+    return sorted(found + [f"locks/{p.name}" for p in (root / "locks").iterdir()])
+
+
+def test_what_a_killed_download_left_is_swept_by_the_next_store_and_by_eviction(
+    file_server, tmp_path
+):
+    cache, project = tmp_path / "cache", Path(__file__).resolve().parents[1]
+    running = ModelStore(cache, min_free_bytes=0, policy=POLICY)  # a worker that stays up
+    for attempt in ("restart", "eviction"):  # signed URLs: each is new and never asked again
+        url = file_server.add(f"/{attempt}.tar", bytes(2 << 20), rate=200_000) + "?sig=x"
+        command = [sys.executable, "-c", KILLED_FETCH, str(cache), url]
+        fetch = subprocess.Popen(command, cwd=project)
+        wait_for(lambda: any(f.stat().st_size for f in running.root.glob(".*/.download.*")))
+        fetch.kill()  # mid-download
+        fetch.wait()
+        left = leftovers(running.root)  # the staging folder with the partial file, the lock
+        assert len(left) == 2 and left[0].startswith(".") and left[1].startswith("locks/")
+        if attempt == "restart":
+            ModelStore(cache, min_free_bytes=0, policy=POLICY)
+        else:
+            assert sorted(running.evict().swept) == left  # eviction reports what it swept
+        assert leftovers(running.root) == []
+
+
+def test_lock_files_do_not_pile_up_one_per_url(file_server, store):
+    for index in range(5):
+        with pytest.raises(DownloadError, match="HTTP 404"):
+            store.fetch(file_server.url(f"/gone-{index}.tar"))
+    kept = store.fetch(file_server.add("/t.tar", tar_bytes(bundle_members())))
+    assert [p.name for p in (store.root / "locks").iterdir()] == [f"{kept.key}.lock"]
+    ModelStore(store.root.parent, min_free_bytes=0, policy=POLICY)  # an entry keeps its lock
+    assert [p.name for p in (store.root / "locks").iterdir()] == [f"{kept.key}.lock"]
+
+
+def test_a_build_in_progress_is_left_alone_by_another_stores_sweep(file_server, tmp_path):
+    url = file_server.add("/t.tar", tar_bytes(bundle_members()), delay=2)
+    store = ModelStore(tmp_path / "cache", min_free_bytes=0, policy=POLICY)
+    results = []
+    builder = threading.Thread(target=lambda: results.append(store.fetch(url)))
+    builder.start()
+    wait_for(lambda: list(store.root.glob(".*")))  # its staging folder: the download waits
+    ModelStore(tmp_path / "cache", min_free_bytes=0, policy=POLICY)  # another worker starts
+    builder.join()
+    assert results and (results[0].content / LORA_FILE).is_file()
+
+
+def open_handles(path: Path) -> int:
+    """How many open files of this process have `path` as their name (Linux's /proc)."""
+    fds = Path("/proc/self/fd")
+    return sum(1 for fd in fds.iterdir() if os.path.realpath(fd) == str(path))
+
+
+def test_a_lock_file_swept_while_a_builder_waits_for_it_still_excludes(store):
+    path = store.root / "locks" / "k.lock"
+    entered, leave = threading.Event(), threading.Event()
+
+    def waiter():
+        with store._lock("k"):
+            entered.set()
+            leave.wait()
+
+    with store._lock("k"):  # the first builder
+        thread = threading.Thread(target=waiter)
+        thread.start()
+        wait_for(lambda: open_handles(path) == 2)  # the waiter opened the file: it waits
+        path.unlink()  # a sweep removes the file (holding its lock, as `sweep` does)
+        newer = open(path, "a")  # a third builder locks the file that now has the name
+        fcntl.flock(newer, fcntl.LOCK_EX)
+    # The first builder is done. The waiter wakes holding the lock of the nameless old file:
+    # it must wait for the third builder rather than enter beside it.
+    assert not entered.wait(timeout=1.0)
+    newer.close()  # the third builder is done
+    assert entered.wait(timeout=30)
+    leave.set()
+    thread.join()
 
 
 class SmallDisk:
