@@ -35,7 +35,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from weights.archive import ArchiveLimits, UnsafeArchiveError, archive_format, unpack_archive
+from weights.archive import (
+    ArchiveLimits,
+    UnsafeArchiveError,
+    archive_format,
+    free_disk_bytes,
+    unpack_archive,
+)
 from weights.download import (
     DownloadError,
     DownloadPolicy,
@@ -73,10 +79,6 @@ class Entry:
 class Eviction:
     evicted: list[str]  # keys of the entries deleted to keep free disk
     swept: list[str]  # what dead builders left: staging folders and unused lock files
-
-
-def free_disk_bytes(path: Path) -> int:
-    return shutil.disk_usage(path).free
 
 
 class ModelStore:
@@ -187,7 +189,13 @@ class ModelStore:
                     raise StoreError(f"{reference} is not a zip or tar archive.")
             if _is_archive(raw):
                 source = describe_source(reference)
-                unpack_archive(raw, staging / CONTENT_DIR, self.archive_limits, source=source)
+                unpack_archive(
+                    raw,
+                    staging / CONTENT_DIR,
+                    self.archive_limits,
+                    source=source,
+                    disk_free=self.disk_free,
+                )
                 content = CONTENT_DIR
             else:
                 (staging / CONTENT_DIR).mkdir()
