@@ -20,13 +20,15 @@ import torch
 from safetensors.torch import save
 
 from formats.bundle import EMBEDDINGS_PTI_FILE, LORA_FILE, SPECIAL_PARAMS_FILE, TRAINING_CONFIG_FILE
+from tests.fileserver import ALLOWED_HOSTS, LOCAL
 from weights.archive import ArchiveLimits
 from weights.download import DownloadError, DownloadPolicy
+from weights.network import ALLOWED_HOSTS_VARIABLE
 from weights.settings import ModelSettings
 from weights.store import ModelStore, StoreError
 from weights.trained_files import UnrecognisedWeightsError, UnsafeFormatError, WeightsFormat
 
-POLICY = DownloadPolicy(retry_wait=0.01, progress=False)
+POLICY = DownloadPolicy(retry_wait=0.01, progress=False, allowed=LOCAL)
 TOKEN_MAP = {"TOK": "<s0><s1>"}
 LORA_KEYS = {
     WeightsFormat.LORA_DIFFUSERS: "unet.down_blocks.1.attentions.0.transformer_blocks.0"
@@ -142,9 +144,14 @@ def test_local_tarball_folder_and_file(tmp_path, store):
 def test_the_store_from_settings_uses_the_configured_cache(file_server, tmp_path, monkeypatch):
     monkeypatch.setenv("SDXL_TUNER_CACHE", str(tmp_path / "env-cache"))
     monkeypatch.setenv("SDXL_TUNER_CACHE_MIN_FREE_GB", "0")
-    store = ModelStore.from_settings(ModelSettings.from_env())
-    weights = store.trained_weights(file_server.add("/t.tar", tar_bytes(bundle_members())))
+    monkeypatch.delenv(ALLOWED_HOSTS_VARIABLE, raising=False)
+    url = file_server.add("/t.tar", tar_bytes(bundle_members()))
+    with pytest.raises(DownloadError, match="is refused"):  # 127.0.0.1 is not public
+        ModelStore.from_settings(ModelSettings.from_env()).trained_weights(url)
+    monkeypatch.setenv(ALLOWED_HOSTS_VARIABLE, ALLOWED_HOSTS)
+    weights = ModelStore.from_settings(ModelSettings.from_env()).trained_weights(url)
     assert (tmp_path / "env-cache" / "store") in weights.lora.parents
+    assert file_server.requests("/t.tar") == 1  # the refusal made no request
 
 
 def test_pickles_are_refused_with_an_explanation(file_server, store, tmp_path):
@@ -242,10 +249,12 @@ def test_concurrent_requests_for_one_url_download_it_once(file_server, tmp_path)
 FETCH_IN_PROCESS = """
 import sys, time
 from pathlib import Path
+from tests.fileserver import LOCAL
 from weights.download import DownloadPolicy
 from weights.store import ModelStore
 cache, url, start_at = sys.argv[1], sys.argv[2], float(sys.argv[3])
-store = ModelStore(Path(cache), min_free_bytes=0, policy=DownloadPolicy(progress=False))
+policy = DownloadPolicy(progress=False, allowed=LOCAL)
+store = ModelStore(Path(cache), min_free_bytes=0, policy=policy)
 time.sleep(max(0.0, start_at - time.time()))  # both processes ask at the same moment
 print(store.fetch(url).content)  # no inspection: keeps torch out of the workers
 """
@@ -268,9 +277,10 @@ def test_concurrent_processes_share_one_download(file_server, tmp_path):
 KILLED_FETCH = """
 import sys
 from pathlib import Path
+from tests.fileserver import LOCAL
 from weights.download import DownloadPolicy
 from weights.store import ModelStore
-policy = DownloadPolicy(progress=False)
+policy = DownloadPolicy(progress=False, allowed=LOCAL)
 ModelStore(Path(sys.argv[1]), min_free_bytes=0, policy=policy).fetch(sys.argv[2])
 """
 

@@ -25,8 +25,14 @@ class LocalPathRefused(ValueError):
     """A request named a file on the server's own disk."""
 
 
+def has_scheme(reference: str, *schemes: str) -> bool:
+    """Whether `reference` starts with one of `schemes` (`"http://"`, `"data:"`), in any case:
+    URL schemes are case-insensitive."""
+    return reference[:8].lower().startswith(schemes)
+
+
 def is_remote(reference: str) -> bool:
-    return reference.startswith(REMOTE_SCHEMES)
+    return has_scheme(reference, *REMOTE_SCHEMES)
 
 
 def is_operator_path(value, local_dirs: tuple[Path, ...]) -> bool:

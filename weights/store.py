@@ -104,7 +104,7 @@ class ModelStore:
         return cls(
             settings.cache_dir,
             min_free_bytes=settings.cache_min_free_bytes,
-            policy=DownloadPolicy(max_bytes=settings.max_download_bytes),
+            policy=DownloadPolicy.from_settings(settings),
         )
 
     # -- what callers ask for ---------------------------------------------------------------
