@@ -107,7 +107,7 @@ def test_an_allowed_host_is_fetched_and_every_redirect_hop_is_checked(file_serve
 def test_url_schemes_are_case_insensitive(file_server, tmp_path):
     url = file_server.add("/photo.png", b"a photo").replace("http://", "HTTP://")
     assert is_remote(url) and is_remote("Data:image/png;base64,AAAA")
-    check_file_input("image", url, local_dirs=())  # a URL, not refused as a server path
+    assert check_file_input("image", url, local_dirs=()) == url  # a URL, not a server path
     policy = DownloadPolicy(progress=False, allowed=AllowList.parse("127.0.0.1"))
     download(url, tmp_path / "photo", policy)
     assert (tmp_path / "photo").read_bytes() == b"a photo"

@@ -405,6 +405,15 @@ def describe_source(reference: str) -> str:
     return reference
 
 
+def url_file_name(reference: str) -> str:
+    """The last segment of a URL's path, safe as a file name ("" for a data URI or a URL
+    without one)."""
+    if not has_scheme(reference, "http://", "https://"):
+        return ""
+    name = Path(urllib.parse.urlparse(reference).path).name
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name).lstrip(".")[:100]
+
+
 def _reason(error: BaseException) -> str:
     """Why a connection failed, in words: the operating system's reason (connection refused,
     no route to host, ...) rather than urllib3's wrapping of it."""

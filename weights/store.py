@@ -28,7 +28,6 @@ import re
 import shutil
 import tempfile
 import time
-import urllib.parse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -48,6 +47,7 @@ from weights.download import (
     check_safetensors,
     describe_source,
     download,
+    url_file_name,
 )
 from weights.references import is_remote
 from weights.settings import ModelSettings
@@ -364,8 +364,5 @@ def _cache_identity(reference: str) -> str:
 
 def _file_name(reference: str) -> str:
     """A safe file name for a single downloaded file."""
-    if reference.startswith("data:"):
-        return "weights.safetensors"
-    name = Path(urllib.parse.urlparse(reference).path).name
-    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).lstrip(".")
+    name = url_file_name(reference)
     return name if name.endswith(".safetensors") else f"{name or 'weights'}.safetensors"
