@@ -94,9 +94,12 @@ def test_an_allowed_host_is_fetched_and_every_redirect_hop_is_checked(file_serve
         leak = allowed_server.add_redirect("/leak.png", secret)
         with pytest.raises(DownloadError, match="is refused: its host, or a redirect from it"):
             download(leak, tmp_path / "leak", policy)
-        assert (
-            allowed_server.requests("/leak.png") == 1 and file_server.requests("/secret.png") == 0
-        )
+        assert allowed_server.requests("/leak.png") == 1
+        assert file_server.requests("/secret.png") == 0
+
+        to_a_file = allowed_server.add_redirect("/file.png", "file:///etc/passwd")
+        with pytest.raises(DownloadError, match="redirects to something not an http"):
+            download(to_a_file, tmp_path / "file", policy)
 
     by_name = DownloadPolicy(progress=False, allowed=AllowList.parse("localhost"))
     download(secret.replace("127.0.0.1", "localhost"), tmp_path / "named", by_name)

@@ -238,6 +238,10 @@ class _HttpFetch:
             return self._session().get(self.url, headers=headers, stream=True, timeout=self.timeout)
         except AddressRefused:
             raise DownloadError(REFUSED_MESSAGE.format(source=self.name)) from None
+        except requests.exceptions.TooManyRedirects:
+            raise DownloadError(f"{self.name} redirects too many times.") from None
+        except (requests.exceptions.InvalidSchema, requests.exceptions.InvalidURL):
+            raise DownloadError(f"{self.name} redirects to something not an http(s) URL.") from None
         except requests.exceptions.ConnectTimeout:
             raise DownloadError(
                 f"Connecting to {_host(self.url)} timed out after "
