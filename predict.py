@@ -10,6 +10,7 @@ from typing import Any, List, Optional
 
 from cog import BasePredictor, Path
 
+import serving.cog_files  # noqa: F401  (Cog's file downloads are ours: see there)
 from generation.engine import GenerationEngine
 from generation.request import GenerationRequest
 from serving.handoff import OutputHandoff

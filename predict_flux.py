@@ -9,6 +9,7 @@ import logging
 
 from cog import BasePredictor, Path
 
+import serving.cog_files  # noqa: F401  (Cog's file downloads are ours: see there)
 from families import FLUX
 from generation.engine import GenerationEngine
 from generation.request import FluxGenerationRequest

@@ -10,6 +10,7 @@ from typing import Optional
 
 from cog import Input, Path
 
+import serving.cog_files  # noqa: F401  (Cog's file downloads are ours: see there)
 from families import SDXL
 from preprocess import PreprocessConfig
 from serving.inputs import declared, field_inputs

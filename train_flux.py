@@ -10,6 +10,7 @@ from typing import Optional
 
 from cog import Input, Path, Secret
 
+import serving.cog_files  # noqa: F401  (Cog's file downloads are ours: see there)
 from families import FLUX
 from serving.inputs import declared, field_inputs, revealed
 from serving.training_call import package_pretrained_lora, train_on_upload

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from formats.bundle import EMBEDDINGS_PTI_FILE, LORA_FILE, SPECIAL_PARAMS_FILE  # noqa: E402
-from tests.fileserver import FileServer  # noqa: E402
+from tests.fileserver import LOCAL, FileServer  # noqa: E402
 from weights.download import DownloadPolicy, download  # noqa: E402
 from weights.store import ModelStore  # noqa: E402
 
@@ -82,8 +82,10 @@ def main() -> None:
             ),
         }
         policies = {
-            "one stream": DownloadPolicy(progress=False, parallel_min_bytes=1 << 62),
-            "8 parallel ranges": DownloadPolicy(progress=False, parallel_min_bytes=1),
+            "one stream": DownloadPolicy(progress=False, parallel_min_bytes=1 << 62, allowed=LOCAL),
+            "8 parallel ranges": DownloadPolicy(
+                progress=False, parallel_min_bytes=1, allowed=LOCAL
+            ),
         }
         rows = []
         # 1. The transfer alone, from a fast and from a throttling server.

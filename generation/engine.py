@@ -27,13 +27,18 @@ from generation.safety import SafetyChecker, resolve_safety_checker
 from generation.switcher import Selection, TokenTarget, WeightsSwitcher
 from generation.weights_cache import PreparedWeights, WeightsCache
 from weights.base_models import hub_variant, resolve_model
+from weights.download import DownloadPolicy, describe_source
+from weights.request_files import fetch_input
 from weights.runtime import Runtime, pick_runtime
+from weights.scratch import call_folder, remove_orphans
 from weights.settings import ModelSettings
 from weights.store import ModelStore
 
 BASE_IMAGE_REFINER_STRENGTH = 0.3  # diffusers' img2img default, as the reference used
 # A model asked for sides this much larger than its native resolution repeats its subject.
 OVERSIZE_NOTE_FACTOR = 1.5
+# A request's `image` and `mask` are fetched into such a folder, removed once they are read.
+INPUTS_PREFIX = "sdxl-tuner-inputs-"
 
 
 class DefaultWeightsError(RuntimeError):
@@ -68,6 +73,8 @@ class GenerationEngine:
         self.safety_checker = SafetyChecker(checker_folder, self.runtime)
         self.watermarker = Watermarker()
         self.local_dirs = settings.local_dirs  # folders requests may name files in by path
+        self.input_policy = DownloadPolicy.from_settings(settings)
+        remove_orphans(INPUTS_PREFIX)  # left by a killed worker
 
         txt2img = self.base.txt2img
         encoders = {name: getattr(txt2img, name) for name in self.family.text_encoder_names}
@@ -165,14 +172,21 @@ class GenerationEngine:
         if request.image is None:
             self._note_oversize(request.width, request.height, notes)
             return None, None
-        image = load_image(request.image, "image")
+        with call_folder(INPUTS_PREFIX) as folder:  # both fetched before either is decoded
+            image_file = fetch_input("image", request.image, folder, self.input_policy)
+            mask_file = None
+            if request.mask is not None:
+                mask_file = fetch_input("mask", request.mask, folder, self.input_policy)
+            image = load_image(image_file, "image", describe_source(str(request.image)))
+            mask = None
+            if mask_file is not None:
+                mask = load_image(mask_file, "mask", describe_source(str(request.mask)), "L")
         if request.works_at_image_size:
             size, note = working_size(image, request.num_outputs, request.size_multiple)
             notes += [note] if note else []
         else:
             size = (request.width, request.height)
         self._note_oversize(*size, notes)
-        mask = None if request.mask is None else load_image(request.mask, "mask", mode="L")
         return resize(image, size), None if mask is None else resize(mask, size)
 
     def _note_oversize(self, width: int, height: int, notes: list[str]) -> None:

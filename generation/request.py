@@ -46,7 +46,8 @@ class GenerationRequest:
 
     prompt: str = "An astronaut riding a rainbow unicorn"
     negative_prompt: str = ""
-    # Files: a URL or data URI (text), or a path Cog downloaded or the operator chose (Path).
+    # Files: a URL or data URI (as text, or as the path-like object Cog hands over for a
+    # `Path` input), or a path the operator chose (weights/references.py).
     image: str | os.PathLike | None = None
     mask: str | os.PathLike | None = None
     # Replicate's sizes. img2img keeps the input image's size, as Replicate's model does.
@@ -169,12 +170,12 @@ def validate(
         )
     _check_loras(request.loras)
     try:
-        for name in FILE_INPUTS:
-            check_file_input(name, getattr(request, name), local_dirs)
+        files = {n: check_file_input(n, getattr(request, n), local_dirs) for n in FILE_INPUTS}
         for reference in request.loras or {}:
             check_file_input("loras", reference, local_dirs)
     except LocalPathRefused as error:
         raise InvalidRequestError(str(error)) from None
+    request = replace(request, **files)  # as the client sent them (URL text, or a path)
 
     sizes, multiple = {}, request.size_multiple
     for name in ("width", "height"):
@@ -219,15 +220,18 @@ def _check_pixels(count: int, width: int, height: int) -> None:
         )
 
 
-def load_image(path, name: str, mode: str = "RGB") -> Image.Image:
-    """Open an input image (any format PIL reads, EXIF orientation applied)."""
+def load_image(path, name: str, source: str, mode: str = "RGB") -> Image.Image:
+    """Open an input image (any format PIL reads, EXIF orientation applied); `source` names
+    it in messages (the URL the client sent, not where it was fetched to)."""
+    problem = None
     try:
         with Image.open(path) as opened:
             return ImageOps.exif_transpose(opened).convert(mode)
-    except (UnidentifiedImageError, OSError) as error:
-        raise InvalidRequestError(
-            f"The {name} input ({Path(path).name}) is not an image PIL can read: {error}"
-        ) from None
+    except UnidentifiedImageError:  # its own text holds the local path
+        problem = "not an image in a format PIL reads"
+    except OSError as error:  # e.g. a truncated file
+        problem = f"not an image PIL can read: {error}"
+    raise InvalidRequestError(f"{name}: {source} is {problem}.")
 
 
 def working_size(

@@ -28,13 +28,12 @@ from typing import Any
 
 from cog import _adt as adt
 from cog import _inspector
-from cog.types import URLPath
 
 from formats.bundle import BUNDLE_FILE
 from generation.request import FILE_INPUTS
 from serving.containers import CONTAINERS, DEFAULT_CONTAINER, Container
 from serving.schema import PREDICTOR_REF, inspect_entry
-from weights.references import is_remote
+from weights.references import client_reference, is_remote
 
 # Text inputs that name files or models; a local path in one becomes a `pathlib.Path`, which
 # the predictor and trainer take as the operator's choice (weights/references.py).
@@ -70,7 +69,8 @@ def parse_inputs(pairs: list[str], json_arg: str | None, info: adt.PredictorInfo
         kwargs = _inspector.check_input(info.inputs, values)
     except ValueError as error:
         raise InputError(str(error)) from None
-    kwargs = {k: v.convert() if isinstance(v, URLPath) else v for k, v in kwargs.items()}
+    # A URL given for a `Path` input stays the URL: the call fetches it (serving/cog_files.py).
+    kwargs = {k: client_reference(v) for k, v in kwargs.items()}
     for name in PATH_INPUTS:
         if name in kwargs:
             kwargs[name] = _operator_path(kwargs[name])
@@ -109,7 +109,7 @@ def _convert(raw: str, field: adt.InputField) -> Any:
             raise InputError(f"{field.name}: file {path} does not exist.")
         return str(path.resolve())
     if names_a_file:
-        return raw  # a URL or data URI; Cog downloads it
+        return raw  # a URL or data URI; the call fetches it
     if raw.startswith("@"):  # a text file for a string input (a prompt, say)
         try:
             return Path(raw[1:]).read_text()

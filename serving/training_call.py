@@ -1,13 +1,13 @@
 """One Cog training call, after its inputs became configurations: shared by both containers'
 `train()` (train.py for SDXL / SD 1.5, train_flux.py for FLUX.1).
 
-    check the file inputs -> preprocess the upload -> training job -> the tarball, handed to Cog
+    check the file inputs -> fetch and preprocess the upload -> training job -> the tarball,
+    handed to Cog
 """
 
 from __future__ import annotations
 
 import shutil
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,14 +21,20 @@ from training.config import TrainingConfig
 from training.hub_upload import upload_bundle
 from training.job import Accounts, PreparedImages, TrainingJob, run_job
 from training.resume import ResumePoint
-from weights.download import describe_source
+from weights.download import DownloadPolicy, describe_source
 from weights.references import check_file_input, check_model_input
+from weights.request_files import fetch_input
+from weights.scratch import process_folder, remove_orphans
 from weights.settings import EMBEDDED_MODELS, HubSettings, ModelSettings
 from weights.store import ModelStore
 from weights.trained_files import TrainedWeights, WeightsFormat
 
 # The tarball handed to Cog stays until the next training starts; nothing else stays.
 HANDOFF = OutputHandoff("sdxl-tuner-training-")
+# A training works in such a folder (the upload, the dataset, checkpoints), removed when it
+# ends; one that a killed worker left is removed at the next start or training.
+WORK_PREFIX = "sdxl-train-"
+remove_orphans(WORK_PREFIX)
 
 
 def train_on_upload(
@@ -51,8 +57,8 @@ def train_on_upload(
     settings = ModelSettings.from_env(family)
     if input_images is None:
         raise ValueError("input_images is empty: give a .zip or .tar of the training photos.")
-    check_file_input("input_images", input_images, settings.local_dirs)
-    check_file_input("resume_from", resume_from, settings.local_dirs)
+    input_images = check_file_input("input_images", input_images, settings.local_dirs)
+    resume_from = check_file_input("resume_from", resume_from, settings.local_dirs)
     look_locally = check_model_input("base_model", base_model, settings.local_dirs, EMBEDDED_MODELS)
     resume = ResumePoint.fetch(resume_from, settings) if resume_from else None
     if resume is not None:
@@ -61,7 +67,7 @@ def train_on_upload(
     preprocessing = PreprocessConfig(
         **{
             **preprocess_options,
-            "input_path": Path(str(input_images)),
+            "input_path": Path("upload"),  # the upload once fetched, inside the work folder
             "output_dir": Path("dataset"),  # inside the work folder, made below
             "resolution": config.resolution,
             "token_string": config.token_string,
@@ -70,10 +76,15 @@ def train_on_upload(
         }
     )
     output = HANDOFF.next_folder()  # the previous training's tarball goes now
-    work = Path(tempfile.mkdtemp(prefix="sdxl-train-"))
+    remove_orphans(WORK_PREFIX)
+    work = process_folder(WORK_PREFIX)
 
     def prepare_images() -> PreparedImages:
-        prepared = preprocess(replace(preprocessing, output_dir=work / "dataset"))
+        policy = DownloadPolicy.from_settings(settings)
+        upload = fetch_input("input_images", input_images, work / "upload", policy)
+        prepared = preprocess(
+            replace(preprocessing, input_path=upload, output_dir=work / "dataset")
+        )
         return PreparedImages(prepared.folder, prepared.preview, tuple(prepared.skipped))
 
     # 2. Base model, images, training and the tarball (training/job.py).

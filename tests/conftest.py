@@ -8,8 +8,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.fileserver import FileServer  # noqa: E402
+from tests.fileserver import ALLOWED_HOSTS, FileServer  # noqa: E402
 from weights.embedded.tiny import ensure_tiny_model  # noqa: E402
+from weights.network import ALLOWED_HOSTS_VARIABLE  # noqa: E402
 from weights.settings import MODEL_VARIABLES, TINY  # noqa: E402
 
 
@@ -31,11 +32,13 @@ def tiny_sd15_model(model_cache) -> Path:
 
 
 def tiny_variables(model_cache: Path) -> dict[str, str]:
-    """Environment that points the predictor, trainer and preprocessors at the tiny models."""
+    """Environment that points the predictor, trainer and preprocessors at the tiny models,
+    and lets them fetch from the local file server."""
     return {
         **{variable: TINY for variable in MODEL_VARIABLES},
         "SDXL_TUNER_CACHE": str(model_cache),
         "HF_HUB_OFFLINE": "1",
+        ALLOWED_HOSTS_VARIABLE: ALLOWED_HOSTS,
     }
 
 

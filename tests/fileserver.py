@@ -2,7 +2,9 @@
 
 Each path is a `Route` that says how it misbehaves: serve with or without `Range` support,
 cut the connection after some bytes, answer 404, answer an HTML page instead of the file,
-or stall before answering. The server counts the requests per path.
+redirect elsewhere, or stall before answering. The server counts the requests per path.
+It listens on 127.0.0.1 unless told another loopback address (Linux answers on all of
+127.0.0.0/8).
 
     with FileServer() as server:
         url = server.add("/weights.tar", data, ranges=False, drop_after=1000)
@@ -21,6 +23,12 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from weights.network import AllowList
+
+# The server's address is not public: downloads reach it only through the allow-list.
+ALLOWED_HOSTS = "127.0.0.1"  # SDXL_TUNER_ALLOWED_HOSTS for processes that fetch from it
+LOCAL = AllowList.parse(ALLOWED_HOSTS)  # DownloadPolicy(allowed=LOCAL) in-process
+
 HTML_PAGE = b"<!DOCTYPE html>\n<html><head><title>Sign in</title></head><body>Log in</body></html>"
 
 
@@ -36,6 +44,7 @@ class Route:
     delay: float = 0.0  # seconds to wait before answering (for timeouts)
     unavailable: int = 0  # answer this many first requests with 503 Service Unavailable
     rate: float | None = None  # bytes per second per connection (a throttling CDN)
+    location: str | None = None  # with a 3xx status: where the redirect points
 
     def size(self) -> int:
         return self.data.stat().st_size if isinstance(self.data, Path) else len(self.data)
@@ -49,12 +58,12 @@ class Route:
 
 
 class FileServer:
-    def __init__(self):
+    def __init__(self, host: str = "127.0.0.1"):
         self.routes: dict[str, Route] = {}
         self.counts: Counter[str] = Counter()
         self.range_headers: dict[str, list[str | None]] = {}
         self._lock = threading.Lock()
-        self._server = _QuietServer(("127.0.0.1", 0), _handler_for(self))
+        self._server = _QuietServer((host, 0), _handler_for(self))
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
@@ -70,6 +79,10 @@ class FileServer:
     def add_html(self, path: str, status: int = 200) -> str:
         """An HTML page where a file was expected (a login or error page)."""
         return self.add(path, HTML_PAGE, status=status, content_type="text/html; charset=utf-8")
+
+    def add_redirect(self, path: str, target: str) -> str:
+        """A `302 Found` to `target` (any URL)."""
+        return self.add(path, b"", status=302, location=target)
 
     def url(self, path: str) -> str:
         return self.base_url + path
@@ -130,7 +143,9 @@ def _handler_for(server: FileServer):
             if number <= route.unavailable:
                 return self._plain(503, b"busy, try again")
             if route.status != 200:
-                return self._plain(route.status, route.read(0, route.size()), route.content_type)
+                headers = {"Location": route.location} if route.location else {}
+                data = route.read(0, route.size())
+                return self._plain(route.status, data, route.content_type, headers)
 
             size = route.size()
             start, end, status = 0, size, 200
@@ -167,8 +182,10 @@ def _handler_for(server: FileServer):
                 except OSError:
                     pass  # the client hung up first
 
-        def _plain(self, status: int, data: bytes, content_type: str = "text/plain"):
+        def _plain(self, status: int, data: bytes, content_type="text/plain", headers=None):
             self.send_response(status)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()

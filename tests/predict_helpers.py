@@ -12,6 +12,8 @@ from PIL import Image
 
 from predict import Predictor
 from serving.cli import declared_defaults
+from tests.fileserver import ALLOWED_HOSTS
+from weights.network import ALLOWED_HOSTS_VARIABLE
 
 # Small and fast: one denoising step at 64x64 is enough to tell outputs apart.
 FAST = dict(width=64, height=64, num_inference_steps=1, seed=7, prompt="a photo of a cat")
@@ -40,6 +42,7 @@ def tiny_predictor(
         env.setenv("BASE_MODEL", base_model)
         env.setenv("SDXL_TUNER_CACHE", str(model_cache))
         env.setenv("HF_HUB_OFFLINE", "1")
+        env.setenv(ALLOWED_HOSTS_VARIABLE, ALLOWED_HOSTS)  # the local file server
         predictor = Predictor()
         predictor.setup(weights)
     return predictor

@@ -1,6 +1,7 @@
 """Safe archive extraction: hostile archives are refused before anything is written."""
 
 import io
+import os
 import tarfile
 import zipfile
 
@@ -131,3 +132,30 @@ def test_a_file_and_a_folder_of_the_same_name_are_refused_by_their_member_names(
     message = str(error.value)
     assert "https://example.com/photos.zip holds both a file 'a' and 'a/b.png'" in message
     assert str(tmp_path) not in message and not (tmp_path / "out").exists()
+
+
+def test_a_compression_bomb_under_the_size_limit_is_refused_by_its_ratio(tmp_path):
+    archive = make_zip(tmp_path / "bomb.zip", {"zeros.bin": bytes(64 << 20)})
+    assert archive.stat().st_size < 100_000  # about 1000 times smaller than what it holds
+    with pytest.raises(
+        UnsafeArchiveError, match=r"more than 100 times its own \d+ KiB, as only a compression bomb"
+    ):
+        unpack_archive(archive, tmp_path / "out")  # well under the 4 GiB limit
+    assert [p.name for p in tmp_path.iterdir()] == ["bomb.zip"]  # nothing written
+
+
+def test_a_tar_gz_bomb_is_refused_while_listing_before_it_is_decompressed(tmp_path):
+    path = make_tar(tmp_path / "bomb.tar.gz", lambda t: add_file(t, "zeros.bin", bytes(128 << 20)))
+    # Cut the stream short: a listing that decompressed all of it would find it truncated
+    # and call it corrupt; one that stops at the bound never gets there.
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(UnsafeArchiveError, match="bomb.tar.gz unpacks to more than 22 MiB"):
+        unpack_archive(path, tmp_path / "out")
+    assert [p.name for p in tmp_path.iterdir()] == ["bomb.tar.gz"]
+
+
+def test_an_archive_larger_than_the_free_disk_is_refused_before_writing(tmp_path):
+    archive = make_zip(tmp_path / "photos.zip", {"a.jpg": os.urandom(3 << 20)})
+    with pytest.raises(UnsafeArchiveError, match="3 MiB; only 2 MiB are free on the disk"):
+        unpack_archive(archive, tmp_path / "out", disk_free=lambda folder: 2 << 20)
+    assert [p.name for p in tmp_path.iterdir()] == ["photos.zip"]

@@ -4,19 +4,20 @@ import base64
 import os
 import socket
 import time
+from dataclasses import replace
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from tests.fileserver import HTML_PAGE
+from tests.fileserver import HTML_PAGE, LOCAL
 from weights.download import DownloadError, DownloadPolicy, check_safetensors, download
 from weights.trained_files import UnsafeFormatError
 
 DATA = os.urandom(3_000_000)
 # Fast retries; a small parallel threshold so a 3 MB file takes the ranged path.
-POLICY = DownloadPolicy(retry_wait=0.01, progress=False, parallel_min_bytes=1 << 40)
-RANGED = DownloadPolicy(retry_wait=0.01, progress=False, parallel_min_bytes=1 << 20)
+POLICY = DownloadPolicy(retry_wait=0.01, progress=False, parallel_min_bytes=1 << 40, allowed=LOCAL)
+RANGED = replace(POLICY, parallel_min_bytes=1 << 20)
 
 
 def leftovers(folder):
@@ -52,7 +53,7 @@ def test_dropped_connection_without_range_support_starts_over(file_server, tmp_p
 
 def test_connection_that_keeps_dropping_fails_and_leaves_nothing(file_server, tmp_path):
     url = file_server.add("/w", DATA, ranges=False, drop_after=1000, drops=100)
-    policy = DownloadPolicy(retries=2, retry_wait=0.01, progress=False)
+    policy = replace(POLICY, retries=2)
     with pytest.raises(DownloadError, match="failed 3 times"):
         download(url, tmp_path / "out.bin", policy)
     assert list(tmp_path.iterdir()) == []
@@ -110,7 +111,7 @@ def test_unreachable_host_and_timeout_fail_fast(file_server, tmp_path):
 
     url = file_server.add("/slow", DATA, delay=3)
     started = time.perf_counter()
-    policy = DownloadPolicy(read_timeout=0.5, retries=0, progress=False)
+    policy = replace(POLICY, read_timeout=0.5, retries=0)
     with pytest.raises(DownloadError, match="did not answer within 0.5 s"):
         download(url, tmp_path / "out.bin", policy)
     assert time.perf_counter() - started < 2.5
@@ -119,7 +120,7 @@ def test_unreachable_host_and_timeout_fail_fast(file_server, tmp_path):
 
 def test_size_limit_is_enforced_before_the_body_is_read(file_server, tmp_path):
     url = file_server.add("/w", DATA)
-    policy = DownloadPolicy(max_bytes=1_000_000, progress=False)
+    policy = replace(POLICY, max_bytes=1_000_000)
     with pytest.raises(DownloadError, match="over the 1 MiB limit"):
         download(url, tmp_path / "out.bin", policy)
     assert list(tmp_path.iterdir()) == []

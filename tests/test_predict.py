@@ -129,7 +129,7 @@ def test_sizes_are_rounded_to_multiples_of_8_and_said_so(predictor, capsys):
         ({"width": -64}, "width=-64: must be between 64 and 4096"),
         ({"height": 0}, "height=0: must be between 64 and 4096"),
         ({"scheduler": "EULER_FAST"}, "scheduler='EULER_FAST': use one of DDIM"),
-        ({"image": "TEXT"}, "image input (notes.txt) is not an image"),
+        ({"image": "TEXT"}, "notes.txt is not an image in a format PIL reads"),
         ({"width": 4096, "height": 4096, "num_outputs": 4}, "megapixels"),
         ({"refine": "twice"}, "refine='twice': use one of no_refiner"),
         ({"seed": 2**53}, "seed=9007199254740992: must be between 0 and 9007199254740991"),

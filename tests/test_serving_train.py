@@ -172,6 +172,14 @@ def _worker_process(base_url: str) -> psutil.Process:
     raise RuntimeError(f"no process listens on {port} (pid {os.getpid()})")
 
 
+def _dead(process: psutil.Process) -> bool:
+    """Gone, or a zombie its parent has not reaped yet."""
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def tree_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
@@ -232,6 +240,48 @@ def test_a_trigger_word_is_one_short_word_other_than_the_inserted_tokens(train_s
     assert "<s0>, <s1>, ... are the tokens training inserts" in response["error"]
 
 
+def test_a_training_fetches_only_public_or_allowed_addresses(train_server, file_server):
+    photos = ROOT / "examples" / "cat_photos.zip"
+    metadata, private = "http://169.254.169.254/photos.zip", "http://10.0.0.1/sdxl.tar"
+    for inputs, refusal in (
+        ({"input_images": metadata}, f"input_images: {metadata} is refused: its host"),
+        (
+            {"input_images": file_server.add("/p.zip", photos), "base_model": private},
+            f"{private} is refused: its host",
+        ),
+    ):
+        status, response = request_when_free(
+            f"{train_server}/trainings", {"input": {**QUICK_TRAINING, **inputs}}
+        )
+        assert response["status"] == "failed" and refusal in response["error"], response
+    # 127.0.0.1 is on this server's allow-list; the scheme's case does not matter.
+    upper = file_server.add("/u.zip", photos).replace("http://", "HTTP://")
+    inputs = {**QUICK_TRAINING, "input_images": upper, "dry_run": True}
+    status, response = request_when_free(f"{train_server}/trainings", {"input": inputs})
+    assert response["status"] == "succeeded", response.get("error")
+
+
+def test_a_failed_training_leaves_the_temporary_directory_as_it_was(
+    train_server, file_server, work_tmp, tmp_path
+):
+    not_images = tmp_path / "notes.zip"
+    with zipfile.ZipFile(not_images, "w") as archive:
+        archive.writestr("notes.txt", "no photos here")
+    cases = {
+        file_server.add_html("/s/share-link"): "input_images: http",  # a web page, not the zip
+        file_server.add("/notes.zip", not_images): "notes.zip has no usable image",
+    }
+    for url, message in cases.items():
+        before = set(work_tmp.iterdir())  # (another server's last outputs may lie there)
+        status, response = request_when_free(
+            f"{train_server}/trainings", {"input": {**QUICK_TRAINING, "input_images": url}}
+        )
+        assert response["status"] == "failed" and message in response["error"], response
+        assert str(work_tmp) not in response["error"]
+        # Nothing new: no upload, work folder or copy of Cog's, and no tarball handed over.
+        assert set(work_tmp.iterdir()) <= before
+
+
 def test_a_trigger_other_than_tok_follows_into_captions_tokens_and_prompts(
     train_server, file_server, tmp_path, model_cache, capsys
 ):
@@ -268,6 +318,30 @@ def test_a_trigger_other_than_tok_follows_into_captions_tokens_and_prompts(
         tokens = predict_arrays(predictor, prompt=f"a photo of {token_map['sks']}")
         tok = predict_arrays(predictor, prompt="a photo of TOK")
     assert same(with_trigger, tokens) and not same(with_trigger, tok)  # sks is the trained tokens
+
+
+def test_what_a_killed_worker_left_is_removed_when_the_server_starts_again(
+    tmp_path, server_env, file_server, monkeypatch
+):
+    server_tmp = tmp_path / "server-tmp"
+    server_tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(server_tmp))
+    data_url = file_server.add("/photos.zip", ROOT / "examples" / "cat_photos.zip")
+    body = {"input": {"input_images": data_url, **QUICK_TRAINING, "max_train_steps": 5000}}
+    with running_server(tmp_path / "killed.log", mode="train") as url, Receiver() as receiver:
+        worker = _worker_process(url)
+        body["webhook"] = f"{receiver.url}/hook"
+        status, _ = request("POST", f"{url}/trainings", body, headers={"Prefer": "respond-async"})
+        assert status == 202
+        wait_for(
+            lambda: any("Training: " in (e.get("logs") or "") for e in receiver.received.webhooks)
+        )
+        assert list(server_tmp.glob(f"sdxl-train-{worker.pid}-*/upload/input_images/*.zip"))
+        worker.kill()  # SIGKILL: nothing of the training's own clean-up runs
+        wait_for(lambda: _dead(worker))
+        assert list(server_tmp.glob(f"sdxl-train-{worker.pid}-*"))
+    with running_server(tmp_path / "restarted.log", mode="train"):
+        assert list(server_tmp.iterdir()) == []  # its work folder and hand-off folder are gone
 
 
 def test_a_data_parallel_training_is_cancelled_with_its_processes(

@@ -2,9 +2,11 @@
 restarts, one download for concurrent requests, LRU eviction, hostile and bad content."""
 
 import base64
+import fcntl
 import io
 import json
 import logging
+import os
 import subprocess
 import sys
 import tarfile
@@ -18,13 +20,15 @@ import torch
 from safetensors.torch import save
 
 from formats.bundle import EMBEDDINGS_PTI_FILE, LORA_FILE, SPECIAL_PARAMS_FILE, TRAINING_CONFIG_FILE
+from tests.fileserver import ALLOWED_HOSTS, LOCAL
 from weights.archive import ArchiveLimits
 from weights.download import DownloadError, DownloadPolicy
+from weights.network import ALLOWED_HOSTS_VARIABLE
 from weights.settings import ModelSettings
 from weights.store import ModelStore, StoreError
 from weights.trained_files import UnrecognisedWeightsError, UnsafeFormatError, WeightsFormat
 
-POLICY = DownloadPolicy(retry_wait=0.01, progress=False)
+POLICY = DownloadPolicy(retry_wait=0.01, progress=False, allowed=LOCAL)
 TOKEN_MAP = {"TOK": "<s0><s1>"}
 LORA_KEYS = {
     WeightsFormat.LORA_DIFFUSERS: "unet.down_blocks.1.attentions.0.transformer_blocks.0"
@@ -144,9 +148,14 @@ def test_local_tarball_folder_and_file(tmp_path, store):
 def test_the_store_from_settings_uses_the_configured_cache(file_server, tmp_path, monkeypatch):
     monkeypatch.setenv("SDXL_TUNER_CACHE", str(tmp_path / "env-cache"))
     monkeypatch.setenv("SDXL_TUNER_CACHE_MIN_FREE_GB", "0")
-    store = ModelStore.from_settings(ModelSettings.from_env())
-    weights = store.trained_weights(file_server.add("/t.tar", tar_bytes(bundle_members())))
+    monkeypatch.delenv(ALLOWED_HOSTS_VARIABLE, raising=False)
+    url = file_server.add("/t.tar", tar_bytes(bundle_members()))
+    with pytest.raises(DownloadError, match="is refused"):  # 127.0.0.1 is not public
+        ModelStore.from_settings(ModelSettings.from_env()).trained_weights(url)
+    monkeypatch.setenv(ALLOWED_HOSTS_VARIABLE, ALLOWED_HOSTS)
+    weights = ModelStore.from_settings(ModelSettings.from_env()).trained_weights(url)
     assert (tmp_path / "env-cache" / "store") in weights.lora.parents
+    assert file_server.requests("/t.tar") == 1  # the refusal made no request
 
 
 def test_pickles_are_refused_with_an_explanation(file_server, store, tmp_path):
@@ -244,10 +253,12 @@ def test_concurrent_requests_for_one_url_download_it_once(file_server, tmp_path)
 FETCH_IN_PROCESS = """
 import sys, time
 from pathlib import Path
+from tests.fileserver import LOCAL
 from weights.download import DownloadPolicy
 from weights.store import ModelStore
 cache, url, start_at = sys.argv[1], sys.argv[2], float(sys.argv[3])
-store = ModelStore(Path(cache), min_free_bytes=0, policy=DownloadPolicy(progress=False))
+policy = DownloadPolicy(progress=False, allowed=LOCAL)
+store = ModelStore(Path(cache), min_free_bytes=0, policy=policy)
 time.sleep(max(0.0, start_at - time.time()))  # both processes ask at the same moment
 print(store.fetch(url).content)  # no inspection: keeps torch out of the workers
 """
@@ -265,6 +276,104 @@ def test_concurrent_processes_share_one_download(file_server, tmp_path):
     assert [worker.returncode for worker in workers] == [0, 0]
     assert outputs[0] == outputs[1] and (Path(outputs[0]) / LORA_FILE).is_file()
     assert file_server.requests("/t.tar") == 1
+
+
+KILLED_FETCH = """
+import sys
+from pathlib import Path
+from tests.fileserver import LOCAL
+from weights.download import DownloadPolicy
+from weights.store import ModelStore
+policy = DownloadPolicy(progress=False, allowed=LOCAL)
+ModelStore(Path(sys.argv[1]), min_free_bytes=0, policy=policy).fetch(sys.argv[2])
+"""
+
+
+def wait_for(condition, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def leftovers(root: Path) -> list[str]:
+    """Everything in the store but its locks folder, and the lock files in it."""
+    found = [p.name for p in root.iterdir() if p.name != "locks"]
+    return sorted(found + [f"locks/{p.name}" for p in (root / "locks").iterdir()])
+
+
+def test_what_a_killed_download_left_is_swept_by_the_next_store_and_by_eviction(
+    file_server, tmp_path
+):
+    cache, project = tmp_path / "cache", Path(__file__).resolve().parents[1]
+    running = ModelStore(cache, min_free_bytes=0, policy=POLICY)  # a worker that stays up
+    for attempt in ("restart", "eviction"):  # signed URLs: each is new and never asked again
+        url = file_server.add(f"/{attempt}.tar", bytes(2 << 20), rate=200_000) + "?sig=x"
+        command = [sys.executable, "-c", KILLED_FETCH, str(cache), url]
+        fetch = subprocess.Popen(command, cwd=project)
+        wait_for(lambda: any(f.stat().st_size for f in running.root.glob(".*/.download.*")))
+        fetch.kill()  # mid-download
+        fetch.wait()
+        left = leftovers(running.root)  # the staging folder with the partial file, the lock
+        assert len(left) == 2 and left[0].startswith(".") and left[1].startswith("locks/")
+        if attempt == "restart":
+            ModelStore(cache, min_free_bytes=0, policy=POLICY)
+        else:
+            assert sorted(running.evict().swept) == left  # eviction reports what it swept
+        assert leftovers(running.root) == []
+
+
+def test_lock_files_do_not_pile_up_one_per_url(file_server, store):
+    for index in range(5):
+        with pytest.raises(DownloadError, match="HTTP 404"):
+            store.fetch(file_server.url(f"/gone-{index}.tar"))
+    kept = store.fetch(file_server.add("/t.tar", tar_bytes(bundle_members())))
+    assert [p.name for p in (store.root / "locks").iterdir()] == [f"{kept.key}.lock"]
+    ModelStore(store.root.parent, min_free_bytes=0, policy=POLICY)  # an entry keeps its lock
+    assert [p.name for p in (store.root / "locks").iterdir()] == [f"{kept.key}.lock"]
+
+
+def test_a_build_in_progress_is_left_alone_by_another_stores_sweep(file_server, tmp_path):
+    url = file_server.add("/t.tar", tar_bytes(bundle_members()), delay=2)
+    store = ModelStore(tmp_path / "cache", min_free_bytes=0, policy=POLICY)
+    results = []
+    builder = threading.Thread(target=lambda: results.append(store.fetch(url)))
+    builder.start()
+    wait_for(lambda: list(store.root.glob(".*")))  # its staging folder: the download waits
+    ModelStore(tmp_path / "cache", min_free_bytes=0, policy=POLICY)  # another worker starts
+    builder.join()
+    assert results and (results[0].content / LORA_FILE).is_file()
+
+
+def open_handles(path: Path) -> int:
+    """How many open files of this process have `path` as their name (Linux's /proc)."""
+    fds = Path("/proc/self/fd")
+    return sum(1 for fd in fds.iterdir() if os.path.realpath(fd) == str(path))
+
+
+def test_a_lock_file_swept_while_a_builder_waits_for_it_still_excludes(store):
+    path = store.root / "locks" / "k.lock"
+    entered, leave = threading.Event(), threading.Event()
+
+    def waiter():
+        with store._lock("k"):
+            entered.set()
+            leave.wait()
+
+    with store._lock("k"):  # the first builder
+        thread = threading.Thread(target=waiter)
+        thread.start()
+        wait_for(lambda: open_handles(path) == 2)  # the waiter opened the file: it waits
+        path.unlink()  # a sweep removes the file (holding its lock, as `sweep` does)
+        newer = open(path, "a")  # a third builder locks the file that now has the name
+        fcntl.flock(newer, fcntl.LOCK_EX)
+    # The first builder is done. The waiter wakes holding the lock of the nameless old file:
+    # it must wait for the third builder rather than enter beside it.
+    assert not entered.wait(timeout=1.0)
+    newer.close()  # the third builder is done
+    assert entered.wait(timeout=30)
+    leave.set()
+    thread.join()
 
 
 class SmallDisk:

@@ -16,6 +16,7 @@ from huggingface_hub.utils import filter_repo_objects
 from safetensors import safe_open
 
 from families import SDXL, detect_family
+from tests.fileserver import LOCAL
 from weights.base_models import (
     ModelUnavailableError,
     _has_variant_weights,
@@ -54,7 +55,9 @@ def single_file(tiny_models, tmp_path_factory) -> Path:
 
 @pytest.fixture
 def store(tmp_path):
-    return ModelStore(tmp_path / "cache", min_free_bytes=0, policy=DownloadPolicy(progress=False))
+    return ModelStore(
+        tmp_path / "cache", min_free_bytes=0, policy=DownloadPolicy(progress=False, allowed=LOCAL)
+    )
 
 
 def test_single_file_checkpoint_loads_offline_with_a_local_config(

@@ -5,6 +5,8 @@ renamed into place: a crash, a dropped connection or a bad answer never leaves a
 under the final name. A dropped connection is retried and resumed with `Range` when the
 server supports it; large files from such servers are fetched in parallel ranges (as pget
 does). Data URIs are decoded through the same path, so callers need not care which it was.
+Every connection, redirects included, goes only to public addresses or the operator's
+allow-list (weights/network.py).
 """
 
 from __future__ import annotations
@@ -26,8 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import requests
+import urllib3.exceptions
 from tqdm import tqdm
 
+from weights.network import ALLOWED_HOSTS_VARIABLE, AddressRefused, AllowList, checked_session
+from weights.references import has_scheme
+from weights.settings import ModelSettings
 from weights.trained_files import refuse_pickle
 
 logger = logging.getLogger(__name__)
@@ -38,6 +44,12 @@ RETRY_STATUSES = (429, 500, 502, 503, 504)
 HTML_MESSAGE = (
     "{source} answered with an HTML page instead of the file (a login, error or download "
     "page). Use a direct download link to the file itself."
+)
+# The same words for every refused URL, whatever is (or is not) at the address.
+REFUSED_MESSAGE = (
+    "{source} is refused: its host, or a redirect from it, is a loopback, private, link-local "
+    "or other non-public address, which requests may not name. (A self-hosted server can "
+    f"allow hosts with {ALLOWED_HOSTS_VARIABLE}.)"
 )
 
 
@@ -56,6 +68,11 @@ class DownloadPolicy:
     parallel_parts: int = 8  # ... split into this many parts
     chunk_bytes: int = 1 << 20
     progress: bool = True
+    allowed: AllowList = AllowList()  # non-public hosts it may reach; none by default
+
+    @classmethod
+    def from_settings(cls, settings: ModelSettings) -> DownloadPolicy:
+        return cls(max_bytes=settings.max_download_bytes, allowed=settings.allowed_hosts)
 
 
 @dataclass(frozen=True)
@@ -80,7 +97,7 @@ def download(
     os.close(handle)
     temp = Path(temp_name)
     try:
-        if url.startswith("data:"):
+        if has_scheme(url, "data:"):
             result = Download(temp, _decode_data_uri(url, temp, policy), ranged=False)
         else:
             result = _HttpFetch(url, temp, policy).run()
@@ -126,7 +143,7 @@ class _HttpFetch:
     either parallel ranges or one resumable stream."""
 
     def __init__(self, url: str, temp: Path, policy: DownloadPolicy):
-        if not url.startswith(("http://", "https://")):
+        if not has_scheme(url, "http://", "https://"):
             raise DownloadError(f"{url!r} is not an http(s) URL or data URI.")
         self.url, self.temp, self.policy = url, temp, policy
         self.name = describe_source(url)
@@ -191,7 +208,7 @@ class _HttpFetch:
 
     def _session(self) -> requests.Session:
         if not hasattr(self.local, "session"):
-            self.local.session = requests.Session()
+            self.local.session = checked_session(self.policy.allowed)
         return self.local.session
 
     def _get(self, headers: dict[str, str]) -> requests.Response:
@@ -219,6 +236,12 @@ class _HttpFetch:
     def _request(self, headers: dict[str, str]) -> requests.Response:
         try:
             return self._session().get(self.url, headers=headers, stream=True, timeout=self.timeout)
+        except AddressRefused:
+            raise DownloadError(REFUSED_MESSAGE.format(source=self.name)) from None
+        except requests.exceptions.TooManyRedirects:
+            raise DownloadError(f"{self.name} redirects too many times.") from None
+        except (requests.exceptions.InvalidSchema, requests.exceptions.InvalidURL):
+            raise DownloadError(f"{self.name} redirects to something not an http(s) URL.") from None
         except requests.exceptions.ConnectTimeout:
             raise DownloadError(
                 f"Connecting to {_host(self.url)} timed out after "
@@ -346,7 +369,7 @@ def _decode_data_uri(uri: str, target: Path, policy: DownloadPolicy) -> int:
     if len(payload) * 3 // 4 > policy.max_bytes:
         raise DownloadError(f"The data URI is over the {policy.max_bytes / 2**20:.0f} MiB limit.")
     try:
-        if header.endswith(";base64"):
+        if header.lower().endswith(";base64"):
             data = base64.b64decode(payload, validate=True)
         else:
             data = urllib.parse.unquote_to_bytes(payload)
@@ -378,17 +401,36 @@ def _host(url: str) -> str:
 def describe_source(reference: str) -> str:
     """A URL or path for messages and logs: no query string (signed URLs carry secrets
     there), and no data URI's payload."""
-    if reference.startswith("data:"):
+    if has_scheme(reference, "data:"):
         return f"a data URI ({len(reference)} characters)"
-    if reference.startswith(("http://", "https://")):
+    if has_scheme(reference, "http://", "https://"):
         parts = urllib.parse.urlparse(reference)
         return f"{parts.scheme}://{parts.netloc}{parts.path}"
     return reference
 
 
+def url_file_name(reference: str) -> str:
+    """The last segment of a URL's path, safe as a file name ("" for a data URI or a URL
+    without one)."""
+    if not has_scheme(reference, "http://", "https://"):
+        return ""
+    name = Path(urllib.parse.urlparse(reference).path).name
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name).lstrip(".")[:100]
+
+
 def _reason(error: BaseException) -> str:
-    text = str(error)
-    for marker in ("Connection refused", "Name or service not known", "timed out"):
-        if marker in text:
-            return marker.lower()
-    return text.splitlines()[0][:200] if text else type(error).__name__
+    """Why a connection failed, in words: the operating system's reason (connection refused,
+    no route to host, ...) rather than urllib3's wrapping of it."""
+    if isinstance(error, requests.exceptions.ConnectionError) and error.args:
+        error = getattr(error.args[0], "reason", None) or error  # urllib3's MaxRetryError
+    if isinstance(error, urllib3.exceptions.NameResolutionError):
+        return "its host name does not resolve"
+    if isinstance(error, urllib3.exceptions.SSLError):
+        return "the TLS handshake failed (is the certificate valid for this host?)"
+    while error is not None:
+        if isinstance(error, OSError) and error.strerror:
+            return error.strerror.lower()
+        if "timed out" in str(error):
+            return "timed out"
+        error = error.__cause__ or error.__context__
+    return "the connection broke off"

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from families import FLUX, SDXL, ModelFamily
+from weights.network import ALLOWED_HOSTS_VARIABLE, AllowList
 
 TINY = "tiny"  # BASE_MODEL / REFINER_MODEL / SAFETY_CHECKER_MODEL: the embedded tiny models
 TINY_SD15 = "tiny-sd15"  # BASE_MODEL: the embedded tiny SD 1.5
@@ -62,6 +63,8 @@ class ModelSettings:
     mask_model: str = DEFAULT_MASK_MODEL  # CLIPSeg prompt masks
     upscaler_model: str = DEFAULT_UPSCALER_MODEL  # Swin2SR super-resolution
     local_dirs: tuple[Path, ...] = ()  # the operator's allow-list for paths in requests
+    # Non-public hosts downloads may reach (weights/network.py); none by default.
+    allowed_hosts: AllowList = AllowList()
     training_processes: int | None = None  # data-parallel training; None: one per GPU
     speed: tuple[str, ...] = ()  # GPU speed options (weights/runtime.py SPEED_OPTIONS)
 
@@ -95,6 +98,7 @@ class ModelSettings:
                 for part in os.environ.get(LOCAL_DIRS_VARIABLE, "").split(os.pathsep)
                 if part
             ),
+            allowed_hosts=AllowList.parse(os.environ.get(ALLOWED_HOSTS_VARIABLE, "")),
             training_processes=_count("SDXL_TUNER_TRAINING_PROCESSES"),
             speed=tuple(
                 part.strip()

@@ -12,7 +12,9 @@ refuses (a pickle, weights of another family, not a bundle, corrupt) is deleted 
 instead of becoming an entry. A new store object (a restarted predictor) finds it again.
 Builders of the same key wait on a file lock, so two simultaneous requests for a URL download
 it once, in threads and processes alike. Least-recently-used entries are evicted to keep a
-minimum of free disk.
+minimum of free disk. A builder that was killed leaves its staging folder (a partial download,
+a half-unpacked archive) and its lock file; both are swept when a store is created and before
+each eviction, once no live process holds the key's lock.
 """
 
 from __future__ import annotations
@@ -22,23 +24,30 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
-import urllib.parse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from weights.archive import ArchiveLimits, UnsafeArchiveError, archive_format, unpack_archive
+from weights.archive import (
+    ArchiveLimits,
+    UnsafeArchiveError,
+    archive_format,
+    free_disk_bytes,
+    unpack_archive,
+)
 from weights.download import (
     DownloadError,
     DownloadPolicy,
     check_safetensors,
     describe_source,
     download,
+    url_file_name,
 )
 from weights.references import is_remote
 from weights.settings import ModelSettings
@@ -49,6 +58,8 @@ Read = TypeVar("Read")
 logger = logging.getLogger(__name__)
 
 ENTRY_FILE = "entry.json"
+KEY_LENGTH = 32
+KEY = re.compile(f"[0-9a-f]{{{KEY_LENGTH}}}")  # an entry's name: its reference's sha256, cut
 CONTENT_DIR = "content"
 
 
@@ -64,8 +75,10 @@ class Entry:
     value: Any = None  # what the caller's `read` made of the content
 
 
-def free_disk_bytes(path: Path) -> int:
-    return shutil.disk_usage(path).free
+@dataclass(frozen=True)
+class Eviction:
+    evicted: list[str]  # keys of the entries deleted to keep free disk
+    swept: list[str]  # what dead builders left: staging folders and unused lock files
 
 
 class ModelStore:
@@ -84,13 +97,14 @@ class ModelStore:
         self.archive_limits = archive_limits or ArchiveLimits(max_total_bytes=policy.max_bytes)
         self.disk_free = disk_free
         (self.root / "locks").mkdir(parents=True, exist_ok=True)
+        self.sweep()
 
     @classmethod
     def from_settings(cls, settings: ModelSettings) -> ModelStore:
         return cls(
             settings.cache_dir,
             min_free_bytes=settings.cache_min_free_bytes,
-            policy=DownloadPolicy(max_bytes=settings.max_download_bytes),
+            policy=DownloadPolicy.from_settings(settings),
         )
 
     # -- what callers ask for ---------------------------------------------------------------
@@ -140,7 +154,7 @@ class ModelStore:
         """The cached entry for a URL, data URI or local archive, building it on a miss.
         `read(content)` runs on a hit, and on a miss before the entry exists: if it raises,
         the download is deleted and no entry is made."""
-        key = hashlib.sha256(_cache_identity(reference).encode()).hexdigest()[:32]
+        key = hashlib.sha256(_cache_identity(reference).encode()).hexdigest()[:KEY_LENGTH]
         entry = self.root / key
         with self._lock(key):
             if (entry / ENTRY_FILE).is_file():
@@ -175,7 +189,13 @@ class ModelStore:
                     raise StoreError(f"{reference} is not a zip or tar archive.")
             if _is_archive(raw):
                 source = describe_source(reference)
-                unpack_archive(raw, staging / CONTENT_DIR, self.archive_limits, source=source)
+                unpack_archive(
+                    raw,
+                    staging / CONTENT_DIR,
+                    self.archive_limits,
+                    source=source,
+                    disk_free=self.disk_free,
+                )
                 content = CONTENT_DIR
             else:
                 (staging / CONTENT_DIR).mkdir()
@@ -200,10 +220,12 @@ class ModelStore:
     def _content(self, entry: Path) -> Path:
         return entry / json.loads((entry / ENTRY_FILE).read_text())["content"]
 
-    def _remove_stale_staging(self, key: str) -> None:
+    def _remove_stale_staging(self, key: str) -> list[str]:
         """Staging folders of this key left by a crash (we hold its lock, so none is live)."""
-        for stale in self.root.glob(f".{key}.*"):
-            shutil.rmtree(stale, ignore_errors=True)
+        stale = list(self.root.glob(f".{key}.*"))
+        for folder in stale:
+            shutil.rmtree(folder, ignore_errors=True)
+        return [folder.name for folder in stale]
 
     # -- eviction and locking ---------------------------------------------------------------
 
@@ -217,10 +239,31 @@ class ModelStore:
                 continue
         return [entry for _, entry in sorted(found)]
 
-    def evict(self, keep: str | None = None) -> list[str]:
-        """Delete least-recently-used entries until `min_free_bytes` are free. Entries being
-        built or fetched (their lock is held) and `keep` are left alone."""
-        evicted = []
+    def sweep(self) -> list[str]:
+        """Remove what killed builders left: staging folders (`.<key>.*`) and the lock files
+        of keys without an entry (one per URL ever asked for, otherwise). A key whose lock a
+        live builder holds is left alone. Returns the names removed."""
+        swept = []
+        staged = {p.name[1:].split(".", 1)[0] for p in self.root.glob(".*.*")}
+        for key in sorted(k for k in staged if KEY.fullmatch(k)):
+            with self._lock(key, wait=False) as locked:
+                swept += self._remove_stale_staging(key) if locked else []
+        for lock in sorted((self.root / "locks").glob("*.lock")):
+            if not KEY.fullmatch(lock.stem):
+                continue
+            with self._lock(lock.stem, wait=False) as locked:
+                if locked and not (self.root / lock.stem / ENTRY_FILE).is_file():
+                    lock.unlink()  # while held: a waiter finds it gone and locks a new one
+                    swept.append(f"locks/{lock.name}")
+        if swept:
+            logger.info("model store: removed %d leftovers of interrupted builds", len(swept))
+        return swept
+
+    def evict(self, keep: str | None = None) -> Eviction:
+        """Sweep (see `sweep`), then delete least-recently-used entries until `min_free_bytes`
+        are free. Entries being built or fetched (their lock is held) and `keep` are left
+        alone."""
+        swept, evicted = self.sweep(), []
         for entry in self.entries():
             if self.disk_free(self.root) >= self.min_free_bytes:
                 break
@@ -241,22 +284,38 @@ class ModelStore:
                 self.disk_free(self.root) / 2**30,
                 self.min_free_bytes / 2**30,
             )
-        return evicted
+        return Eviction(evicted, swept)
 
     @contextmanager
     def _lock(self, key: str, wait: bool = True) -> Iterator[bool]:
         """An exclusive flock on the key's lock file; yields False if `wait` is off and the
-        lock is held elsewhere. Each call opens its own file, so threads exclude each other."""
-        with open(self.root / "locks" / f"{key}.lock", "a") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-            except BlockingIOError:
-                yield False
-                return
-            try:
-                yield True
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        lock is held elsewhere. Each call opens its own file, so threads exclude each other.
+        A sweep may delete the file while we wait for it: then the lock is taken again on
+        the file that now has its name."""
+        path = self.root / "locks" / f"{key}.lock"
+        while True:
+            with open(path, "a") as handle:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+                except BlockingIOError:
+                    yield False
+                    return
+                try:
+                    if _names_file(path, handle):
+                        yield True
+                        return
+                finally:
+                    fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _names_file(path: Path, handle) -> bool:
+    """Whether `path` still names the open file `handle` (not deleted, not replaced)."""
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(handle.fileno())
+    return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
 
 
 def _mark_used(entry: Path) -> None:
@@ -305,8 +364,5 @@ def _cache_identity(reference: str) -> str:
 
 def _file_name(reference: str) -> str:
     """A safe file name for a single downloaded file."""
-    if reference.startswith("data:"):
-        return "weights.safetensors"
-    name = Path(urllib.parse.urlparse(reference).path).name
-    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).lstrip(".")
+    name = url_file_name(reference)
     return name if name.endswith(".safetensors") else f"{name or 'weights'}.safetensors"
