@@ -142,6 +142,17 @@ def train(
         "a diffusers folder. Empty: the deployment's BASE_MODEL",
         default=None,
     ),
+    checkpointing_steps: int = _input(
+        "checkpointing_steps",
+        "Every N steps, keep a copy of the LoRA in the tarball's checkpoints/ (the newest with "
+        "the state resume_from continues from). 0: none",
+    ),
+    resume_from: Optional[str] = Input(
+        description="Continue an earlier run: the URL of its trained_model.tar, written with "
+        "checkpointing_steps > 0. Training goes on from its newest checkpoint exactly as if it "
+        "had not stopped, given the same inputs (the seed defaults to that run's)",
+        default=None,
+    ),
     dry_run: bool = Input(
         description="Only preprocess and report the plan and the preview; no training",
         default=False,
@@ -157,6 +168,14 @@ def train(
     options = flux.preprocess_options()
     return Path(
         train_on_upload(
-            config, options, input_images, base_model, FLUX, inputs, dry_run, accounts=accounts
+            config,
+            options,
+            input_images,
+            base_model,
+            FLUX,
+            inputs,
+            dry_run,
+            accounts=accounts,
+            resume_from=resume_from,
         )
     )

@@ -83,7 +83,7 @@ def test_flux_predict_inputs_are_the_flux_generation_request():
 
 def test_flux_train_inputs_are_the_flux_training_inputs():
     # input_images may be empty, with skip_training_and_use_pretrained_hf_lora_url.
-    job = {"input_images": None, "base_model": None, "dry_run": False}
+    job = {"input_images": None, "base_model": None, "dry_run": False, "resume_from": None}
     expected = declared_fields(FluxTrainingInputs)
     assert_agree(CONTAINERS["flux"].trainer, "TrainingInput", expected, job, container="flux")
 

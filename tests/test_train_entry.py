@@ -22,6 +22,7 @@ from formats.bundle import (
 )
 from preprocess import PreprocessError
 from serving.cli import parse_inputs
+from serving.containers import CONTAINERS
 from serving.schema import TRAINER_REF, inspect_entry
 from tests.train_helpers import one_thread  # noqa: F401 (autouse fixture)
 from tests.trained_bundles import tar_bytes
@@ -150,6 +151,15 @@ def test_the_log_states_the_tarballs_size_and_warns_above_the_download_limit(tmp
 
 RESUMABLE = dict(resolution=64, train_batch_size=2, max_train_steps=6, checkpointing_steps=4,
                  lr_warmup_steps=0, lora_rank=4)  # fmt: skip
+# The same run in each container's inputs (FLUX.1: Replicate's Flux trainer's names).
+RESUMABLE_RUNS = {
+    "sdxl": (RESUMABLE, (LORA_FILE, EMBEDDINGS_PTI_FILE)),
+    "flux": (
+        dict(resolution="64", batch_size=2, steps=6, checkpointing_steps=4, lora_rank=4,
+             optimizer="adamw", base_model=TINY_FLUX),
+        (LORA_FILE,),
+    ),
+}  # fmt: skip
 
 
 def bundle_contents(tarball) -> dict[str, bytes]:
@@ -157,19 +167,22 @@ def bundle_contents(tarball) -> dict[str, bytes]:
         return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
 
 
+@pytest.mark.parametrize("container", RESUMABLE_RUNS)
 def test_a_training_continues_from_its_tarball_as_if_it_had_not_stopped(
-    tiny_env, file_server, capsys
+    container, tiny_env, file_server, capsys
 ):
     """A run resumed from the newest checkpoint of an earlier run's tarball, by URL, ends with
     the same weights and losses as the run that went through in one go (every random draw is
     a function of seed and step, and the optimizer state travels in the checkpoint)."""
-    straight = bundle_contents(train_with(seed=0, **RESUMABLE))
+    inputs, weights = RESUMABLE_RUNS[container]
+    trainer = CONTAINERS[container].trainer
+    straight = bundle_contents(train_with(trainer, seed=0, **inputs))
     assert "checkpoints/checkpoint-000004/training_state/progress.json" in straight
-    url = file_server.add("/earlier/trained_model.tar", tar_bytes(straight))
+    url = file_server.add(f"/{container}/trained_model.tar", tar_bytes(straight))
 
-    resumed = bundle_contents(train_with(**RESUMABLE, resume_from=url))  # seed: the earlier one
+    resumed = bundle_contents(train_with(trainer, **inputs, resume_from=url))  # its seed
     assert "Resuming from step 4." in capsys.readouterr().out
-    for name in (LORA_FILE, EMBEDDINGS_PTI_FILE):
+    for name in weights:
         a, b = load(resumed[name]), load(straight[name])
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
     assert losses(resumed) == losses(straight) and len(losses(straight)) == 6
@@ -217,7 +230,6 @@ def test_a_trainer_refuses_another_containers_family_before_any_work(
     """Weights trained on another family's base would be refused by this container's own
     predictor: the trainer refuses the base as soon as its family is read."""
     import serving.training_call as entry
-    from serving.containers import CONTAINERS
 
     def no_preprocessing(*args, **kwargs):
         raise AssertionError("preprocessing started")

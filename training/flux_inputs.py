@@ -58,6 +58,8 @@ class FluxTrainingInputs:
     wandb_save_interval: int = ranged(100, 1, MAX_STEPS)
     # A LoRA .safetensors URL packaged as the tarball, instead of training one.
     skip_training_and_use_pretrained_hf_lora_url: str | None = None
+    # Not Replicate's: checkpoints in the tarball, which `resume_from` continues from.
+    checkpointing_steps: int = ranged(0, 0, 2**31 - 1)
 
     def training_config(self) -> TrainingConfig:
         """The training settings: a LoRA of rank = alpha on the transformer, the trigger word
@@ -97,6 +99,7 @@ class FluxTrainingInputs:
             wandb_run=self.wandb_run,
             wandb_entity=self.wandb_entity,
             wandb_save_interval=self.wandb_save_interval,
+            checkpointing_steps=self.checkpointing_steps,
         )
 
     def accounts(self) -> Accounts:
