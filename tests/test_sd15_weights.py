@@ -13,6 +13,7 @@ from peft.tuners.lora import LoraLayer
 
 from families import SD15, SDXL
 from formats.bundle import LORA_KOHYA_FILE, TRAINING_CONFIG_FILE
+from generation.engine import DefaultWeightsError
 from tests.predict_helpers import one_torch_thread, predict_arrays, same, tiny_predictor
 from tests.test_train_entry import train_with
 from tests.train_helpers import make_dataset, small_config
@@ -161,6 +162,8 @@ def test_sd15_weights_in_an_sdxl_predictor_fail_clearly(model_cache, sd15_bundle
         assert "trained for SD 1.5 (sd15), but this model runs an SDXL (sdxl) base" in message
         assert f"BASE_MODEL={SD15.default_base_model}" in message
     assert same(predict_arrays(predictor, **TRIGGER), base)
-    # As a version's own weights, the predictor does not start on the wrong family.
-    with pytest.raises(WrongFamilyError, match="trained for SD 1.5"):
-        tiny_predictor(model_cache, sd15_bundles["lora"])
+    # As a version's own weights: the predictor starts, and each request that would use
+    # them says why it cannot.
+    version = tiny_predictor(model_cache, sd15_bundles["lora"])
+    with pytest.raises(DefaultWeightsError, match="COG_WEIGHTS.*trained for SD 1.5"):
+        predict_arrays(version, **TRIGGER)
