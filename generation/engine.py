@@ -8,7 +8,6 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from families import FLUX
 from formats.input_ranges import random_seed
 from formats.tokens import apply_token_map, contains_trigger
 from generation.layer_names import LayerNames
@@ -59,12 +58,9 @@ class GenerationEngine:
         base_source = resolve_model(settings.base_model, "base", cache_dir, variant)
         self.base = load_base(base_source, self.runtime, settings.single_file_config)
         self.family = self.base.family
-        # FLUX.1 dev or schnell, told by whether the transformer embeds a guidance scale; None
-        # for the UNet families, whose requests name no variant.
-        self.flux_variant = None
-        if self.family is FLUX:
-            guided = self.base.txt2img.transformer.config.guidance_embeds
-            self.flux_variant = "dev" if guided else "schnell"
+        # Which variant of its family the base is (FLUX.1: dev or schnell), which a request
+        # may name; None for families without variants.
+        self.variant = self.family.served_variant(self.base.txt2img)
         self.refiner = None  # REFINER_MODEL is not loaded for a family without a refiner
         if self.family.default_refiner_model is not None:
             refiner_source = resolve_model(settings.refiner_model, "refiner", cache_dir, variant)
@@ -114,11 +110,11 @@ class GenerationEngine:
         # 1. Check the inputs before any work.
         request, notes = validate(request, self.local_dirs)
         requested_variant = getattr(request, "model", None)
-        if requested_variant not in (None, self.flux_variant):
+        if requested_variant not in (None, self.variant):
             raise InvalidRequestError(
-                f"model={requested_variant!r}, but this deployment serves FLUX.1-"
-                f"{self.flux_variant}: send model={self.flux_variant!r} (or deploy with "
-                f"BASE_MODEL=black-forest-labs/FLUX.1-{requested_variant})."
+                f"model={requested_variant!r}, but this deployment serves {self.family.title}-"
+                f"{self.variant}: send model={self.variant!r} (or deploy a {requested_variant} "
+                "base model with BASE_MODEL)."
             )
         if request.refine != "no_refiner" and self.refiner is None:
             raise InvalidRequestError(

@@ -17,9 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from families import ModelFamily
-from formats.bfl_names import BLOCKS, fused_parts
 from formats.bundle import TEXT_MODEL
-from weights.single_file import unet_ldm_names
 
 # SimpleTuner's LyCORIS prefix for the denoiser's layers (diffusers paths), which ComfyUI reads.
 LYCORIS_PREFIX = "lycoris"
@@ -75,22 +73,11 @@ class LayerNames:
                     self._targets[_kohya(prefix, written)] = target
 
     def _add_original_names(self, component: str, model, layers: set[str], family) -> None:
-        """The denoiser's layers by the original checkpoint's paths: SGM's or BFL's."""
-        prefix = family.kohya_unet_prefix
-        if family.kohya_layout == "sgm":
-            for key, original in unet_ldm_names(model).items():
-                layer = key.removesuffix(".weight")
-                if layer in layers:
-                    name = _kohya(prefix, original.removesuffix(".weight"))
-                    self._targets.setdefault(name, LayerTarget(component, (layer,)))
-            return
-        for block_list, (bfl_block_list, table) in BLOCKS.items():
-            for index in range(len(getattr(model, block_list, ()))):
-                for fused, suffixes in fused_parts(table).items():
-                    parts = tuple(f"{block_list}.{index}.{suffix}" for suffix in suffixes)
-                    if all(part in layers for part in parts):
-                        name = _kohya(prefix, f"{bfl_block_list}.{index}.{fused}")
-                        self._targets[name] = LayerTarget(component, parts)
+        """The denoiser's layers by the original checkpoint's names (the family's: SGM's,
+        BFL's fused layers, ...)."""
+        for name, parts in family.original_layer_names(model, layers).items():
+            target = LayerTarget(component, parts)
+            self._targets.setdefault(_kohya(family.kohya_unet_prefix, name), target)
 
 
 def _kohya(prefix: str, path: str) -> str:

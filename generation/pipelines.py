@@ -1,7 +1,7 @@
 """Pipelines for every mode of a model family, sharing one copy of each model component.
 
-The family (SDXL, SD 1.5, FLUX.1) is read from the model's config; its pipeline classes and the
-few loading options that differ come from the family table."""
+The family is read from the model's config; its pipeline classes and the few loading options
+that differ are the family's."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import diffusers
 
-from families import SD15, SDXL, TOKENIZER_NAMES, ModelFamily, detect_family
+from families import TOKENIZER_NAMES, ModelFamily, detect_family
 from generation.schedulers import SchedulerCache
 from weights.base_models import load_pipeline
 from weights.runtime import Runtime
@@ -73,7 +73,7 @@ def _sharing(source, family: ModelFamily, txt2img=None) -> ModelPipelines:
             # PEFT freezes the layers it wraps, and frozen and trainable weights can take
             # different kernels.
             component.requires_grad_(False)
-    config = _pipeline_options(source, family)
+    config = family.shared_pipeline_options(source)
     components = source.components
     img2img_class = getattr(diffusers, family.img2img_pipeline)
     img2img = source if isinstance(source, img2img_class) else img2img_class(**components, **config)
@@ -81,16 +81,3 @@ def _sharing(source, family: ModelFamily, txt2img=None) -> ModelPipelines:
     return ModelPipelines(
         family, img2img, inpaint, SchedulerCache(source.scheduler.config), txt2img
     )
-
-
-def _pipeline_options(source, family: ModelFamily) -> dict:
-    """The constructor options (not components) the other modes' pipelines copy."""
-    if family is SDXL:
-        return {
-            "force_zeros_for_empty_prompt": source.config.force_zeros_for_empty_prompt,
-            "requires_aesthetics_score": source.config.get("requires_aesthetics_score", False),
-            "add_watermarker": False,
-        }
-    if family is SD15:
-        return {"requires_safety_checker": False}
-    return {}  # Flux's pipelines take components only

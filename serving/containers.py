@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from families import FLUX, SD15, SDXL, ModelFamily
+from families import FAMILIES, FLUX, SDXL, ModelFamily
 from training.config import InvalidTrainingConfig
 
 
@@ -18,10 +18,15 @@ from training.config import InvalidTrainingConfig
 class Container:
     name: str
     family: ModelFamily  # whose BASE_MODEL is the default
-    trains: tuple[ModelFamily, ...]  # the families whose bases its trainer takes
     predictor: str  # Cog's `predict:` reference
     trainer: str  # Cog's `train:` reference
     cog_config: str  # the file `cog build -f` reads
+
+    @property
+    def trains(self) -> tuple[ModelFamily, ...]:
+        """The families whose bases its trainer takes and its predictor serves (each family
+        names its container)."""
+        return tuple(f for f in FAMILIES.values() if f.container == self.name)
 
     @property
     def title(self) -> str:
@@ -43,11 +48,9 @@ class Container:
 
 
 CONTAINERS = {
-    "sdxl": Container(
-        "sdxl", SDXL, (SDXL, SD15), "predict.py:Predictor", "train.py:train", "cog.yaml"
-    ),
+    "sdxl": Container("sdxl", SDXL, "predict.py:Predictor", "train.py:train", "cog.yaml"),
     "flux": Container(
-        "flux", FLUX, (FLUX,), "predict_flux.py:Predictor", "train_flux.py:train", "cog.flux.yaml"
+        "flux", FLUX, "predict_flux.py:Predictor", "train_flux.py:train", "cog.flux.yaml"
     ),
 }
 DEFAULT_CONTAINER = "sdxl"

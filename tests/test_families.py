@@ -33,7 +33,6 @@ def test_family_pipelines_are_diffusers_classes_with_one_encoder_per_dim(family)
     assert all(hasattr(transformers, name) for name in family.tokenizer_classes)
     assert hasattr(diffusers, family.denoiser_class) and family.denoiser in parameters
     assert len(family.kohya_text_encoder_prefixes) == len(encoders)
-    assert (family.default_refiner_model is None) == (family.refiner_time_ids is None)
 
 
 def test_detect_family_reads_the_tiny_sdxl_configs(tiny_models):

@@ -23,6 +23,8 @@ from safetensors.torch import load_file, save_file
 from transformers import CLIPTextModel, T5EncoderModel
 
 from families import FLUX, SDXL, detect_family, family_from_weight_names
+from families.flux1 import unpack_latents
+from families.flux1.bfl_export import to_bfl_kohya
 from formats.bundle import (
     LORA_FILE,
     LORA_KOHYA_FILE,
@@ -47,15 +49,14 @@ from tests.lycoris_files import (
 from tests.predict_helpers import one_torch_thread, tiny_predictor
 from tests.train_helpers import make_dataset, small_config
 from tests.trained_bundles import write_kohya_lora, write_lora_bundle
-from training.bfl_export import to_bfl_kohya
 from training.bundle import write_bundle
 from training.config import InvalidTrainingConfig
 from training.loop import CHECKPOINTS_DIR, run_training
-from training.objectives import unpack_latents
 from weights.embedded.tiny import ensure_tiny_model
 from weights.runtime import pick_runtime
-from weights.settings import TINY_FLUX
 from weights.trained_files import WrongFamilyError
+
+TINY_FLUX = FLUX.tiny_model
 
 CPU = pick_runtime("cpu")
 SUBJECT = "a photo of TOK, a red square"
@@ -272,7 +273,7 @@ def test_an_int8_base_trains_the_same_lora_layout_and_learns(trained, dataset, t
         ({"ti_lr": 3e-4}, "trains no new tokens: set ti_lr=0"),
         ({"ti_lr": 0.0, "min_snr_gamma": 5.0}, "trains by flow matching: set min_snr_gamma=0"),
         ({"ti_lr": 0.0, "is_lora": False, "unet_learning_rate": 1e-5}, "LoRA on its transformer"),
-        ({"ti_lr": 0.0, "lora_method": "dora"}, "trains a plain LoRA here"),
+        ({"ti_lr": 0.0, "lora_method": "dora"}, "FLUX.1 trains lora here: set lora_method='lora'"),
     ],
 )
 def test_settings_flux_cannot_train_are_refused_before_training(

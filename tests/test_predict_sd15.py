@@ -7,10 +7,12 @@ import pytest
 from diffusers import StableDiffusionInpaintPipeline, StableDiffusionPipeline
 from PIL import Image
 
+from families import SD15
 from generation.request import GenerationRequest, InvalidRequestError
 from tests.predict_helpers import one_torch_thread, predict_arrays, same, tiny_predictor
 from tests.test_predict import half_mask, photo  # noqa: F401 (fixtures)
-from weights.settings import TINY_SD15
+
+TINY_SD15 = SD15.tiny_model
 
 
 @pytest.fixture(scope="module")

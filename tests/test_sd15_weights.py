@@ -22,8 +22,9 @@ from training.bundle import write_bundle
 from training.loop import run_training
 from weights.archive import unpack_archive
 from weights.runtime import pick_runtime
-from weights.settings import TINY_SD15
 from weights.trained_files import WrongFamilyError, inspect_weights
+
+TINY_SD15 = SD15.tiny_model
 
 TRIGGER = dict(prompt="a photo of TOK")
 

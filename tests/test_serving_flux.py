@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from families import FLUX
 from formats.bundle import (
     BUNDLE_FILE,
     LORA_FILE,
@@ -27,7 +28,8 @@ from formats.bundle import (
 from tests.cog_server import request, request_when_free, running_server
 from tests.conftest import tiny_variables
 from tests.hub_server import HubServer
-from weights.settings import TINY_FLUX
+
+TINY_FLUX = FLUX.tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 HF_TOKEN = "hf_uploadsecret0123456789"

@@ -13,10 +13,13 @@ from diffusers import (
     StableDiffusionXLPipeline,
 )
 
+from families import SD15
 from weights.base_models import ModelUnavailableError, load_pipeline, resolve_model
 from weights.embedded.tiny import build_tokenizer, clip_vocabulary, ensure_tiny_model
 from weights.runtime import pick_runtime
-from weights.settings import TINY, TINY_SD15
+from weights.settings import TINY
+
+TINY_SD15 = SD15.tiny_model
 
 CPU = pick_runtime("cpu")
 

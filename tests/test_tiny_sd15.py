@@ -9,7 +9,8 @@ from families import SD15, SDXL, detect_family
 from tests.test_tiny_models import _hashes
 from weights.base_models import resolve_model
 from weights.embedded.tiny import ensure_tiny_model
-from weights.settings import TINY_SD15
+
+TINY_SD15 = SD15.tiny_model
 
 
 def test_tiny_sd15_has_sd15_architecture(tiny_env, tiny_sd15_model):

@@ -10,7 +10,7 @@ import torch
 from cog import Path as CogPath
 from safetensors.torch import load
 
-from families import SD15, SDXL
+from families import FLUX, SD15, SDXL
 from formats.bundle import (
     CHECKPOINTS_DIR,
     EMBEDDINGS_PTI_FILE,
@@ -29,8 +29,11 @@ from tests.trained_bundles import tar_bytes
 from training.bundle import base_model_loading, bundle_size_report
 from training.config import InvalidTrainingConfig, TrainingConfig
 from weights.archive import unpack_archive
-from weights.settings import TINY, TINY_FLUX, TINY_SD15
+from weights.settings import TINY
 from weights.trained_files import inspect_weights
+
+TINY_SD15 = SD15.tiny_model
+TINY_FLUX = FLUX.tiny_model
 
 EXAMPLE = "@examples/cat_photos.zip"
 

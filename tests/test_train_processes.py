@@ -14,11 +14,15 @@ import pytest
 import torch
 from safetensors.torch import load, load_file
 
+from families import FLUX, SD15
 from formats.bundle import BUNDLE_FILE, EMBEDDINGS_PTI_FILE, LORA_FILE, TRAINING_CONFIG_FILE
 from tests.train_helpers import make_dataset, one_thread, small_config  # noqa: F401 (autouse)
 from training.loop import latest_checkpoint, run_training
 from weights.runtime import pick_runtime
-from weights.settings import TINY, TINY_FLUX, TINY_SD15
+from weights.settings import TINY
+
+TINY_SD15 = SD15.tiny_model
+TINY_FLUX = FLUX.tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = {"max_train_steps": 12, "checkpointing_steps": 3, "lora_lr": 1e-3}

@@ -218,20 +218,9 @@ def model_card(result: TrainingResult, config: TrainingConfig, base_model: str) 
             'handler.load_embeddings("embeddings.pti")',
         ]
     lines += [f'image = pipe("{prompt}").images[0]', "```", ""]
-    if family.kohya_layout == "bfl":
-        lines += ["## ComfyUI / Forge", ""]
-        if (weights / LORA_KOHYA_FILE).is_file():
-            lines.append(
-                f"- `{LORA_KOHYA_FILE}`: the LoRA in BFL / kohya names (`models/loras/` in "
-                "ComfyUI and Forge), loaded on the FLUX.1 model with a LoRA loader."
-            )
-    else:
-        lines += ["## ComfyUI / AUTOMATIC1111", ""]
-        if (weights / LORA_KOHYA_FILE).is_file():
-            lines.append(
-                f"- `{LORA_KOHYA_FILE}`: the LoRA in kohya layout (`models/loras/` in ComfyUI, "
-                "`models/Lora/` in A1111)."
-            )
+    lines += [f"## {family.other_tools}", ""]
+    if (weights / LORA_KOHYA_FILE).is_file():
+        lines.append(f"- `{LORA_KOHYA_FILE}`: {family.kohya_file_use}")
     if (weights / EMBEDDINGS_FILE).is_file():
         keys = ", ".join(f"`{key}`" for key in family.embedding_keys)
         lines.append(

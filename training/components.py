@@ -1,6 +1,5 @@
-"""The components a training run needs (of an SDXL, SD 1.5 or FLUX.1 base: the family is read
-from the model's config), their adapters, their trainable parameters, and the denoiser's
-conditioning."""
+"""The components a training run needs (of a base of any family: their classes are the
+family's), their adapters and their trainable parameters."""
 
 from __future__ import annotations
 
@@ -11,12 +10,15 @@ from pathlib import Path
 import diffusers
 import torch
 import transformers
-from diffusers import AutoencoderKL, DDPMScheduler, FlowMatchEulerDiscreteScheduler
+from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
 from diffusers.training_utils import cast_training_params
 from peft import LoKrConfig, LoraConfig, PeftConfig
 
 from families import ModelFamily
 from training.config import InvalidTrainingConfig
+
+# The noise schedule each training objective draws from.
+NOISE_SCHEDULERS = {"denoising": DDPMScheduler, "flow_matching": FlowMatchEulerDiscreteScheduler}
 
 
 @dataclass
@@ -25,9 +27,9 @@ class TrainingComponents:
     family: ModelFamily
     tokenizers: list  # in pipeline order (the family's tokenizer_classes)
     text_encoders: list  # in pipeline order (the family's text_encoder_classes)
-    vae: AutoencoderKL | None  # dropped after latent caching unless samples are rendered
-    denoiser: torch.nn.Module  # the UNet (SDXL, SD 1.5) or the transformer (FLUX.1)
-    # The training noise schedule: DDPM's (UNet families) or the flow-matching one (FLUX.1).
+    vae: torch.nn.Module | None  # dropped after latent caching unless samples are rendered
+    denoiser: torch.nn.Module  # the family's UNet or transformer
+    # The training noise schedule, of the family's objective.
     noise_scheduler: DDPMScheduler | FlowMatchEulerDiscreteScheduler
 
     def move_text_encoders(self, device: torch.device | str) -> None:
@@ -60,11 +62,10 @@ def load_components(
         )
     ]
     # SDXL's VAE overflows in fp16: keep it in fp32 where its config says so.
-    force_upcast = AutoencoderKL.load_config(folder, subfolder="vae").get("force_upcast", True)
+    vae_class = getattr(diffusers, family.vae_class)
+    force_upcast = vae_class.load_config(folder, subfolder="vae").get("force_upcast", True)
     vae_dtype = torch.float32 if force_upcast else dtype
-    vae = AutoencoderKL.from_pretrained(
-        folder, subfolder="vae", dtype=vae_dtype, use_safetensors=True
-    )
+    vae = vae_class.from_pretrained(folder, subfolder="vae", dtype=vae_dtype, use_safetensors=True)
     denoiser = getattr(diffusers, family.denoiser_class).from_pretrained(
         folder,
         subfolder=family.denoiser,
@@ -75,9 +76,7 @@ def load_components(
         model.requires_grad_(False)
     if quantization == "int8":
         quantize_int8(denoiser)
-    scheduler_class = (
-        FlowMatchEulerDiscreteScheduler if family.objective == "flow_matching" else DDPMScheduler
-    )
+    scheduler_class = NOISE_SCHEDULERS[family.objective]
     return TrainingComponents(
         folder=Path(folder),
         family=family,
@@ -156,54 +155,3 @@ def trainable_parameters(named_models: dict[str, torch.nn.Module]) -> dict[str, 
         for name, parameter in model.named_parameters()
         if parameter.requires_grad
     }
-
-
-def encode_prompts(
-    family: ModelFamily, text_encoders, tokenizers, captions: list[str], device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The text conditioning as the family's pipelines compute it. SDXL: both encoders'
-    penultimate hidden states side by side, and the second encoder's pooled projection.
-    SD 1.5: the encoder's last hidden state (after the final layer norm), no pooled output.
-    FLUX.1: T5's last hidden state over `max_sequence_length` tokens, CLIP's pooled output."""
-    if family.max_sequence_length is not None:
-        (clip_tokenizer, t5_tokenizer), (clip, t5) = tokenizers, text_encoders
-        t5_ids = _token_ids(t5_tokenizer, captions, device, family.max_sequence_length)
-        return t5(t5_ids)[0], clip(_token_ids(clip_tokenizer, captions, device)).pooler_output
-    hidden_states, pooled = [], None
-    for tokenizer, encoder in zip(tokenizers, text_encoders, strict=True):
-        ids = _token_ids(tokenizer, captions, device)
-        if family.prompt_from_penultimate_layer:
-            output = encoder(ids, output_hidden_states=True)
-            hidden_states.append(output.hidden_states[-2])
-            pooled = output[0]  # the last encoder's projected text embedding
-        else:
-            hidden_states.append(encoder(ids)[0])
-    return torch.cat(hidden_states, dim=-1), pooled
-
-
-def _token_ids(tokenizer, captions, device, max_length: int | None = None) -> torch.Tensor:
-    """Token ids padded (and truncated) to `max_length`, by default the tokenizer's own."""
-    return tokenizer(
-        captions,
-        padding="max_length",
-        max_length=max_length or tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    ).input_ids.to(device)
-
-
-def added_conditions(
-    family: ModelFamily,
-    pooled: torch.Tensor | None,
-    pixel_sizes: list[tuple[int, int]],
-    device: torch.device,
-) -> dict[str, torch.Tensor] | None:
-    """The UNet's `added_cond_kwargs`: for SDXL the pooled text embedding and the
-    micro-conditioning per image (original size, crop top-left, target size; the crops come
-    already made, so original = target and the offset is zero); None for SD 1.5."""
-    if not family.uses_text_time:
-        return None
-    rows = [(h, w, 0, 0, h, w) for h, w in pixel_sizes]
-    assert len(rows[0]) == family.base_time_ids
-    time_ids = torch.tensor(rows, dtype=torch.float32, device=device)
-    return {"text_embeds": pooled, "time_ids": time_ids}

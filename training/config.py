@@ -240,29 +240,7 @@ class TrainingConfig:
 
     def check_family(self, family: ModelFamily) -> None:
         """Raise when this config asks what the base model's family cannot train."""
-        problems = []
-        if self.trains_tokens and not family.pti_keys:
-            problems.append(
-                f"{family.title} trains no new tokens: set ti_lr=0 (the trigger word stays a "
-                "word of the captions)."
-            )
-        if family.objective == "flow_matching":
-            for name in ("min_snr_gamma", "noise_offset"):
-                if getattr(self, name):
-                    problems.append(
-                        f"{name} is a setting of noise-prediction training; {family.title} "
-                        f"trains by flow matching: set {name}=0."
-                    )
-            if self.trains_full_unet or self.train_text_encoder:
-                problems.append(
-                    f"{family.title} trains a LoRA on its transformer only: use is_lora=true "
-                    "and train_text_encoder=false."
-                )
-        if self.lora_method != "lora" and family.kohya_layout != "sgm":
-            problems.append(
-                f"lora_method={self.lora_method!r} is offered for SDXL and SD 1.5; "
-                f"{family.title} trains a plain LoRA here: set lora_method='lora'."
-            )
+        problems = family.training_problems(self)
         if problems:
             raise InvalidTrainingConfig("Invalid training inputs:\n- " + "\n- ".join(problems))
 

@@ -1,12 +1,12 @@
 """Write trained weights in every layout the bundle promises (docs/weights-tarball.md), with the key
-names of the base model's family (`families.py`):
+names of the base model's family (`families/`):
 
 - `lora.safetensors`: diffusers/PEFT keys (`unet.….lora_A.weight`, `text_encoder.…`), with the
   adapter config (rank, alpha) in the file's metadata so `load_lora_weights` applies alpha;
-- `lora_kohya.safetensors`: kohya keys (SDXL `lora_unet_…`, `lora_te1_…`, `lora_te2_…`;
-  SD 1.5 `lora_unet_…`, `lora_te_…`) with a `.alpha` per module (A1111, ComfyUI), a DoRA's
-  magnitudes as LyCORIS's `.dora_scale` and a LoKr's factors as `.lokr_w1`, `.lokr_w2_a`, …;
-  for FLUX.1 the BFL names (`lora_unet_double_blocks_0_img_attn_qkv`, training/bfl_export.py);
+- `lora_kohya.safetensors`: the names other tools load, the family's (`ModelFamily.
+  kohya_lora`): kohya keys for the UNet families (`lora_unet_…`, `lora_te1_…`; a DoRA's
+  magnitudes as LyCORIS's `.dora_scale`, a LoKr's factors as `.lokr_w1`, …), BFL's for
+  FLUX.1 (`lora_unet_double_blocks_0_img_attn_qkv`);
 - `embeddings.pti` (Replicate's layout: `text_encoders_0`, `text_encoders_1`),
   `embeddings.safetensors` (A1111 / ComfyUI: SDXL `clip_l` / `clip_g`, SD 1.5 `emb_params`),
   and `special_params.json` (the token map);
@@ -37,16 +37,8 @@ from formats.bundle import (
     UNET_FILE,
 )
 from formats.tokens import TokenEmbeddingsHandler
-from training.bfl_export import UnmappableModulesError, to_bfl_kohya
 from training.components import TrainingComponents
 from training.config import TrainingConfig
-
-# peft's key of a part in lora.safetensors -> kohya's (LoKr's parts keep their names).
-KOHYA_PARTS = {
-    "lora_A.weight": "lora_down.weight",
-    "lora_B.weight": "lora_up.weight",
-    "lora_magnitude_vector": "dora_scale",
-}
 
 
 def save_trained_weights(
@@ -68,10 +60,7 @@ def save_trained_weights(
             models.named_text_encoders() if config.train_text_encoder else {},
             dtype,
         )
-        if family.kohya_layout == "bfl":
-            save_bfl_lora(folder, models.denoiser, config.effective_lora_alpha)
-        else:
-            save_kohya_lora(folder / LORA_FILE, folder / LORA_KOHYA_FILE, family)
+        save_kohya_lora(folder / LORA_FILE, folder / LORA_KOHYA_FILE, family, models.denoiser)
     if config.trains_full_unet:
         state = {k: v.to(dtype).contiguous() for k, v in models.denoiser.state_dict().items()}
         save_file(state, str(folder / UNET_FILE))
@@ -113,48 +102,18 @@ def _lokr_scale_folded(state: dict, config: LoKrConfig) -> tuple[dict, LoKrConfi
     return folded, LoKrConfig(**{**config.to_dict(), "alpha": config.r})
 
 
-def save_kohya_lora(lora_file: Path, kohya_file: Path, family: ModelFamily) -> None:
-    """The PEFT-layout file with kohya keys: each module `<component>.<path>` as
-    `<the family's prefix>_<path with _ for .>`, peft's parts by kohya's names, the alpha of
-    the module's adapter (from the file's metadata; diffusers' converter would write the rank)
-    as `.alpha`, and a DoRA magnitude as one per output row (`[out, 1]`, LyCORIS's
-    `wd_on_out`)."""
-    prefixes = {
-        family.denoiser: family.kohya_unet_prefix,
-        **dict(zip(family.text_encoder_names, family.kohya_text_encoder_prefixes, strict=False)),
-    }
-    tensors = load_file(str(lora_file))
+def save_kohya_lora(lora_file: Path, kohya_file: Path, family: ModelFamily, denoiser) -> None:
+    """`lora_file`'s LoRA in the names other tools load (the family's), with each module's
+    alpha from the file's adapter metadata. A LoRA those names cannot express (modules the
+    tools have no place for) leaves the file out, saying so."""
     with safe_open(str(lora_file), framework="pt") as opened:
-        configs = json.loads(opened.metadata()[LORA_ADAPTER_METADATA_KEY])
-    kohya = {}
-    for key, value in tensors.items():
-        component, _, rest = key.partition(".")
-        cut = 2 if rest.endswith(".weight") else 1  # `.lora_A.weight`, `.lokr_w1`
-        module, part = ".".join(rest.split(".")[:-cut]), ".".join(rest.split(".")[-cut:])
-        name = f"{prefixes[component]}_{module.replace('.', '_')}"
-        if part == "lora_magnitude_vector":
-            weight_dims = tensors[f"{component}.{module}.lora_A.weight"].ndim
-            value = value.reshape(-1, *[1] * (weight_dims - 1))
-        kohya[f"{name}.{KOHYA_PARTS.get(part, part)}"] = value.contiguous()
-        alpha = configs.get(f"{component}.lora_alpha", configs.get(f"{component}.alpha"))
-        kohya[f"{name}.alpha"] = torch.tensor(float(alpha))
-    save_file(kohya, str(kohya_file))
-
-
-def save_bfl_lora(folder: Path, transformer, lora_alpha: float) -> None:
-    """The Flux transformer's LoRA (`lora.safetensors`) in BFL / kohya naming, for ComfyUI and
-    Forge. Modules outside the blocks have no place there: the file is then left out."""
-    widths = {  # PEFT wraps each trained layer: its linear is `<name>.base_layer`
-        f"transformer.{name.removesuffix('.base_layer')}": module.out_features
-        for name, module in transformer.named_modules()
-        if isinstance(module, torch.nn.Linear)
-    }
+        adapters = json.loads(opened.metadata()[LORA_ADAPTER_METADATA_KEY])
     try:
-        tensors = to_bfl_kohya(load_file(str(folder / LORA_FILE)), lora_alpha, widths)
-    except UnmappableModulesError as error:
-        print(f"No {LORA_KOHYA_FILE}: {error} Use {LORA_FILE} (diffusers, ComfyUI).")
+        tensors = family.kohya_lora(load_file(str(lora_file)), adapters, denoiser)
+    except ValueError as error:
+        print(f"No {kohya_file.name}: {error} Use {lora_file.name} (diffusers, ComfyUI).")
         return
-    save_file(tensors, str(folder / LORA_KOHYA_FILE))
+    save_file(tensors, str(kohya_file))
 
 
 def save_embeddings(folder: Path, handler: TokenEmbeddingsHandler, family: ModelFamily) -> None:

@@ -1,7 +1,7 @@
 """The training loop, top to bottom: load the base model (SDXL, SD 1.5 or FLUX.1), cache the
 latents, add the new tokens and the adapters, then step; save checkpoints and samples on the way and
 the final weights at the end. The family's facts (text encoders, conditioning, key layouts)
-come from `families.py`; nothing here is specific to one family.
+come from the family (`families/`); nothing here is specific to one family.
 
 One optimizer and one learning-rate scheduler drive every trained parameter for the whole run;
 the token embeddings stop at the pivot (`ti_frac`) through their scheduler lambda, not through
@@ -201,7 +201,7 @@ def _train(
         family,
         config.base_quantization,
     )
-    if runtime.uses("channels_last") and family.denoiser == "unet":
+    if runtime.uses("channels_last") and family.channels_last:
         models.denoiser.to(memory_format=torch.channels_last)
     clock.done("model load")
 

@@ -1,13 +1,14 @@
 """The loss of one micro-batch, by the family's objective:
 
-- `DenoisingObjective` (SDXL, SD 1.5): cached latents noised at a DDPM timestep drawn
-  uniformly, the UNet predicting the noise (or the velocity), optionally min-SNR weighted;
-- `FlowMatchingObjective` (FLUX.1): rectified flow, noisy = (1 - t) x + t e along a straight
-  path, the transformer predicting e - x, with t drawn logit-normal (sigmoid of a standard
-  normal: most draws in the middle, where the path is hardest, as SD3's paper found best and
-  ai-toolkit's Flux trainer, which Replicate's runs on, draws them), unweighted.
+- `DenoisingObjective`: cached latents noised at a DDPM timestep drawn uniformly, the denoiser
+  predicting the noise (or the velocity), optionally min-SNR weighted;
+- `FlowMatchingObjective`: rectified flow, noisy = (1 - t) x + t e along a straight path, the
+  denoiser predicting e - x, with t drawn logit-normal (sigmoid of a standard normal: most
+  draws in the middle, where the path is hardest, as SD3's paper found best and ai-toolkit's
+  Flux trainer, which Replicate's runs on, draws them), unweighted.
 
-Both share the batch (latents, flips, masks, captions) and the text conditioning; every random
+Both share the batch (latents, flips, masks, captions) and the text conditioning; the family
+encodes the prompts and calls its denoiser (packing the latents as it needs). Every random
 draw is made for the whole global batch and then sliced, so an image gets the same noise,
 timestep, flip and caption whether one process or several share the batch.
 """
@@ -19,17 +20,13 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from diffusers import FluxPipeline
 from diffusers.training_utils import compute_snr
 
+from families import Conditioning
 from training.caption_augment import caption_for_step
-from training.components import TrainingComponents, added_conditions, encode_prompts
+from training.components import TrainingComponents
 from training.config import TrainingConfig
 from training.dataset import CachedLatentsDataset
-
-# FLUX.1-dev's embedded guidance while training: 1, as ai-toolkit trains it (the LoRA then
-# follows whatever guidance the user generates with).
-FLUX_TRAINING_GUIDANCE = 1.0
 
 
 @dataclass
@@ -41,7 +38,7 @@ class TrainingObjective:
     denoiser: torch.nn.Module  # as accelerate wrapped it
     text_encoders: list
     device: torch.device
-    text_cache: dict = field(default_factory=dict)  # caption -> (embeds, pooled)
+    text_cache: dict = field(default_factory=dict)  # caption -> Conditioning of one
 
     def loss(self, batch, part: slice, generator, rng, text_trains: bool) -> torch.Tensor:
         """The loss of this process's `part` of the global `batch`."""
@@ -56,20 +53,24 @@ class TrainingObjective:
         #    trains, else encoded once per distinct caption and reused.
         if text_trains:
             models = self.models
-            embeds, pooled = encode_prompts(
-                models.family, self.text_encoders, models.tokenizers, texts, self.device
+            conditioning = models.family.encode_prompt(
+                self.text_encoders, models.tokenizers, texts, self.device
             )
         else:
-            embeds, pooled = self._cached_prompts(texts)
+            conditioning = self._cached_prompts(texts)
         # 3. Noise, timesteps, prediction and loss, by objective.
         noise = torch.randn(latents.shape, generator=generator)
         pixel_sizes = [dataset.pixel_sizes[i] for i in indices]
         return self.prediction_loss(
-            latents, noise, part, generator, embeds, pooled, pixel_sizes, masks
+            latents, noise, part, generator, conditioning, pixel_sizes, masks
         )
 
-    def prediction_loss(self, latents, noise, part, generator, embeds, pooled, pixel_sizes, masks):
+    def prediction_loss(self, latents, noise, part, generator, conditioning, pixel_sizes, masks):
         raise NotImplementedError
+
+    def predict(self, noisy, time, conditioning, pixel_sizes) -> torch.Tensor:
+        """The family's denoiser on `noisy` latents, in the latents' layout."""
+        return self.models.family.denoise(self.denoiser, noisy, time, conditioning, pixel_sizes)
 
     def loss_of_draw(self, count: int, part: slice, seed: int, text_trains: bool) -> torch.Tensor:
         """This process's `part` of the loss of `count` images drawn at random (prior
@@ -86,22 +87,27 @@ class TrainingObjective:
             self._cached_prompts([text])
 
     @torch.no_grad()
-    def _cached_prompts(self, texts: list[str]):
+    def _cached_prompts(self, texts: list[str]) -> Conditioning:
         cache, models = self.text_cache, self.models
         missing = [t for t in dict.fromkeys(texts) if t not in cache]
         if missing:
-            embeds, pooled = encode_prompts(
-                models.family, models.text_encoders, models.tokenizers, missing, self.device
+            encoded = models.family.encode_prompt(
+                models.text_encoders, models.tokenizers, missing, self.device
             )
             for index, text in enumerate(missing):
-                cache[text] = (embeds[index], None if pooled is None else pooled[index])
-        embeds = torch.stack([cache[t][0] for t in texts])
-        pooled = None if cache[texts[0]][1] is None else torch.stack([cache[t][1] for t in texts])
-        return embeds, pooled
+                pooled = None if encoded.pooled is None else encoded.pooled[index]
+                cache[text] = Conditioning(encoded.embeds[index], pooled)
+        embeds = torch.stack([cache[t].embeds for t in texts])
+        pooled = (
+            None
+            if cache[texts[0]].pooled is None
+            else torch.stack([cache[t].pooled for t in texts])
+        )
+        return Conditioning(embeds, pooled)
 
 
 class DenoisingObjective(TrainingObjective):
-    def prediction_loss(self, latents, noise, part, generator, embeds, pooled, pixel_sizes, masks):
+    def prediction_loss(self, latents, noise, part, generator, conditioning, pixel_sizes, masks):
         config, schedule = self.config, self.models.noise_scheduler
         if config.noise_offset:
             noise += config.noise_offset * torch.randn(
@@ -113,14 +119,7 @@ class DenoisingObjective(TrainingObjective):
         latents, noise = latents[part].to(self.device), noise[part].to(self.device)
         timesteps = timesteps[part].to(self.device)
         noisy = schedule.add_noise(latents, noise, timesteps)
-        prediction = self.denoiser(
-            noisy,
-            timesteps,
-            embeds,
-            added_cond_kwargs=added_conditions(
-                self.models.family, pooled, pixel_sizes, self.device
-            ),
-        ).sample
+        prediction = self.predict(noisy, timesteps, conditioning, pixel_sizes)
         target = (
             noise
             if schedule.config.prediction_type == "epsilon"
@@ -130,38 +129,14 @@ class DenoisingObjective(TrainingObjective):
 
 
 class FlowMatchingObjective(TrainingObjective):
-    def prediction_loss(self, latents, noise, part, generator, embeds, pooled, pixel_sizes, masks):
+    def prediction_loss(self, latents, noise, part, generator, conditioning, pixel_sizes, masks):
         sigmas = torch.sigmoid(torch.randn((len(latents),), generator=generator))
         latents, noise = latents[part].to(self.device), noise[part].to(self.device)
         sigmas = sigmas[part].to(self.device)
         t = sigmas.view(-1, 1, 1, 1)
         noisy = (1 - t) * latents + t * noise
-        batch, channels, height, width = noisy.shape
-        transformer = self.models.denoiser  # the unwrapped model, for its config
-        guidance = None
-        if transformer.config.guidance_embeds:
-            guidance = torch.full((batch,), FLUX_TRAINING_GUIDANCE, device=self.device)
-        prediction = self.denoiser(
-            hidden_states=FluxPipeline._pack_latents(noisy, batch, channels, height, width),
-            timestep=sigmas,  # the pipeline passes timestep / 1000, i.e. the sigma
-            guidance=guidance,
-            pooled_projections=pooled,
-            encoder_hidden_states=embeds,
-            txt_ids=torch.zeros(embeds.shape[1], 3, device=self.device),
-            img_ids=FluxPipeline._prepare_latent_image_ids(
-                batch, height // 2, width // 2, self.device, noisy.dtype
-            ),
-            return_dict=False,
-        )[0]
-        prediction = unpack_latents(prediction, height, width)
+        prediction = self.predict(noisy, sigmas, conditioning, pixel_sizes)
         return masked_mse(prediction, noise - latents, masks).mean()
-
-
-def unpack_latents(packed: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """[B, (h/2)(w/2), 4C] tokens back to [B, C, h, w] latents (the inverse of 2x2 packing)."""
-    batch, _, features = packed.shape
-    grid = packed.view(batch, height // 2, width // 2, features // 4, 2, 2)
-    return grid.permute(0, 3, 1, 4, 2, 5).reshape(batch, features // 4, height, width)
 
 
 def masked_mse(prediction, target, masks) -> torch.Tensor:

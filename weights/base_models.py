@@ -23,16 +23,13 @@ from pathlib import Path
 import diffusers
 import torch
 
-from families import detect_family
+from families import detect_family, family_of_tiny_model
 from weights.embedded.tiny import build_folder_once, ensure_tiny_model
 from weights.embedded.toy import ensure_toy_model
 from weights.references import is_remote
 from weights.runtime import Runtime
 from weights.settings import (
     PROFILE_VARIABLE,
-    TINY,
-    TINY_FLUX,
-    TINY_SD15,
     TOY,
     HubSettings,
     ModelSettings,
@@ -60,12 +57,9 @@ def resolve_model(
     """Local files for `reference`: a diffusers folder, or a single-file `.safetensors`
     checkpoint. `variant="fp16"` prefers the hub's half-precision weights. `allow_local=False`
     (a reference from a request) never reads a local path: anything else is a hub id."""
-    if reference == TINY:
-        return ensure_tiny_model(role, cache_dir)
-    if reference == TINY_SD15:
-        return ensure_tiny_model(role, cache_dir, family="sd15")
-    if reference == TINY_FLUX:
-        return ensure_tiny_model(role, cache_dir, family="flux")
+    tiny_family = family_of_tiny_model(reference)
+    if tiny_family is not None:
+        return ensure_tiny_model(role, cache_dir, family=tiny_family.name)
     if reference == TOY:
         return ensure_toy_model(role, cache_dir)
     refuse_pickle(reference)

@@ -6,16 +6,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from families import FLUX, SDXL, ModelFamily
+from families import FAMILIES, SDXL, ModelFamily
 from weights.network import ALLOWED_HOSTS_VARIABLE, AllowList
 
 TINY = "tiny"  # BASE_MODEL / REFINER_MODEL / SAFETY_CHECKER_MODEL: the embedded tiny models
-TINY_SD15 = "tiny-sd15"  # BASE_MODEL: the embedded tiny SD 1.5
-TINY_FLUX = "tiny-flux"  # BASE_MODEL: the embedded tiny FLUX.1
 TOY = "toy"  # BASE_MODEL: the tiny SDXL pretrained on the toy world (weights/embedded/toy.py)
-EMBEDDED_MODELS = (TINY, TINY_SD15, TINY_FLUX, TOY)
-# The embedded tiny base of each family (SDXL_TUNER_PROFILE=tiny in that family's container).
-TINY_BASES = {SDXL: TINY, FLUX: TINY_FLUX}
+# BASE_MODEL names of the embedded models: each family's tiny one (`tiny`, `tiny-flux`, ...)
+# and the toy base. Under SDXL_TUNER_PROFILE=tiny a container's base is its family's tiny one.
+EMBEDDED_MODELS = (*(f.tiny_model for f in FAMILIES.values() if f.tiny_model), TOY)
 # SDXL_TUNER_PROFILE=tiny: every model variable left unset is `tiny` and the hub is offline,
 # the one switch for the embedded, offline setup (as is a BASE_MODEL naming an embedded model).
 PROFILE_VARIABLE = "SDXL_TUNER_PROFILE"
@@ -73,7 +71,7 @@ class ModelSettings:
         """`family`: the container's (SDXL/SD 1.5 or FLUX.1), whose base is the default."""
         cache = os.environ.get("SDXL_TUNER_CACHE") or Path.home() / ".cache" / "sdxl-tuner"
         profile = tiny_profile()
-        default_base = TINY_BASES[family] if profile else family.default_base_model
+        default_base = family.tiny_model if profile else family.default_base_model
         base = os.environ.get("BASE_MODEL") or default_base
         embedded = profile or base in EMBEDDED_MODELS  # no real refiner beside a tiny base
 
@@ -82,7 +80,7 @@ class ModelSettings:
 
         return cls(
             base_model=base,
-            refiner_model=model("REFINER_MODEL", SDXL.default_refiner_model),
+            refiner_model=model("REFINER_MODEL", family.default_refiner_model or ""),
             cache_dir=Path(cache),
             device=os.environ.get("TORCH_DEVICE") or None,
             dtype=os.environ.get("TORCH_DTYPE") or None,

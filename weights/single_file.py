@@ -10,7 +10,6 @@ of diffusers' own single-file converters (`convert_ldm_unet_checkpoint`,
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import torch
@@ -19,19 +18,13 @@ from diffusers.loaders.single_file_utils import DIFFUSERS_TO_LDM_MAPPING, LDM_UN
 from safetensors.torch import save_file
 from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
+from families.sgm_names import rename_parts, rename_prefix, unet_ldm_names
+
 VAE_PREFIX = "first_stage_model."
 CLIP_L_PREFIX = "conditioner.embedders.0.transformer."  # SDXL base's first text encoder
 CLIP_G_PREFIX = "conditioner.embedders.1.model."  # its second, in OpenCLIP's layout
 REFINER_CLIP_G_PREFIX = "conditioner.embedders.0.model."  # the refiner has only OpenCLIP
 
-UNET_RESNET_NAMES = {
-    "norm1": "in_layers.0",
-    "conv1": "in_layers.2",
-    "norm2": "out_layers.0",
-    "conv2": "out_layers.3",
-    "time_emb_proj": "emb_layers.1",
-    "conv_shortcut": "skip_connection",
-}
 VAE_ATTENTION_NAMES = {
     "group_norm": "norm",
     "to_q": "q",
@@ -77,50 +70,6 @@ def unet_to_ldm(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:
     return {names[key]: value for key, value in unet.state_dict().items()}
 
 
-def unet_ldm_names(unet: UNet2DConditionModel) -> dict[str, str]:
-    """Each UNet tensor's name in the original SGM layout, by its diffusers name (kohya's SDXL
-    LoRA files name the UNet's layers this way too)."""
-    config = unet.config
-    per_block = config.layers_per_block + 1  # resnets plus the down/upsampler slot
-    renames: list[tuple[str, str]] = []
-    for i in range(len(config.down_block_types)):
-        for j in range(config.layers_per_block):
-            slot = 1 + i * per_block + j
-            renames.append((f"down_blocks.{i}.resnets.{j}.", f"input_blocks.{slot}.0."))
-            renames.append((f"down_blocks.{i}.attentions.{j}.", f"input_blocks.{slot}.1."))
-        renames.append(
-            (f"down_blocks.{i}.downsamplers.0.conv.", f"input_blocks.{(i + 1) * per_block}.0.op.")
-        )
-    for i, block_type in enumerate(config.up_block_types):
-        for j in range(per_block):
-            slot = i * per_block + j
-            renames.append((f"up_blocks.{i}.resnets.{j}.", f"output_blocks.{slot}.0."))
-            renames.append((f"up_blocks.{i}.attentions.{j}.", f"output_blocks.{slot}.1."))
-        upsampler = 2 if "CrossAttn" in block_type else 1  # after the attention, if any
-        last = i * per_block + per_block - 1
-        renames.append((f"up_blocks.{i}.upsamplers.0.", f"output_blocks.{last}.{upsampler}."))
-    renames += [
-        ("mid_block.resnets.0.", "middle_block.0."),
-        ("mid_block.attentions.0.", "middle_block.1."),
-        ("mid_block.resnets.1.", "middle_block.2."),
-    ]
-    fixed = {
-        **DIFFUSERS_TO_LDM_MAPPING["unet"]["layers"],
-        **DIFFUSERS_TO_LDM_MAPPING["unet"]["addition_embed_type"],
-    }
-
-    names = {}
-    for key in unet.state_dict():
-        if key in fixed:
-            names[key] = fixed[key]
-            continue
-        new_key = _rename_prefix(key, renames)
-        if ".resnets." in key:
-            new_key = _rename_parts(new_key, UNET_RESNET_NAMES)
-        names[key] = new_key
-    return names
-
-
 def vae_to_ldm(vae: AutoencoderKL) -> dict[str, torch.Tensor]:
     levels = len(vae.config.up_block_types)
     renames: list[tuple[str, str]] = []
@@ -143,9 +92,9 @@ def vae_to_ldm(vae: AutoencoderKL) -> dict[str, torch.Tensor]:
         if key in fixed:
             converted[fixed[key]] = value
             continue
-        new_key = _rename_prefix(key, renames).replace("conv_shortcut", "nin_shortcut")
+        new_key = rename_prefix(key, renames).replace("conv_shortcut", "nin_shortcut")
         if ".attentions." in key:
-            new_key = _rename_parts(new_key, VAE_ATTENTION_NAMES)
+            new_key = rename_parts(new_key, VAE_ATTENTION_NAMES)
             if value.ndim == 2:  # the original attention uses 1x1 convolutions
                 value = value[:, :, None, None]
         converted[new_key] = value
@@ -179,26 +128,12 @@ def open_clip_to_ldm(model: CLIPTextModelWithProjection) -> dict[str, torch.Tens
                 [state.pop(f"{layer}self_attn.{p}_proj.{kind}") for p in "qkv"]
             )
         for key in [k for k in state if k.startswith(layer)]:
-            converted[block + _rename_parts(key[len(layer) :], OPEN_CLIP_LAYER_NAMES)] = state.pop(
+            converted[block + rename_parts(key[len(layer) :], OPEN_CLIP_LAYER_NAMES)] = state.pop(
                 key
             )
     if state:
         raise ValueError(f"Unexpected text encoder weights: {sorted(state)[:5]}")
     return converted
-
-
-def _rename_prefix(key: str, renames: list[tuple[str, str]]) -> str:
-    for old, new in renames:
-        if key.startswith(old):
-            return new + key[len(old) :]
-    return key
-
-
-def _rename_parts(key: str, names: dict[str, str]) -> str:
-    """Rename dotted name parts (`norm1` in `….norm1.weight`), never substrings of others."""
-    for old, new in names.items():
-        key = re.sub(rf"(^|\.){re.escape(old)}\.", rf"\g<1>{new}.", key)
-    return key
 
 
 def _prefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -74,12 +74,12 @@ def denoise(evaluator, weights: Path | None) -> list[tuple[float, float]]:
     import torch
     from diffusers import DDPMScheduler
 
+    from families import Conditioning
     from formats.tokens import apply_token_map
     from generation.switcher import Selection
     from toyworld import metrics
     from toyworld.recognition import decode_pixels, pixel_batch
     from toyworld.subject import subject_images
-    from training.components import added_conditions
 
     prepared = evaluator.engine.weights_cache.get(str(weights)) if weights else None
     evaluator.engine.switcher.activate(Selection(prepared, 1.0))
@@ -95,18 +95,15 @@ def denoise(evaluator, weights: Path | None) -> list[tuple[float, float]]:
         clean = vae.encode(pixels).latent_dist.mean.float() * scale
         embeds, _, pooled, _ = pipeline.encode_prompt(captions, do_classifier_free_guidance=False)
         sizes = [tuple(pixels.shape[-2:])] * len(photos)
-        conditions = added_conditions(evaluator.engine.family, pooled, sizes, device)
+        conditioning = Conditioning(embeds, pooled)
         schedule = DDPMScheduler.from_config(pipeline.scheduler.config)  # the trainer's noising
         for t in TIMESTEPS:
             noise = torch.randn(clean.shape, generator=generator).to(device)
             timesteps = torch.full((len(photos),), t, device=device)
             noisy = schedule.add_noise(clean, noise, timesteps)
-            predicted = pipeline.unet(
-                noisy.to(pipeline.unet.dtype),
-                timesteps,
-                encoder_hidden_states=embeds,
-                added_cond_kwargs=conditions,
-            ).sample.float()  # the toy base predicts the noise (epsilon)
+            predicted = evaluator.engine.family.denoise(
+                pipeline.unet, noisy.to(pipeline.unet.dtype), timesteps, conditioning, sizes
+            ).float()  # the toy base predicts the noise (epsilon)
             alpha = schedule.alphas_cumprod[t].to(device)
             estimate = (noisy - (1 - alpha).sqrt() * predicted) / alpha.sqrt()
             images = decode_pixels(vae, estimate / scale)

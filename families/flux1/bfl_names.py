@@ -2,7 +2,7 @@
 `lora_unet_double_blocks_0_img_attn_qkv`) and in diffusers naming. BFL fuses some of
 diffusers' linear layers into one weight, their rows stacked: a double block's image q, k, v
 into `img_attn_qkv` (text: `txt_attn_qkv`), a single block's q, k, v and MLP input into
-`linear1`. The trainer writes these names (training/bfl_export.py), the predictor reads them
+`linear1`. The trainer writes these names (bfl_export.py), the predictor reads them
 (generation/layer_names.py)."""
 
 from __future__ import annotations

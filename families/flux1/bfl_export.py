@@ -2,7 +2,7 @@
 the layout ComfyUI and Forge load (their key tables map `lora_unet_` + the BFL module path)
 and diffusers' `FluxPipeline.load_lora_weights` reads back.
 
-BFL fuses some of diffusers' linear layers into one weight (formats/bfl_names.py). ComfyUI
+BFL fuses some of diffusers' linear layers into one weight (bfl_names.py). ComfyUI
 skips split q/k/v under kohya names, so the parts of a fused layer become one LoRA: the downs
 stacked, the ups block-diagonal (rank n·r; a part that was not trained is a zero block), which
 computes exactly the parts' sum. The alpha/rank scale is folded into the ups and each `.alpha`
@@ -15,7 +15,7 @@ import re
 
 import torch
 
-from formats.bfl_names import BLOCKS, fused_parts
+from families.flux1.bfl_names import BLOCKS, fused_parts
 
 MODULE = re.compile(r"transformer\.(transformer_blocks|single_transformer_blocks)\.(\d+)\.(.+)")
 
