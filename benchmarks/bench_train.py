@@ -45,7 +45,8 @@ def build_bench_pipeline():
     )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from weights.embedded.tiny import SDXL_SCHEDULER, VOCAB_SIZE, build_tokenizer
+    from families.sdxl.tiny import SDXL_SCHEDULER
+    from families.tiny_parts import VOCAB_SIZE, build_tokenizer
 
     torch.manual_seed(0)
 

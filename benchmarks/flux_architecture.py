@@ -66,7 +66,8 @@ def save_flux_folder(folder: Path, device, dtype) -> Path:
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
-    from weights.embedded.tiny import FLUX_SCHEDULER, build_t5_tokenizer, build_tokenizer
+    from families.flux1.tiny import FLUX_SCHEDULER, build_t5_tokenizer
+    from families.tiny_parts import build_tokenizer
 
     with torch.device("meta"):
         clip = CLIPTextModel(

@@ -77,7 +77,8 @@ def save_sdxl_folder(folder: Path, device, dtype) -> Path:
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from weights.embedded.tiny import SDXL_SCHEDULER, build_tokenizer
+    from families.sdxl.tiny import SDXL_SCHEDULER
+    from families.tiny_parts import build_tokenizer
 
     with torch.device("meta"):
         encoders = [

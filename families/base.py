@@ -105,8 +105,10 @@ class ModelFamily:
     # When another family's markers match too, the family of higher priority is the one
     # (a family whose names contain another's markers ranks above it).
     marker_priority: int = 0
-    # The embedded tiny model of the family's real classes (BASE_MODEL=<tiny_model>).
+    # The embedded tiny model of the family's real classes (BASE_MODEL=<tiny_model>), and the
+    # roles it has (a refiner beside the base).
     tiny_model: str | None = None
+    tiny_roles: tuple[str, ...] = ("base",)
 
     @property
     def text_encoder_names(self) -> tuple[str, ...]:
@@ -211,8 +213,9 @@ class ModelFamily:
         and SD 1.5's UNet): the config's fields tell them apart."""
         return config.get("_class_name") == self.denoiser_class
 
-    def build_tiny(self, folder: Path, role: str) -> None:
-        """Write the embedded tiny model of `role` (base, refiner) into `folder`."""
+    def build_tiny(self, role: str):
+        """The embedded tiny model of `role` (one of `tiny_roles`): a diffusers pipeline of
+        the family's classes, random weights from fixed seeds (two builds are identical)."""
         raise NotImplementedError
 
 

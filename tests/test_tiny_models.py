@@ -14,8 +14,9 @@ from diffusers import (
 )
 
 from families import SD15
+from families.tiny_parts import build_tokenizer, clip_vocabulary
 from weights.base_models import ModelUnavailableError, load_pipeline, resolve_model
-from weights.embedded.tiny import build_tokenizer, clip_vocabulary, ensure_tiny_model
+from weights.embedded.tiny import ensure_tiny_model
 from weights.runtime import pick_runtime
 from weights.settings import TINY
 

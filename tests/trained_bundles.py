@@ -16,8 +16,8 @@ from peft import LoraConfig, get_peft_model_state_dict
 from safetensors.torch import save_file
 
 from families import SDXL
+from families.tiny_parts import TEXT_ENCODER_DIMS
 from formats.bundle import EMBEDDINGS_PTI_FILE, LORA_FILE, SPECIAL_PARAMS_FILE, UNET_FILE
-from weights.embedded.tiny import TEXT_ENCODER_DIMS
 
 TOKEN_MAP = {"TOK": "<s0><s1>"}
 

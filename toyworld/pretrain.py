@@ -36,6 +36,8 @@ from PIL import Image
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
+from families.sdxl.tiny import SDXL_VAE_SCALING, build_tiny_sdxl
+from families.tiny_parts import build_vae
 from formats.bundle import UNET_FILE
 from formats.dataset_folder import CAPTION_COLUMNS, CAPTIONS_FILE
 from toyworld.recognition import pixel_batch
@@ -55,7 +57,6 @@ from toyworld.scenes import (
 )
 from training.config import TrainingConfig
 from training.loop import latest_checkpoint, run_training
-from weights.embedded.tiny import SDXL_VAE_SCALING, build_tiny_pipeline, build_vae
 from weights.embedded.toy import TOY_WEIGHTS_DIR, save_toy_part, toy_pipeline
 from weights.runtime import pick_runtime
 
@@ -286,7 +287,7 @@ def train_unet(
     """The UNet, trained from random initialisation with the toy VAE in place."""
     # The tiny SDXL with the toy VAE and a randomly initialised UNet of the tiny one's sizes.
     start = work_dir / "start-model"
-    tiny = build_tiny_pipeline("base")
+    tiny = build_tiny_sdxl("base")
     vae = AutoencoderKL.from_pretrained(weights_dir / "vae", dtype=torch.float32)
     torch.manual_seed(config.seed)
     unet = UNet2DConditionModel.from_config({**tiny.unet.config, **TOY_UNET_BLOCKS})

@@ -86,6 +86,11 @@ class FluxFamily(ModelFamily):
                         names[f"{bfl_block_list}.{index}.{fused}"] = parts
         return names
 
+    def build_tiny(self, role: str):
+        from families.flux1.tiny import build_tiny_flux
+
+        return build_tiny_flux()
+
     def served_variant(self, pipeline) -> str | None:
         """dev embeds the guidance scale (guidance-distilled), schnell (timestep-distilled)
         does not."""

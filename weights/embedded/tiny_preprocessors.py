@@ -1,9 +1,9 @@
 """Tiny random-initialised BLIP captioner, CLIPSeg segmenter and Swin2SR upscaler.
 
-The preprocessing models of the trainer cannot be downloaded where tests run, so, as
-`weights/embedded/tiny.py` does for SDXL, the project builds small models of the same classes (with
-their processors) and saves them as ordinary `from_pretrained` folders. The preprocessing
-code then loads them exactly as it loads the real ones.
+The preprocessing models of the trainer cannot be downloaded where tests run, so, as each
+family's `tiny.py` does for its models, the project builds small models of the same classes
+(with their processors) and saves them as ordinary `from_pretrained` folders. The
+preprocessing code then loads them exactly as it loads the real ones.
 
 Every builder seeds its own generator, so two builds give identical weights.
 """
@@ -29,13 +29,8 @@ from transformers import (
     ViTImageProcessorPil,
 )
 
-from weights.embedded.tiny import (
-    MAX_TOKENS,
-    VOCAB_SIZE,
-    build_folder_once,
-    build_tokenizer,
-    clip_vocabulary,
-)
+from families.tiny_parts import MAX_TOKENS, VOCAB_SIZE, build_tokenizer, clip_vocabulary
+from weights.embedded.tiny import build_folder_once
 
 # Bump when a builder changes, so cached folders from an older build are not reused.
 BUILD_VERSION = 1

@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, StableDiffusionXLPipeline, UNet2DConditionModel
 
-from weights.embedded.tiny import build_folder_once, build_tiny_pipeline
+from families.sdxl.tiny import build_tiny_sdxl
+from weights.embedded.tiny import build_folder_once
 
 TOY_WEIGHTS_DIR = Path(__file__).resolve().parent / "toy_weights"
 TOY_PARTS = {"vae": AutoencoderKL, "unet": UNet2DConditionModel}
@@ -38,7 +39,7 @@ def ensure_toy_model(role: str, cache_dir: Path) -> Path:
     target = Path(cache_dir) / f"toy-sdxl-base-{_weights_digest()}"
 
     def save(folder: Path) -> None:
-        tiny = build_tiny_pipeline("base")
+        tiny = build_tiny_sdxl("base")
         parts = {
             name: model_class.from_pretrained(TOY_WEIGHTS_DIR / name, dtype=torch.float32)
             for name, model_class in TOY_PARTS.items()

@@ -18,6 +18,11 @@ class SD15Family(UNetFamily):
             config.get("addition_embed_type") != "text_time"
         )
 
+    def build_tiny(self, role: str):
+        from families.sd15.tiny import build_tiny_sd15
+
+        return build_tiny_sd15()
+
 
 SD15 = SD15Family(
     name="sd15",

@@ -22,6 +22,11 @@ class SDXLFamily(UNetFamily):
             config.get("addition_embed_type") == "text_time"
         )
 
+    def build_tiny(self, role: str):
+        from families.sdxl.tiny import build_tiny_sdxl
+
+        return build_tiny_sdxl(role)
+
 
 SDXL = SDXLFamily(
     name="sdxl",
@@ -59,6 +64,7 @@ SDXL = SDXLFamily(
         "transformer_blocks_1_",
     ),
     tiny_model="tiny",
+    tiny_roles=("base", "refiner"),
     prompt_from_penultimate_layer=True,
     base_time_ids=6,
 )
