@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from families import FAMILIES, FLUX, SDXL, ModelFamily
+from generation.request import FluxGenerationRequest, GenerationRequest
 from training.config import InvalidTrainingConfig
 
 
@@ -21,6 +22,7 @@ class Container:
     predictor: str  # Cog's `predict:` reference
     trainer: str  # Cog's `train:` reference
     cog_config: str  # the file `cog build -f` reads
+    request: type[GenerationRequest]  # its predict() inputs, defaults and ranges
 
     @property
     def trains(self) -> tuple[ModelFamily, ...]:
@@ -48,9 +50,16 @@ class Container:
 
 
 CONTAINERS = {
-    "sdxl": Container("sdxl", SDXL, "predict.py:Predictor", "train.py:train", "cog.yaml"),
+    "sdxl": Container(
+        "sdxl", SDXL, "predict.py:Predictor", "train.py:train", "cog.yaml", GenerationRequest
+    ),
     "flux": Container(
-        "flux", FLUX, "predict_flux.py:Predictor", "train_flux.py:train", "cog.flux.yaml"
+        "flux",
+        FLUX,
+        "predict_flux.py:Predictor",
+        "train_flux.py:train",
+        "cog.flux.yaml",
+        FluxGenerationRequest,
     ),
 }
 DEFAULT_CONTAINER = "sdxl"
