@@ -12,6 +12,7 @@ Everything here depends only on the model libraries and `formats/`, never on the
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,18 @@ class Conditioning:
 
     embeds: torch.Tensor
     pooled: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class LatentScaling:
+    """The VAE's latent normalisation of the UNet families and FLUX.1: (latent - shift) *
+    scale, from the VAE's config."""
+
+    scale: float
+    shift: float = 0.0
+
+    def __call__(self, latents: torch.Tensor) -> torch.Tensor:
+        return (latents - self.shift) * self.scale
 
 
 @dataclass(frozen=True)
@@ -77,6 +90,12 @@ class ModelFamily:
     img2img_takes_size: bool = False
     # The denoiser is convolutional: channels-last memory speeds it up on GPUs.
     channels_last: bool = False
+    # Reference images (editing): the keyword under which each mode's pipeline takes a list
+    # of them ("txt2img", "inpaint"); empty: the family's pipelines take none.
+    reference_keywords: dict = field(default_factory=dict, hash=False, compare=False)
+    # A request's `image` without a mask is a reference image to edit from (the txt2img
+    # pipeline, at the image's size), not img2img's starting point.
+    image_is_reference: bool = False
     # --- training: what the family can train ------------------------------------------------
     # Keys of the textual-inversion files, one per text encoder; empty: no new tokens train.
     pti_keys: tuple[str, ...] = ()  # embeddings.pti (Replicate's SDXL trainer layout)
@@ -127,6 +146,13 @@ class ModelFamily:
         return (self.txt2img_pipeline, self.img2img_pipeline, self.inpaint_pipeline)
 
     # --- training -----------------------------------------------------------------------------
+
+    def training_latents(self, vae) -> Callable[[torch.Tensor], torch.Tensor]:
+        """How a sample of `vae`'s latent distribution ([B, C, h, w]) becomes the latents the
+        denoiser learns on, as the family's pipelines normalise (and rearrange) them; built
+        once from the VAE, and kept when the VAE is dropped. Its output is what `denoise`
+        takes, [B, C', h', w']."""
+        return LatentScaling(vae.config.scaling_factor, vae.config.get("shift_factor") or 0.0)
 
     def encode_prompt(
         self, text_encoders, tokenizers, captions: list[str], device: torch.device

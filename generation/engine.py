@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -121,7 +121,12 @@ class GenerationEngine:
                 f"refine={request.refine!r} needs a refiner, and {self.family.title} models have "
                 "none: use refine='no_refiner'."
             )
-        image, mask = self._input_images(request, notes)
+        if request.reference_images() and not self.family.reference_keywords:
+            raise InvalidRequestError(
+                f"images: {self.family.title} models take no reference images; send an "
+                "`image` to start from instead."
+            )
+        image, mask, references = self._input_images(request, notes)
         for note in notes:
             print(note)
 
@@ -142,7 +147,11 @@ class GenerationEngine:
         negative_prompt = apply_token_map(request.negative_prompt, token_map)
 
         # 4. Generate, then refine.
-        images = self._run(request, prompt, negative_prompt, image, mask, generator)
+        if image is not None and mask is None and self.family.image_is_reference:
+            # Editing the image: it leads the reference images, at its own size.
+            request = replace(request, width=image.width, height=image.height)
+            image, references = None, [image, *references]
+        images = self._run(request, prompt, negative_prompt, image, mask, references, generator)
         if mask is not None:  # black pixels of the mask keep the input exactly
             images = [Image.composite(out, image, mask) for out in images]
 
@@ -162,28 +171,32 @@ class GenerationEngine:
         return GenerationResult(paths, seed, flagged)
 
     def _input_images(self, request: GenerationRequest, notes: list[str]):
-        """The image and mask at the size they are used: img2img keeps the image's own size
-        (as Replicate's models do); SDXL's inpainting paints at width x height, Flux's at the
-        image's size."""
-        if request.image is None:
+        """The image and mask at the size they are used, and the reference images: img2img
+        keeps the image's own size (as Replicate's models do); SDXL's inpainting paints at
+        width x height, Flux's at the image's size. Reference images go to the pipeline as
+        they are (it sizes them)."""
+        named = {"image": request.image, "mask": request.mask}
+        named.update({f"images[{i}]": ref for i, ref in enumerate(request.reference_images())})
+        named = {name: reference for name, reference in named.items() if reference is not None}
+        with call_folder(INPUTS_PREFIX) as folder:  # all fetched before any is decoded
+            files = {n: fetch_input(n, r, folder, self.input_policy) for n, r in named.items()}
+            loaded = {
+                name: load_image(file, name, describe_source(str(named[name])), mode)
+                for name, file in files.items()
+                for mode in ["L" if name == "mask" else "RGB"]
+            }
+        references = [loaded[name] for name in named if name.startswith("images[")]
+        image, mask = loaded.get("image"), loaded.get("mask")
+        if image is None:
             self._note_oversize(request.width, request.height, notes)
-            return None, None
-        with call_folder(INPUTS_PREFIX) as folder:  # both fetched before either is decoded
-            image_file = fetch_input("image", request.image, folder, self.input_policy)
-            mask_file = None
-            if request.mask is not None:
-                mask_file = fetch_input("mask", request.mask, folder, self.input_policy)
-            image = load_image(image_file, "image", describe_source(str(request.image)))
-            mask = None
-            if mask_file is not None:
-                mask = load_image(mask_file, "mask", describe_source(str(request.mask)), "L")
+            return None, None, references
         if request.works_at_image_size:
             size, note = working_size(image, request.num_outputs, request.size_multiple)
             notes += [note] if note else []
         else:
             size = (request.width, request.height)
         self._note_oversize(*size, notes)
-        return resize(image, size), None if mask is None else resize(mask, size)
+        return resize(image, size), None if mask is None else resize(mask, size), references
 
     def _note_oversize(self, width: int, height: int, notes: list[str]) -> None:
         native = self.family.native_resolution
@@ -229,7 +242,9 @@ class GenerationEngine:
 
     # --- modes ----------------------------------------------------------------------------------
 
-    def _run(self, request, prompt, negative_prompt, image, mask, generator) -> list[Image.Image]:
+    def _run(
+        self, request, prompt, negative_prompt, image, mask, references, generator
+    ) -> list[Image.Image]:
         if image is not None and request.prompt_strength == 0:
             print("prompt_strength is 0: the input image is returned unchanged.")
             return [image.copy() for _ in range(request.num_outputs)]
@@ -241,18 +256,7 @@ class GenerationEngine:
         if self.family.negative_prompt:
             common["negative_prompt"] = [negative_prompt] * request.num_outputs
         steps = request.num_inference_steps
-        base_args = dict(common, num_inference_steps=steps)
-        if image is None:
-            pipeline = self.base.txt2img
-            base_args.update(width=request.width, height=request.height)
-        else:
-            pipeline = self.base.inpaint if mask is not None else self.base.img2img
-            base_args.update(image=image, strength=request.prompt_strength)
-            base_args["num_inference_steps"] = _steps_for_strength(steps, request.prompt_strength)
-            if mask is not None:
-                base_args.update(mask_image=mask, width=image.width, height=image.height)
-            elif self.family.img2img_takes_size:  # else it would work at its default size
-                base_args.update(width=image.width, height=image.height)
+        pipeline, base_args = self._base_call(request, common, image, mask, references)
         if self.family.named_schedulers:
             pipeline.scheduler = self.base.schedulers.get(request.scheduler)
         if request.refine == "no_refiner":
@@ -294,6 +298,31 @@ class GenerationEngine:
                 refiner_args.update(width=request.width, height=request.height)
             images = refiner(**refiner_args).images
         return images
+
+    def _base_call(self, request, common: dict, image, mask, references) -> tuple:
+        """The base model's pipeline for the request's mode, and its arguments."""
+        steps = request.num_inference_steps
+        base_args = dict(common, num_inference_steps=steps)
+        if image is None:
+            pipeline = self.base.txt2img
+            base_args.update(width=request.width, height=request.height)
+        else:
+            pipeline = self.base.inpaint if mask is not None else self.base.img2img
+            base_args.update(image=image, strength=request.prompt_strength)
+            base_args["num_inference_steps"] = _steps_for_strength(steps, request.prompt_strength)
+            if mask is not None:
+                base_args.update(mask_image=mask, width=image.width, height=image.height)
+            elif self.family.img2img_takes_size:  # else it would work at its default size
+                base_args.update(width=image.width, height=image.height)
+        if references:  # editing: the mode's pipeline takes them under its own keyword
+            mode = "inpaint" if mask is not None else "img2img" if image is not None else "txt2img"
+            if mode not in self.family.reference_keywords:
+                raise InvalidRequestError(
+                    f"images: {self.family.title} takes reference images for "
+                    f"{' and '.join(self.family.reference_keywords)}, not {mode}."
+                )
+            base_args[self.family.reference_keywords[mode]] = references
+        return pipeline, base_args
 
 
 def _note_triggers(prompt: str, weights: PreparedWeights | None) -> None:

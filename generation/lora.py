@@ -104,12 +104,14 @@ def read_lora(
             tensors = {key: opened.get_tensor(key) for key in opened.keys()}
             return _read_lycoris_file(file, tensors, layers, source)
     pipeline_class = getattr(diffusers, family.txt2img_pipeline)
-    # SDXL's and SD 1.5's readers always return the alphas; Flux's when asked.
+    # SDXL's and SD 1.5's readers always return the alphas; FLUX.1's when asked; FLUX.2's
+    # never (its converters fold them into the weights).
     asks = "return_alphas" in inspect.signature(pipeline_class.lora_state_dict).parameters
     try:
-        state_dict, alphas, metadata = pipeline_class.lora_state_dict(
+        read = pipeline_class.lora_state_dict(
             str(file), return_lora_metadata=True, **({"return_alphas": True} if asks else {})
         )
+        state_dict, alphas, metadata = read if len(read) == 3 else (read[0], None, read[1])
     except (ValueError, KeyError, IndexError) as error:  # diffusers' converters on odd keys
         message = " ".join(str(error).split())[:300]
         raise LoraFormatError(

@@ -30,6 +30,8 @@ SIZE_MULTIPLE = SDXL.pixel_multiple  # the VAE downsamples by 8
 MAX_PIXELS_PER_REQUEST = 4 * 1536 * 1536
 # The inputs that name files: over HTTP, only as URLs or data URIs (weights/references.py).
 FILE_INPUTS = ("image", "mask", "replicate_weights", "extra_lora")
+# Reference images one request may send (`images`, of the families that edit from them).
+MAX_REFERENCE_IMAGES = 5
 
 
 class InvalidRequestError(ValueError):
@@ -83,6 +85,11 @@ class GenerationRequest:
     def works_at_image_size(self) -> bool:
         """img2img (and Flux's inpainting) work at the input image's own size."""
         return self.image is not None and (self.mask is None or self.inpaints_at_image_size)
+
+    def reference_images(self) -> tuple:
+        """Reference images to edit from (files, as `image`): a request class of a family
+        whose pipelines take them declares them; this one has none."""
+        return ()
 
     def stacked_loras(self) -> list[tuple[str | os.PathLike, float]]:
         """The LoRAs stacked on the main weights, in order: extra_lora, then `loras`."""
@@ -169,10 +176,21 @@ def validate(
             "Pass `image` too, or drop `mask`."
         )
     _check_loras(request.loras)
+    references = request.reference_images()
+    if len(references) > MAX_REFERENCE_IMAGES:
+        raise InvalidRequestError(
+            f"images holds {len(references)} images; at most {MAX_REFERENCE_IMAGES} "
+            "reference images fit one request."
+        )
     try:
         files = {n: check_file_input(n, getattr(request, n), local_dirs) for n in FILE_INPUTS}
         for reference in request.loras or {}:
             check_file_input("loras", reference, local_dirs)
+        if references:
+            files["images"] = tuple(
+                check_file_input(f"images[{index}]", reference, local_dirs)
+                for index, reference in enumerate(references)
+            )
     except LocalPathRefused as error:
         raise InvalidRequestError(str(error)) from None
     request = replace(request, **files)  # as the client sent them (URL text, or a path)

@@ -18,7 +18,6 @@ take `@path` as that path; other text inputs take `@file` as the file's text.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import shutil
@@ -31,13 +30,13 @@ from cog import _inspector
 
 from formats.bundle import BUNDLE_FILE
 from generation.request import FILE_INPUTS
-from serving.containers import CONTAINERS, DEFAULT_CONTAINER, Container
+from serving.containers import CONTAINERS, DEFAULT_CONTAINER, Container, load_entry
 from serving.schema import PREDICTOR_REF, inspect_entry
 from weights.references import client_reference, is_remote
 
 # Text inputs that name files or models; a local path in one becomes a `pathlib.Path`, which
 # the predictor and trainer take as the operator's choice (weights/references.py).
-PATH_INPUTS = (*FILE_INPUTS, "base_model", "input_images", "resume_from")
+PATH_INPUTS = (*FILE_INPUTS, "images", "base_model", "input_images", "resume_from")
 
 
 class InputError(ValueError):
@@ -80,7 +79,10 @@ def parse_inputs(pairs: list[str], json_arg: str | None, info: adt.PredictorInfo
 
 
 def _operator_path(value):
-    """A local path the operator typed, as a `Path`; URLs and everything else unchanged."""
+    """A local path the operator typed, as a `Path` (each one of a list); URLs and everything
+    else unchanged."""
+    if isinstance(value, list):
+        return [_operator_path(item) for item in value]
     if isinstance(value, str) and value and not is_remote(value):
         return Path(value).expanduser()
     return value
@@ -141,7 +143,7 @@ def output_names(count: int, suffixes: list[str], template: str | None) -> list[
 def run_predict(
     container: Container, kwargs: dict, weights: str | None, output: str | None
 ) -> list[str]:
-    predictor = _load(container.predictor)()
+    predictor = load_entry(container.predictor)()
     predictor.setup(weights)
     result = predictor.predict(**kwargs)
     files = result if isinstance(result, list) else [result]
@@ -152,15 +154,10 @@ def run_predict(
 
 
 def run_train(container: Container, kwargs: dict, output: str | None) -> list[str]:
-    result = _load(container.trainer)(**kwargs)
+    result = load_entry(container.trainer)(**kwargs)
     name = output or BUNDLE_FILE
     shutil.copyfile(getattr(result, "weights", result), name)
     return [name]
-
-
-def _load(reference: str):
-    file_name, name = reference.split(":")
-    return getattr(importlib.import_module(Path(file_name).stem), name)
 
 
 def main(argv: list[str] | None = None) -> int:

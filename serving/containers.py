@@ -8,6 +8,7 @@ files and Cog config; both run the same engine, trainer and store.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 
 from families import FAMILIES, FLUX, SDXL, ModelFamily
@@ -63,6 +64,19 @@ CONTAINERS = {
     ),
 }
 DEFAULT_CONTAINER = "sdxl"
+
+
+def entry_point(reference: str) -> tuple[str, str]:
+    """A Cog reference `path/to/file.py:Name` as the module to import (`path.to.file`: entry
+    files may sit in a family's folder) and the name in it."""
+    file_name, name = reference.split(":")
+    return file_name.removesuffix(".py").replace("/", "."), name
+
+
+def load_entry(reference: str):
+    """The predictor class or train function a Cog reference names."""
+    module, name = entry_point(reference)
+    return getattr(importlib.import_module(module), name)
 
 
 def container_of(family: ModelFamily) -> Container:

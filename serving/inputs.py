@@ -31,6 +31,14 @@ TINY_PROFILE_DEFAULTS: dict[type, dict[str, Any]] = {
 }
 
 
+def tiny_profile_defaults(config: type) -> dict[str, Any]:
+    """The tiny profile's defaults of `config`'s inputs: its own, or those of the nearest
+    class it extends (a container's request class may extend another's)."""
+    return next(
+        (TINY_PROFILE_DEFAULTS[c] for c in config.__mro__ if c in TINY_PROFILE_DEFAULTS), {}
+    )
+
+
 def declared(config: type, name: str, description: str) -> Any:
     """The `Input` for `config`'s field `name`, with its default, bounds and choices."""
     found = {f.name: f for f in fields(config)}
@@ -40,7 +48,7 @@ def declared(config: type, name: str, description: str) -> Any:
     choices = meta.get("choices")
     default = None if field.default is MISSING else field.default
     if tiny_profile():
-        default = TINY_PROFILE_DEFAULTS.get(config, {}).get(name, default)
+        default = tiny_profile_defaults(config).get(name, default)
     return Input(
         default=default,
         description=description,

@@ -19,7 +19,7 @@ from typing import Any
 from cog import _adt as adt
 from cog import _inspector
 
-from serving.containers import CONTAINERS, DEFAULT_CONTAINER, Container
+from serving.containers import CONTAINERS, DEFAULT_CONTAINER, Container, entry_point
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_PATH = ROOT / ".cog" / "openapi_schema.json"  # the one coglet reads, from its cwd
@@ -30,10 +30,9 @@ TRAINER_REF = CONTAINERS[DEFAULT_CONTAINER].trainer
 
 def inspect_entry(reference: str) -> adt.PredictorInfo:
     """Read the inputs and output of `file.py:Name` with Cog's inspector."""
-    file_name, name = reference.split(":")
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    return _inspector.create_predictor(Path(file_name).stem, name)
+    return _inspector.create_predictor(*entry_point(reference))
 
 
 def input_schema(info: adt.PredictorInfo, title: str) -> tuple[dict, dict]:

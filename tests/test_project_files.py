@@ -105,8 +105,12 @@ def test_the_docker_context_holds_the_imported_code_and_nothing_heavy():
         if line.strip() and not line.startswith("#")
     ]
     # Every project module the Cog entry points import, found by importing them.
+    from serving.containers import CONTAINERS, entry_point
+
+    entries = [c.predictor for c in CONTAINERS.values()] + [c.trainer for c in CONTAINERS.values()]
+    modules = ", ".join(sorted({entry_point(reference)[0] for reference in entries}))
     script = (
-        "import sys, predict, train, predict_flux, train_flux; "
+        f"import sys, {modules}; "
         "print('\\n'.join(getattr(m, '__file__', None) or '' for m in list(sys.modules.values())))"
     )
     loaded = subprocess.run(
@@ -117,7 +121,8 @@ def test_the_docker_context_holds_the_imported_code_and_nothing_heavy():
         for f in loaded
         if Path(f).is_relative_to(ROOT) and not Path(f).is_relative_to(ROOT / ".venv")
     )
-    needed = [*imported, "cog.yaml", "cog.flux.yaml", "requirements.txt", "requirements-nodeps.txt"]
+    configs = [container.cog_config for container in CONTAINERS.values()]
+    needed = [*imported, *configs, "requirements.txt", "requirements-nodeps.txt"]
     needed += [p.relative_to(ROOT).as_posix() for p in (ROOT / "weights/embedded").rglob("*.*")]
     assert len(imported) > 20 and "weights/store.py" in imported
     assert [p for p in needed if docker_ignored(p, patterns)] == []

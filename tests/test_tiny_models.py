@@ -1,4 +1,5 @@
-"""The embedded tiny SDXL and SD 1.5: real architectures, loaded by the normal path."""
+"""The embedded tiny models: real architectures, loaded by the normal path; every family's
+rebuilds byte for byte."""
 
 import hashlib
 import time
@@ -13,7 +14,7 @@ from diffusers import (
     StableDiffusionXLPipeline,
 )
 
-from families import SD15
+from families import FAMILIES, SD15
 from families.tiny_parts import build_tokenizer, clip_vocabulary
 from weights.base_models import ModelUnavailableError, load_pipeline, resolve_model
 from weights.embedded.tiny import ensure_tiny_model
@@ -84,9 +85,11 @@ def test_tiny_refiner_uses_second_encoder_and_aesthetic_score(tiny_env):
     assert result.images[0].shape == (64, 64, 3)
 
 
-def test_tiny_models_rebuild_byte_for_byte(tmp_path, tiny_models):
-    for role, folder in tiny_models.items():
-        rebuilt = ensure_tiny_model(role, tmp_path)
+@pytest.mark.parametrize("family", list(FAMILIES.values()), ids=lambda f: f.name)
+def test_each_familys_tiny_models_rebuild_byte_for_byte(tmp_path, model_cache, family):
+    for role in family.tiny_roles:
+        folder = ensure_tiny_model(role, model_cache, family=family.name)
+        rebuilt = ensure_tiny_model(role, tmp_path, family=family.name)
         assert _hashes(rebuilt) == _hashes(folder), role
 
 

@@ -1,7 +1,6 @@
 """The Cog `train()` end to end: the example zip in, a weights tarball out (a top-level
 cog.Path), the dry run, and invalid inputs rejected before any work."""
 
-import importlib
 import json
 import tarfile
 
@@ -22,7 +21,7 @@ from formats.bundle import (
 )
 from preprocess import PreprocessError
 from serving.cli import parse_inputs
-from serving.containers import CONTAINERS
+from serving.containers import CONTAINERS, load_entry
 from serving.schema import TRAINER_REF, inspect_entry
 from tests.train_helpers import one_thread  # noqa: F401 (autouse fixture)
 from tests.trained_bundles import tar_bytes
@@ -41,8 +40,7 @@ EXAMPLE = "@examples/cat_photos.zip"
 def train_with(trainer: str = TRAINER_REF, **inputs):
     """Call a container's train() (`file.py:name`) as Cog does: the declared defaults for
     every input not given."""
-    module, name = trainer.split(":")
-    train = getattr(importlib.import_module(module.removesuffix(".py")), name)
+    train = load_entry(trainer)
     pairs = [f"{name}={value}" for name, value in {"input_images": EXAMPLE, **inputs}.items()]
     return train(**parse_inputs(pairs, None, inspect_entry(trainer)))
 

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from families import ModelFamily
 from formats.dataset_folder import CaptionedImage
 
 
@@ -52,6 +53,7 @@ class CachedLatentsDataset:
         self,
         items: list[CaptionedImage],
         vae,
+        family: ModelFamily,
         flip: bool,
         use_masks: bool,
         scales: tuple[float, ...] = (),
@@ -63,9 +65,8 @@ class CachedLatentsDataset:
         self.latent_sizes: list[tuple[int, int]] = []
         self.cache, self.masks = LatentCache(cache_dir), []
         self.flip = flip
-        # The VAE's latent normalisation: (latent - shift) * scale (Flux's has a shift).
-        self.scaling_factor = vae.config.scaling_factor
-        self.shift_factor = vae.config.get("shift_factor") or 0.0
+        # The family's normalisation of a VAE latent sample (kept: the VAE is dropped later).
+        self.to_training = family.training_latents(vae)
         for item in items:
             full = load_pixels(item.image_path)
             for pixels in (full, *(downscale(full, scale) for scale in scales)):
@@ -78,10 +79,9 @@ class CachedLatentsDataset:
         if self.flip:
             tensors["flipped_mean"], tensors["flipped_std"] = self._encode(vae, pixels.flip(-1))
         self.cache.add(tensors)
-        self.latent_sizes.append(tuple(mean.shape[-2:]))
-        self.masks.append(
-            load_mask(item.mask_path, mean.shape[-2:]) if use_masks and item.mask_path else None
-        )
+        size = tuple(self.to_training(mean[None]).shape[-2:])  # the denoiser's latent size
+        self.latent_sizes.append(size)
+        self.masks.append(load_mask(item.mask_path, size) if use_masks and item.mask_path else None)
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -94,7 +94,8 @@ class CachedLatentsDataset:
         return groups
 
     def latents(self, indices, flips, generator: torch.Generator) -> torch.Tensor:
-        """A batch of latents sampled from the cached distributions (scaled for the UNet)."""
+        """A batch of latents sampled from the cached distributions, as the denoiser takes
+        them (the family's normalisation)."""
         means, stds = [], []
         for index, flip in zip(indices, flips, strict=True):
             tensors, prefix = self.cache[index], "flipped_" if flip else ""
@@ -102,7 +103,7 @@ class CachedLatentsDataset:
             stds.append(tensors[prefix + "std"])
         mean, std = torch.stack(means), torch.stack(stds)
         noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
-        return (mean + std * noise - self.shift_factor) * self.scaling_factor
+        return self.to_training(mean + std * noise)
 
     def mask_batch(self, indices, flips) -> torch.Tensor | None:
         """Masks [B, 1, h, w] in [0, 1], or None when no image of the batch has one."""

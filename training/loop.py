@@ -213,6 +213,7 @@ def _train(
     dataset = CachedLatentsDataset(
         items,
         models.vae,
+        family,
         config.flip_augmentation,
         config.use_masks,
         scales,
@@ -225,6 +226,7 @@ def _train(
         class_set = CachedLatentsDataset(
             class_items,
             models.vae,
+            family,
             config.flip_augmentation,
             False,
             cache_dir=on_disk / "class_images" if config.cache_latents_to_disk else None,

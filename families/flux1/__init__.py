@@ -5,7 +5,7 @@ diffusers' (bfl_names.py, bfl_export.py)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -32,6 +32,9 @@ LORA_TARGETS = (
 class FluxFamily(ModelFamily):
     # Tokens of T5's prompt: FLUX.1-dev's 512 (schnell was distilled at 256).
     max_sequence_length: int = 512
+    # The transformer's layers in BFL's names (bfl_names.py): diffusers block list -> (BFL
+    # block list, diffusers module suffix -> (BFL module, part, parts)).
+    bfl_blocks: dict = field(default_factory=lambda: BLOCKS, hash=False, compare=False)
 
     def encode_prompt(self, text_encoders, tokenizers, captions, device) -> Conditioning:
         """T5's last hidden state over `max_sequence_length` tokens, CLIP's pooled output."""
@@ -72,13 +75,13 @@ class FluxFamily(ModelFamily):
             if isinstance(module, torch.nn.Linear)
         }
         alpha = adapters[f"{self.denoiser}.lora_alpha"]
-        return to_bfl_kohya(lora, alpha, widths, prefix=self.kohya_unet_prefix)
+        return to_bfl_kohya(lora, alpha, widths, self.kohya_unet_prefix, self.bfl_blocks)
 
     def original_layer_names(self, denoiser, layers) -> dict[str, tuple[str, ...]]:
         """BFL's names, a fused layer standing for its parts (`double_blocks.0.img_attn_qkv`
         = to_q, to_k, to_v)."""
         names = {}
-        for block_list, (bfl_block_list, table) in BLOCKS.items():
+        for block_list, (bfl_block_list, table) in self.bfl_blocks.items():
             for index in range(len(getattr(denoiser, block_list, ()))):
                 for fused, suffixes in fused_parts(table).items():
                     parts = tuple(f"{block_list}.{index}.{suffix}" for suffix in suffixes)

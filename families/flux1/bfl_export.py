@@ -29,21 +29,23 @@ def to_bfl_kohya(
     alpha: float,
     widths: dict[str, int],
     prefix: str = "lora_unet",
+    blocks: dict = BLOCKS,
 ) -> dict[str, torch.Tensor]:
     """`diffusers_lora`: `transformer.<module>.lora_A/B.weight` tensors with one alpha;
     `widths`: the output width of each diffusers module (`transformer.<module>`), for the
-    zero blocks of fused parts that were not trained. Returns the kohya-named tensors."""
+    zero blocks of fused parts that were not trained; `blocks`: the model's BFL tables
+    (bfl_names.py's FLUX.1 ones by default). Returns the kohya-named tensors."""
     fused: dict[str, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {}
     part_modules: dict[str, list[str]] = {}  # BFL name -> its diffusers modules, by part
     unmapped = []
     for key in sorted(k for k in diffusers_lora if k.endswith(".lora_A.weight")):
         module = key.removesuffix(".lora_A.weight")
         match = MODULE.fullmatch(module)
-        if match is None or match[3] not in BLOCKS[match[1]][1]:
+        if match is None or match[3] not in blocks[match[1]][1]:
             unmapped.append(module)
             continue
         block_kind, index, suffix = match.groups()
-        bfl_block, table = BLOCKS[block_kind]
+        bfl_block, table = blocks[block_kind]
         target, part, _ = table[suffix]
         name = f"{prefix}_{bfl_block}_{index}_{target}"
         down = diffusers_lora[key].float()
