@@ -1,5 +1,5 @@
 """Every model family the project trains and serves, one module or folder each, registered
-here in one line: SDXL, SD 1.5, FLUX.1.
+here in one line: SDXL, SD 1.5, FLUX.1, FLUX.2 [klein].
 
 A family (families/base.py) holds what makes it different: its components, how a prompt
 becomes conditioning, how training calls its denoiser, what it cannot train, its LoRA targets,
@@ -20,10 +20,11 @@ from families.base import (
     read_json,
 )
 from families.flux1 import FLUX
+from families.flux2_klein import KLEIN
 from families.sd15 import SD15
 from families.sdxl import SDXL
 
-FAMILIES: dict[str, ModelFamily] = {family.name: family for family in (SDXL, SD15, FLUX)}
+FAMILIES: dict[str, ModelFamily] = {family.name: family for family in (SDXL, SD15, FLUX, KLEIN)}
 
 __all__ = [
     "FAMILIES",

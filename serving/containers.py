@@ -1,9 +1,11 @@
-"""The two Cog containers one code base builds: SDXL / SD 1.5 (Replicate's SDXL model's
-inputs) and FLUX.1 (Replicate's Flux trainer's and predictor's inputs). Each has its own entry
-files and Cog config; both run the same engine, trainer and store.
+"""The Cog containers one code base builds: SDXL / SD 1.5 (Replicate's SDXL model's inputs),
+FLUX.1 (Replicate's Flux trainer's and predictor's inputs) and FLUX.2 [klein] (the Flux
+trainer's inputs; Replicate's klein model's reference images). Each has its own entry files
+and Cog config; all run the same engine, trainer and store.
 
-    cog build                     # cog.yaml: the SDXL / SD 1.5 container
-    cog build -f cog.flux.yaml    # the FLUX.1 container
+    cog build                      # cog.yaml: the SDXL / SD 1.5 container
+    cog build -f cog.flux.yaml     # the FLUX.1 container
+    cog build -f cog.klein.yaml    # the FLUX.2 [klein] container
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import importlib
 from dataclasses import dataclass
 
 from families import FAMILIES, FLUX, SDXL, ModelFamily
+from families.flux2_klein import KLEIN
+from families.flux2_klein.request import KleinGenerationRequest
 from generation.request import FluxGenerationRequest, GenerationRequest
 from training.config import InvalidTrainingConfig
 
@@ -61,6 +65,14 @@ CONTAINERS = {
         "train_flux.py:train",
         "cog.flux.yaml",
         FluxGenerationRequest,
+    ),
+    "klein": Container(
+        "klein",
+        KLEIN,
+        "families/flux2_klein/predict.py:Predictor",
+        "families/flux2_klein/train.py:train",
+        "cog.klein.yaml",
+        KleinGenerationRequest,
     ),
 }
 DEFAULT_CONTAINER = "sdxl"
