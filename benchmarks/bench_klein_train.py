@@ -1,0 +1,220 @@
+"""FLUX.2 [klein] LoRA training: this project's training step against diffusers' example
+script `train_dreambooth_lora_flux2_klein.py`, unedited, at equal settings on the same tiny
+model (`tiny-flux2-klein`, the real classes), measured side by side in one run.
+
+    .venv/bin/python benchmarks/bench_klein_train.py \
+        --diffusers-script /tmp/train_dreambooth_lora_flux2_klein.py \
+        --torchvision .bench-deps        # where `pip install --target` put torchvision
+
+The script is not part of the diffusers package: take the file of the diffusers release that
+requirements.txt pins (benchmarks/README.md says how). It imports torchvision, which this
+project does not need; give the folder of a torchvision build for the pinned torch.
+
+Equal settings: resolution, batch, LoRA rank and alpha, the same target modules (the
+script's defaults), steps, AdamW at a constant learning rate, gradient clipping at 1,
+logit-normal timesteps, fp32 on the CPU, one thread, latents cached (`--cache_latents`)
+and the one prompt encoded once. Each trainer runs in its own process; a step is timed from
+one optimizer step to the next (both step through accelerate's `AcceleratedOptimizer`), the
+first step left out. Peak memory is the process's max RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import runpy
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import types
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CAPTION = "a photo of TOK, a red square"
+# The script's default LoRA targets as one expression over the transformer's module names.
+SCRIPT_TARGETS = (
+    r"(transformer_blocks\.\d+\.attn\.(to_[qkv]|to_out\.0)"
+    r"|single_transformer_blocks\.\d+\.attn\.(to_qkv_mlp_proj|to_out))$"
+)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--diffusers-script", type=Path, required=True)
+    parser.add_argument("--torchvision", type=Path, help="folder holding a torchvision build")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--resolution", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--images", type=int, default=4)
+    parser.add_argument("--worker", choices=("ours", "diffusers"), help=argparse.SUPPRESS)
+    parser.add_argument("--setup", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        run_worker(args)
+        return
+    with tempfile.TemporaryDirectory(prefix="bench-klein-") as tmp:
+        setup = prepare(Path(tmp), args)
+        rows = {name: run_case(name, setup, args) for name in ("diffusers", "ours")}
+    print(table(rows, args))
+
+
+# --- the parent: inputs, the two runs, the table ---------------------------------------------
+
+
+def prepare(folder: Path, args) -> Path:
+    """The tiny model, the photos (a folder for the script, a prepared dataset for ours)."""
+    sys.path.insert(0, str(ROOT))
+    import weights.quiet  # noqa: F401
+    from tests.train_helpers import make_dataset  # red squares on blue, one caption
+    from weights.embedded.tiny import ensure_tiny_model
+
+    base = ensure_tiny_model("base", folder / "models", family="flux2_klein")
+    dataset = make_dataset(folder / "dataset", args.images, masks=False, size=args.resolution)
+    instances = folder / "instances"
+    instances.mkdir()
+    for photo in sorted(dataset.glob("*.src.png")):
+        (instances / photo.name).symlink_to(photo)
+    setup = folder / "setup.json"
+    setup.write_text(
+        json.dumps({"base": str(base), "dataset": str(dataset), "instances": str(instances)})
+    )
+    return setup
+
+
+def run_case(name: str, setup: Path, args) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    if name == "diffusers" and args.torchvision:
+        env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(args.torchvision), env.get("PYTHONPATH")])
+        )
+    command = [sys.executable, __file__, "--worker", name, "--setup", str(setup)]
+    command += ["--diffusers-script", str(args.diffusers_script)]
+    for option in ("steps", "resolution", "batch", "rank", "images"):
+        command += [f"--{option}", str(getattr(args, option))]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    result = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode or not result:
+        raise SystemExit(f"{name} failed:\n{done.stderr[-4000:]}")
+    return json.loads(result[-1])
+
+
+def table(rows: dict, args) -> str:
+    lines = [
+        f"{args.steps} steps, {args.resolution}², batch {args.batch}, LoRA rank {args.rank}, "
+        "fp32, 1 thread, tiny-flux2-klein",
+        "",
+        "| trainer | steps/s | median step s | peak RSS MB | steps timed |",
+        "|---|---|---|---|---|",
+    ]
+    for name, row in rows.items():
+        intervals = row["intervals"]
+        rate = len(intervals) / sum(intervals)
+        median = statistics.median(intervals)
+        lines.append(
+            f"| {name} | {rate:.2f} | {median:.4f} | {row['peak_rss_mb']:.0f} | {len(intervals)} |"
+        )
+    ratio = statistics.median(rows["diffusers"]["intervals"]) / statistics.median(
+        rows["ours"]["intervals"]
+    )
+    lines += ["", f"ours is {ratio:.2f}x as fast as diffusers' script (median step)"]
+    return "\n".join(lines)
+
+
+# --- a worker: one trainer, its optimizer steps timed -----------------------------------------
+
+
+def run_worker(args) -> None:
+    import torch
+    from accelerate.optimizer import AcceleratedOptimizer
+
+    torch.set_num_threads(1)
+    ends: list[float] = []
+    original = AcceleratedOptimizer.step
+
+    def timed_step(self, *arguments, **keywords):
+        result = original(self, *arguments, **keywords)
+        ends.append(time.perf_counter())
+        return result
+
+    AcceleratedOptimizer.step = timed_step
+    setup = json.loads(args.setup.read_text())
+    with tempfile.TemporaryDirectory(prefix="bench-klein-run-") as work:
+        (run_ours if args.worker == "ours" else run_script)(setup, Path(work), args)
+    intervals = [b - a for a, b in zip(ends, ends[1:], strict=False)]
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"intervals": intervals, "peak_rss_mb": peak}))
+
+
+def run_ours(setup: dict, work: Path, args) -> None:
+    sys.path.insert(0, str(ROOT))
+    import weights.quiet  # noqa: F401
+    from families.flux2_klein import KLEIN
+    from training.config import TrainingConfig
+    from training.loop import run_training
+    from weights.runtime import pick_runtime
+
+    config = TrainingConfig(
+        seed=0,
+        resolution=args.resolution,
+        train_batch_size=args.batch,
+        max_train_steps=args.steps,
+        lora_rank=args.rank,
+        lora_alpha=args.rank,
+        lora_lr=1e-4,
+        ti_lr=0.0,
+        optimizer="adamw",
+        lr_scheduler="constant",
+        lr_warmup_steps=0,
+        max_grad_norm=1.0,
+        lora_layers_regex=SCRIPT_TARGETS,
+        use_masks=False,
+        verbose=False,
+    )
+    runtime = pick_runtime("cpu")
+    run_training(config, Path(setup["dataset"]), Path(setup["base"]), work, runtime, family=KLEIN)
+
+
+def run_script(setup: dict, work: Path, args) -> None:
+    """The script as `accelerate launch` would run it, in this process, unedited."""
+    sys.path.insert(0, str(ROOT))
+    from families.flux2_klein import PROMPT_LAYERS
+
+    for name in ("torchvision._meta_registrations", "torchvision._autograd_registrations"):
+        # PyPI's torchvision is a CUDA build whose compiled ops cannot load on a CPU torch;
+        # the script uses only its transforms, not the ops these modules register.
+        sys.modules[name] = types.ModuleType(name)
+    sys.argv = [
+        str(args.diffusers_script),
+        f"--pretrained_model_name_or_path={setup['base']}",
+        f"--instance_data_dir={setup['instances']}",
+        f"--instance_prompt={CAPTION}",
+        f"--output_dir={work}",
+        f"--resolution={args.resolution}",
+        f"--train_batch_size={args.batch}",
+        f"--rank={args.rank}",
+        f"--lora_alpha={args.rank}",
+        f"--max_train_steps={args.steps}",
+        "--learning_rate=1e-4",
+        "--optimizer=adamw",
+        "--lr_scheduler=constant",
+        "--lr_warmup_steps=0",
+        "--max_grad_norm=1.0",
+        "--weighting_scheme=logit_normal",
+        # The pipelines' prompt layers (the script's default, 10 20 30, is not what they use).
+        "--text_encoder_out_layers",
+        *map(str, PROMPT_LAYERS),
+        "--cache_latents",
+        "--seed=0",
+        "--checkpointing_steps=1000000",
+        "--dataloader_num_workers=0",
+    ]
+    runpy.run_path(str(args.diffusers_script), run_name="__main__")
+
+
+if __name__ == "__main__":
+    main()
