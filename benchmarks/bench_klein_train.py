@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--images", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3, help="runs of each, alternating")
-    parser.add_argument("--worker", choices=("ours", "diffusers"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=("ours", "diffusers", "floor"), help=argparse.SUPPRESS)
     parser.add_argument("--setup", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -60,7 +60,7 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory(prefix="bench-klein-") as tmp:
         setup = prepare(Path(tmp), args)
-        rows = {"diffusers": [], "ours": []}
+        rows = {"diffusers": [], "ours": [], "floor": []}
         for _ in range(args.rounds):  # alternating: a busy machine slows both alike
             for name, runs in rows.items():
                 runs.append(run_case(name, setup, args))
@@ -127,6 +127,12 @@ def table(rows: dict, args) -> str:
         )
     ratio = medians["diffusers"] / medians["ours"]
     lines += ["", f"ours is {ratio:.2f}x as fast as diffusers' script (median step)"]
+    floor = medians["floor"]
+    lines += [
+        f"the floor is {medians['diffusers'] / floor:.2f}x as fast as diffusers' script: "
+        f"ours spends {medians['ours'] - floor:.4f} s a step around the model, diffusers' "
+        f"script {medians['diffusers'] - floor:.4f} s"
+    ]
     return "\n".join(lines)
 
 
@@ -149,7 +155,8 @@ def run_worker(args) -> None:
     AcceleratedOptimizer.step = timed_step
     setup = json.loads(args.setup.read_text())
     with tempfile.TemporaryDirectory(prefix="bench-klein-run-") as work:
-        (run_ours if args.worker == "ours" else run_script)(setup, Path(work), args)
+        runs = {"ours": run_ours, "diffusers": run_script, "floor": run_floor}
+        ends += runs[args.worker](setup, Path(work), args) or []
     intervals = [b - a for a, b in zip(ends, ends[1:], strict=False)]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"intervals": intervals, "peak_rss_mb": peak}))
@@ -182,6 +189,43 @@ def run_ours(setup: dict, work: Path, args) -> None:
     )
     runtime = pick_runtime("cpu")
     run_training(config, Path(setup["dataset"]), Path(setup["base"]), work, runtime, family=KLEIN)
+
+
+def run_floor(setup: dict, work: Path, args) -> list[float]:
+    """The least a step can cost: the LoRA transformer's forward and backward on one fixed
+    batch, gradient clipping and AdamW, with nothing around them (no data, no draws, no
+    bookkeeping). Returns the step end times (no AcceleratedOptimizer here)."""
+    sys.path.insert(0, str(ROOT))
+    import torch
+    from diffusers import Flux2KleinPipeline
+
+    from families.flux2_klein import KLEIN
+    from training.components import add_lora, lora_targets
+
+    pipeline = Flux2KleinPipeline.from_pretrained(setup["base"])
+    transformer = pipeline.transformer.requires_grad_(False)
+    targets = lora_targets(transformer, "transformer", SCRIPT_TARGETS)
+    add_lora(transformer, args.rank, args.rank, targets, "lora")
+    trained = [p for p in transformer.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=1e-4, foreach=True)
+    with torch.no_grad():
+        conditioning = KLEIN.encode_prompt(
+            [pipeline.text_encoder], [pipeline.tokenizer], [CAPTION] * args.batch, "cpu"
+        )
+    side = args.resolution // 16
+    channels = transformer.config.in_channels
+    latents = torch.randn(args.batch, channels, side, side)
+    noise, sigmas = torch.randn_like(latents), torch.full((args.batch,), 0.5)
+    noisy, target = 0.5 * latents + 0.5 * noise, noise - latents
+    ends = []
+    for _ in range(args.steps):
+        prediction = KLEIN.denoise(transformer, noisy, sigmas, conditioning, [])
+        torch.nn.functional.mse_loss(prediction, target).backward()
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        ends.append(time.perf_counter())
+    return ends
 
 
 def run_script(setup: dict, work: Path, args) -> None:
