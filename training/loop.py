@@ -27,7 +27,13 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from families import ModelFamily, detect_family
-from formats.bundle import CHECKPOINTS_DIR, METRICS_FILE, SAMPLES_DIR
+from formats.bundle import (
+    CHECKPOINTS_DIR,
+    METRICS_FILE,
+    SAMPLES_DIR,
+    checkpoint_folders,
+    checkpoint_name,
+)
 from formats.dataset_folder import read_captions
 from formats.tokens import TokenEmbeddingsHandler, apply_token_map
 from training.components import (
@@ -96,7 +102,7 @@ class TrainingResult:
 
     @property
     def checkpoints(self) -> list[Path]:
-        return sorted((self.work_dir / CHECKPOINTS_DIR).glob("checkpoint-*"))
+        return checkpoint_folders(self.work_dir / CHECKPOINTS_DIR)
 
 
 @dataclass
@@ -540,7 +546,7 @@ def _save_tracked_weights(run: TrainingRun, tracking: RunTracking, step: int) ->
 def _save_checkpoint(run: TrainingRun, step: int, optimizer, lr_scheduler) -> None:
     """The weights at `step`, with the state a resumed run needs to continue exactly."""
     checkpoints = run.work_dir / CHECKPOINTS_DIR
-    folder = checkpoints / f"checkpoint-{step:06d}"
+    folder = checkpoints / checkpoint_name(step)
     staging = folder.with_name(folder.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     _save_weights(run, staging)
@@ -563,14 +569,14 @@ def _save_checkpoint(run: TrainingRun, step: int, optimizer, lr_scheduler) -> No
     )
     staging.rename(folder)
     # Resuming needs only the newest state (a full fine-tune's is 3x the UNet): drop older ones.
-    for older in checkpoints.glob("checkpoint-*"):
+    for older in checkpoint_folders(checkpoints):
         if older != folder:
             shutil.rmtree(older / STATE_DIR, ignore_errors=True)
 
 
 def latest_checkpoint(work_dir: Path) -> Path | None:
     """The last complete checkpoint under `work_dir` (for resuming a killed run)."""
-    found = sorted((Path(work_dir) / CHECKPOINTS_DIR).glob("checkpoint-[0-9]*[0-9]"))
+    found = checkpoint_folders(Path(work_dir) / CHECKPOINTS_DIR)
     return found[-1] if found else None
 
 
