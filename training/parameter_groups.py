@@ -80,7 +80,9 @@ def parameter_groups(
                 {
                     "name": f"{entry.group}_B",
                     "lr": entry.lr * config.lora_plus_ratio,
-                    "params": [params[n] for n in faster],
+                    # In the model's order: a set's order of names changes with each
+                    # process's string hashing, and a checkpoint's optimizer state is by position.
+                    "params": [p for n, p in params.items() if n in faster],
                 }
             )
     if handler is not None:
