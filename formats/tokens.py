@@ -119,6 +119,15 @@ class TokenEmbeddingsHandler:
             keep[self.train_ids] = False
             self._frozen_rows[index] = (keep, table[keep].clone())
 
+    def train_tables(self) -> None:
+        """Make the embedding tables trainable in fp32 (small updates do not vanish in bf16),
+        handing their rows on in the encoder's own dtype: a bf16 encoder's layers take bf16
+        (an fp32 row would reach its layer norms as another dtype than their weights)."""
+        for _, encoder, _ in self.pairs():
+            dtype = encoder.dtype  # before the table, its first parameter, turns fp32
+            table = encoder.get_input_embeddings().to(torch.float32).requires_grad_(True)
+            table.register_forward_hook(lambda module, args, rows, dtype=dtype: rows.to(dtype))
+
     def retract_embeddings(self) -> None:
         """Put back every row that is not a trained token (call after each optimizer step: the
         embedding table's gradient touches the whole table under weight decay/momentum)."""

@@ -28,6 +28,7 @@ from families.flux1.bfl_export import to_bfl_kohya
 from formats.bundle import (
     LORA_FILE,
     LORA_KOHYA_FILE,
+    MANIFEST_FILE,
     MODEL_CARD_FILE,
     SAMPLES_DIR,
     TRAINING_CONFIG_FILE,
@@ -475,10 +476,15 @@ def test_a_pretrained_lora_url_is_packaged_without_training_and_serves_that_lora
     )
     assert "Training:" not in capsys.readouterr().out  # nothing trained
     with tarfile.open(packaged) as tar:
-        assert sorted(tar.getnames()) == sorted([LORA_FILE, MODEL_CARD_FILE, TRAINING_CONFIG_FILE])
+        names = [LORA_FILE, MODEL_CARD_FILE, TRAINING_CONFIG_FILE, MANIFEST_FILE]
+        assert sorted(tar.getnames()) == sorted(names)
+        manifest = json.load(tar.extractfile(MANIFEST_FILE))
         assert tar.extractfile(LORA_FILE).read() == lora
         record = json.load(tar.extractfile(TRAINING_CONFIG_FILE))
     assert record["family"] == "flux" and record["source"] == url
+    assert manifest["family"] == "flux" and manifest["trigger_word"] == "TOK"
+    assert manifest["files"] == {"lora": LORA_FILE, "model_card": MODEL_CARD_FILE,
+                                 "training_record": TRAINING_CONFIG_FILE}  # fmt: skip
     copy = tmp_path / "packaged.tar"  # the next train() call releases the handed-over tarball
     copy.write_bytes(Path(packaged).read_bytes())
 

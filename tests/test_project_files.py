@@ -161,10 +161,13 @@ def test_preprocess_training_and_generation_share_contracts_not_each_other():
             others = project_imports(path) & (set(halves) - {half})
             crossings += [f"{path.relative_to(ROOT)} imports {name}" for name in sorted(others)]
     assert crossings == []
-    # The neutral layers below them import none of them either.
-    for layer in ("formats", "weights"):
+    # The neutral layers below them import none of them either; the families, at the bottom,
+    # only the formats.
+    for layer in ("formats", "weights", "families"):
         for path in sorted((ROOT / layer).rglob("*.py")):
             assert not project_imports(path) & {*halves, "serving", "toyworld"}, path
+    for path in sorted((ROOT / "families").rglob("*.py")):
+        assert not project_imports(path) & {"weights"}, path
 
 
 def test_docs_stay_inside_the_repository():

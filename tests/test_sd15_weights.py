@@ -12,7 +12,7 @@ import pytest
 from peft.tuners.lora import LoraLayer
 
 from families import SD15, SDXL
-from formats.bundle import LORA_KOHYA_FILE, TRAINING_CONFIG_FILE
+from formats.bundle import LORA_KOHYA_FILE, MANIFEST_FILE, TRAINING_CONFIG_FILE
 from generation.engine import DefaultWeightsError
 from tests.predict_helpers import one_torch_thread, predict_arrays, same, tiny_predictor
 from tests.test_train_entry import train_with
@@ -39,7 +39,8 @@ def threads():
 def sd15_bundles(tmp_path_factory, tiny_env_module, tiny_sd15_model, threads):
     """Trained on the tiny SD 1.5: `lora` through Cog's train() (LoRA on the UNet and the text
     encoder, pivotal tuning), `full` (full fine-tune) through the training loop; each as the
-    tarball, its unpacked folder with and without training_config.json, and its kohya file."""
+    tarball, its unpacked folder with and without the files that record the family
+    (training_config.json, manifest.json), and its kohya file."""
     root = tmp_path_factory.mktemp("sd15-bundles")
     lora_tar = train_with(
         base_model=TINY_SD15,
@@ -64,7 +65,8 @@ def sd15_bundles(tmp_path_factory, tiny_env_module, tiny_sd15_model, threads):
     unpack_archive(Path(lora_tar), root / "lora")
     unpack_archive(full_tar, root / "full")
     unrecorded = Path(shutil.copytree(root / "lora", root / "lora-unrecorded"))
-    (unrecorded / TRAINING_CONFIG_FILE).unlink()  # as another trainer would ship it
+    for told in (TRAINING_CONFIG_FILE, MANIFEST_FILE):  # no family: as another trainer's
+        (unrecorded / told).unlink()
     bundles["unrecorded"] = unrecorded
     bundles["kohya"] = root / "lora" / LORA_KOHYA_FILE
     return bundles

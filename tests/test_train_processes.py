@@ -1,5 +1,6 @@
-"""Training across processes: a run killed mid-way resumes to the uninterrupted result, and
-`accelerate launch` with 2 CPU processes trains data-parallel and writes one bundle."""
+"""Training across processes: a run killed mid-way resumes to the uninterrupted result (a
+LoRA+ run too, in a process that hashes strings otherwise), and `accelerate launch` with 2 CPU
+processes trains data-parallel and writes one bundle."""
 
 import json
 import os
@@ -15,7 +16,13 @@ import torch
 from safetensors.torch import load, load_file
 
 from families import FLUX, SD15
-from formats.bundle import BUNDLE_FILE, EMBEDDINGS_PTI_FILE, LORA_FILE, TRAINING_CONFIG_FILE
+from formats.bundle import (
+    BUNDLE_FILE,
+    CHECKPOINTS_DIR,
+    EMBEDDINGS_PTI_FILE,
+    LORA_FILE,
+    TRAINING_CONFIG_FILE,
+)
 from tests.train_helpers import make_dataset, one_thread, small_config  # noqa: F401 (autouse)
 from training.loop import latest_checkpoint, run_training
 from weights.runtime import pick_runtime
@@ -71,6 +78,27 @@ def test_resume_after_kill_equals_an_uninterrupted_run(
     rows = [[json.loads(line)["loss"] for line in r.metrics_file.read_text().splitlines()]
             for r in (resumed, straight)]  # fmt: skip
     assert rows[0] == rows[1] and len(rows[0]) == RUN["max_train_steps"]
+
+
+def test_a_lora_plus_run_resumes_in_a_process_that_hashes_names_otherwise(tiny_env, tmp_path):
+    """LoRA+'s B matrices keep the model's order in their optimizer group, whatever order a
+    process's string hashing (PYTHONHASHSEED, random per process) gives a set of their names:
+    the optimizer state of a checkpoint fits the new process that resumes from it (a Cog
+    `resume_from` call), which continues exactly."""
+    dataset = make_dataset(tmp_path / "dataset")
+    run = {"max_train_steps": 4, "checkpointing_steps": 2, "ti_lr": 0, "lora_plus_ratio": 4.0}
+    resume = ["--resume-from", str(tmp_path / "whole" / CHECKPOINTS_DIR / "checkpoint-000002")]
+    for name, hash_seed, extra in (("whole", "1", []), ("resumed", "2", resume)):
+        command = [sys.executable, "-m", "training", str(dataset), str(tmp_path / name),
+                   *cli_settings(run), *extra]  # fmt: skip
+        env = {**cli_environment(tiny_env), "PYTHONHASHSEED": hash_seed}
+        finished = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, timeout=600)
+        assert finished.returncode == 0, finished.stderr.decode()[-3000:]
+    whole, resumed = (
+        load_file(str(tmp_path / n / "weights" / LORA_FILE)) for n in ("whole", "resumed")
+    )
+    assert whole.keys() == resumed.keys()
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
 
 
 def test_accelerate_launch_with_two_cpu_processes_writes_one_bundle(tiny_env, tmp_path):

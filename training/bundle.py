@@ -1,6 +1,7 @@
 """The weights tarball (the contract is docs/weights-tarball.md): the trained weights in every
 layout, the model card, the config, metrics and loss curve, samples, preview and checkpoints,
-in one flat tar written under a temporary name and renamed when complete."""
+each at its well-known name (formats/bundle.py), with the manifest that lists them, in one
+flat tar written under a temporary name and renamed when complete."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from formats.bundle import (
     SAMPLES_DIR,
     TRAINING_CONFIG_FILE,
     UNET_FILE,
+    Manifest,
 )
 from formats.dataset_folder import read_captions
 from training.config import TrainingConfig
@@ -68,6 +70,8 @@ def write_bundle(
         record = training_record(result, config, base_model, inputs or {})
         (staging / TRAINING_CONFIG_FILE).write_text(json.dumps(record, indent=2, default=str))
         (staging / MODEL_CARD_FILE).write_text(model_card(result, config, base_model))
+        family, token_map = result.family.name, result.token_map
+        Manifest.of_folder(staging, family, config.token_string, token_map).write(staging)
         _write_tar(staging, output)
     return output
 
@@ -82,7 +86,7 @@ def write_pretrained_bundle(
     output.parent.mkdir(parents=True, exist_ok=True)
     record = {
         "inputs": inputs,
-        "family": family.name,  # read back by weights.trained_files.inspect_weights
+        "family": family.name,
         "mode": "LoRA trained elsewhere, packaged without training",
         "source": source,
         "trigger_word": trigger_word,
@@ -109,6 +113,7 @@ def write_pretrained_bundle(
         shutil.copy2(lora, staging / LORA_FILE)
         (staging / TRAINING_CONFIG_FILE).write_text(json.dumps(record, indent=2, default=str))
         (staging / MODEL_CARD_FILE).write_text("\n".join(card))
+        Manifest.of_folder(staging, family.name, trigger_word, {}).write(staging)
         _write_tar(staging, output)
     return output
 
@@ -130,7 +135,7 @@ def training_record(result: TrainingResult, config: TrainingConfig, base_model, 
         "inputs": inputs,
         "config": config.to_json(),
         "base_model": base_model,
-        "family": result.family.name,  # read back by weights.trained.inspect_weights
+        "family": result.family.name,
         "mode": config.mode,
         "trigger_word": config.token_string,
         "token_map": result.token_map,

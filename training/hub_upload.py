@@ -13,12 +13,12 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from formats.bundle import LORA_FILE, LORA_KOHYA_FILE, MODEL_CARD_FILE, TRAINING_CONFIG_FILE
+from formats.bundle import MANIFEST_FILE, MODEL_CARD_FILE, WELL_KNOWN, Manifest, Role
 from training.config import InvalidTrainingConfig
 from weights.references import HUB_ID
 from weights.settings import EMBEDDED_MODELS
 
-UPLOADED = (LORA_FILE, LORA_KOHYA_FILE)  # with the model card
+UPLOADED = (Role.LORA, Role.LORA_KOHYA)  # with the model card
 
 
 @dataclass(frozen=True)
@@ -65,11 +65,16 @@ def upload_bundle(bundle: Path, target: HubUpload, endpoint: str) -> None:
 def _upload(bundle: Path, target: HubUpload, endpoint: str) -> str:
     from huggingface_hub import CommitOperationAdd, HfApi
 
-    wanted = (*UPLOADED, MODEL_CARD_FILE, TRAINING_CONFIG_FILE)
-    with tarfile.open(bundle) as tar:
-        files = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.name in wanted}
-    record = json.loads(files.pop(TRAINING_CONFIG_FILE))
-    card = hub_model_card(record, files.pop(MODEL_CARD_FILE).decode())
+    with tarfile.open(bundle) as tar:  # as this process wrote it: with its manifest
+        listed = Manifest.from_json(json.load(tar.extractfile(MANIFEST_FILE)), bundle.name).files
+        wanted = [
+            role for role in (*UPLOADED, Role.MODEL_CARD, Role.TRAINING_RECORD) if role in listed
+        ]
+        files = {role: tar.extractfile(listed[role]).read() for role in wanted}
+    record = json.loads(files.pop(Role.TRAINING_RECORD))
+    card = hub_model_card(record, files.pop(Role.MODEL_CARD).decode())
+    # On the hub under the well-known names, the ones the model card's snippet loads.
+    files = {WELL_KNOWN[role]: data for role, data in files.items()}
     operations = [CommitOperationAdd(name, data) for name, data in sorted(files.items())]
     operations.append(CommitOperationAdd(MODEL_CARD_FILE, card.encode()))
     print(f"Uploading {', '.join(sorted(files))} and a model card to {target.repo_id}.")

@@ -13,8 +13,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from formats.bundle import METRICS_FILE, TRAINING_CONFIG_FILE
-from training.loop import STATE_DIR, latest_checkpoint
+from formats.bundle import METRICS_FILE, BundleFiles, Role, checkpoint_folders, checkpoint_step
+from training.loop import STATE_DIR
 from weights.download import describe_source
 from weights.references import is_remote
 from weights.settings import ModelSettings
@@ -23,27 +23,33 @@ from weights.store import ModelStore
 
 @dataclass(frozen=True)
 class ResumePoint:
-    """Where a run continues from: a checkpoint with its training state, and the record of the
-    run that wrote it (empty for a work folder that has none yet)."""
+    """Where a run continues from: a checkpoint with its training state, the record of the
+    run that wrote it (empty for a work folder that has none yet) and its metrics."""
 
     checkpoint: Path
     record: dict
+    metrics: Path | None = None
 
     @classmethod
     def find(cls, folder: Path, source: str) -> ResumePoint:
         """The newest resumable checkpoint in an unpacked tarball or a work folder (or a
         checkpoint folder itself); `source` names it in messages."""
         folder = Path(folder)
-        checkpoint = folder if (folder / STATE_DIR).is_dir() else latest_checkpoint(folder)
+        if (folder / STATE_DIR).is_dir():  # a checkpoint, inside a tarball or a work folder
+            checkpoint, bundle = folder, BundleFiles.open(folder.parents[1], source)
+        else:
+            bundle = BundleFiles.open(folder, source)
+            found = checkpoint_folders(bundle.path(Role.CHECKPOINTS))
+            checkpoint = found[-1] if found else None
         if checkpoint is None or not (checkpoint / STATE_DIR).is_dir():
             raise ValueError(
                 f"resume_from: {source} holds no checkpoint to resume from. Resume from the "
                 "trained_model.tar of a run with checkpointing_steps > 0 (full fine-tunes "
                 "resume only with `python -m training --resume`)."
             )
-        record_file = checkpoint.parents[1] / TRAINING_CONFIG_FILE
-        record = json.loads(record_file.read_text()) if record_file.is_file() else {}
-        return cls(checkpoint, record)
+        record_file = bundle.path(Role.TRAINING_RECORD)
+        record = json.loads(record_file.read_text()) if record_file else {}
+        return cls(checkpoint, record, bundle.path(Role.METRICS))
 
     @classmethod
     def fetch(cls, reference, settings: ModelSettings) -> ResumePoint:
@@ -57,7 +63,7 @@ class ResumePoint:
 
     @property
     def step(self) -> int:
-        return int(self.checkpoint.name.split("-")[-1])
+        return checkpoint_step(self.checkpoint)
 
     @property
     def seed(self) -> int | None:
@@ -75,7 +81,7 @@ class ResumePoint:
     def carry_metrics(self, run_dir: Path) -> None:
         """The earlier run's metrics, into a new work folder (the loop cuts them back to the
         checkpoint's step), so the tarball's loss curve covers the whole run."""
-        earlier, ours = self.checkpoint.parents[1] / METRICS_FILE, run_dir / METRICS_FILE
-        if earlier.is_file() and not ours.exists():
+        ours = run_dir / METRICS_FILE
+        if self.metrics is not None and not ours.exists():
             run_dir.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(earlier, ours)
+            shutil.copyfile(self.metrics, ours)

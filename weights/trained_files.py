@@ -1,5 +1,6 @@
 """What a trained-weights reference turned out to be, once it is on local disk: a bundle in
-this project's layout (formats/bundle.py), the original Replicate trainer's, or a bare LoRA."""
+this project's layout (its files found through formats/bundle.py's `BundleFiles`), the
+original Replicate trainer's, or a bare LoRA."""
 
 from __future__ import annotations
 
@@ -13,13 +14,13 @@ from safetensors import safe_open
 
 from families import FAMILIES, ModelFamily, family_from_weight_names
 from formats.bundle import (
-    EMBEDDINGS_FILE,
     EMBEDDINGS_PTI_FILE,
     LORA_FILE,
-    LORA_KOHYA_FILE,
-    SPECIAL_PARAMS_FILE,
-    TRAINING_CONFIG_FILE,
     UNET_FILE,
+    WEIGHT_ROLES,
+    BundleFiles,
+    Manifest,
+    Role,
 )
 
 # Formats that hold Python pickles: loading one can run arbitrary code, so they are refused.
@@ -109,35 +110,45 @@ def inspect_weights(path: Path, source: str | None = None) -> TrainedWeights:
     if not path.is_dir():
         raise UnrecognisedWeightsError(f"{source}: no such file or folder.")
     folder = _bundle_root(path)
-
-    def optional(name: str) -> Path | None:
-        return folder / name if (folder / name).is_file() else None
-
-    lora, unet = optional(LORA_FILE), optional(UNET_FILE)
-    if lora is None and unet is None and optional(EMBEDDINGS_PTI_FILE) is None:
+    bundle = BundleFiles.open(folder, source)
+    lora, unet, pti = (bundle.path(r) for r in (Role.LORA, Role.UNET, Role.EMBEDDINGS_PTI))
+    if lora is None and unet is None and pti is None:
+        if bundle.manifest is not None:
+            raise UnrecognisedWeightsError(
+                f"{source}: its manifest.json lists none of {', '.join(WEIGHT_ROLES)}, so "
+                "there are no weights to load."
+            )
         return _bare_lora_in(folder, source)
-    special = optional(SPECIAL_PARAMS_FILE)
+    described = bundle.manifest or _described_without_manifest(bundle)
     legacy = lora is not None and lora_key_format(lora) is WeightsFormat.REPLICATE_LEGACY
-    pti, training_config = optional(EMBEDDINGS_PTI_FILE), optional(TRAINING_CONFIG_FILE)
-    record = _training_record(training_config)
-    recorded_family = FAMILIES.get(record.get("family"))
     return TrainedWeights(
         source=source,
         format=WeightsFormat.REPLICATE_LEGACY if legacy else WeightsFormat.BUNDLE,
         lora=lora,
         unet=unet,
         embeddings_pti=pti,
-        token_map=json.loads(special.read_text()) if special else None,
-        training_config=training_config,
-        lora_kohya=optional(LORA_KOHYA_FILE),
-        embeddings=optional(EMBEDDINGS_FILE),
-        family=recorded_family or _family_from_files(lora, unet, pti),
-        trigger_word=(record.get("config") or {}).get("token_string"),
+        token_map=described.token_map,
+        training_config=bundle.path(Role.TRAINING_RECORD),
+        lora_kohya=bundle.path(Role.LORA_KOHYA),
+        embeddings=bundle.path(Role.EMBEDDINGS),
+        family=FAMILIES.get(described.family) or _family_from_files(lora, unet, pti),
+        trigger_word=described.trigger_word,
     )
 
 
 def _bare_lora(file: Path, source: str) -> TrainedWeights:
     return TrainedWeights(source, lora_key_format(file), lora=file, family=_family_from_files(file))
+
+
+def _described_without_manifest(bundle: BundleFiles) -> Manifest:
+    """The manifest a tarball without one (written before it, or by Replicate's cog-sdxl
+    trainer) would have: the family and trigger word its training_config.json records, the
+    token map of its special_params.json."""
+    record = _training_record(bundle.path(Role.TRAINING_RECORD))
+    special = bundle.path(Role.SPECIAL_PARAMS)
+    token_map = json.loads(special.read_text()) if special else {}
+    trigger_word = (record.get("config") or {}).get("token_string")
+    return Manifest.of_folder(bundle.root, record.get("family"), trigger_word, token_map)
 
 
 def _training_record(training_config: Path | None) -> dict:

@@ -36,9 +36,10 @@ def start_from(tokens_seed: int, lora_seed: int):
     `lora_seed`, whatever the training seed."""
     import torch
 
-    from training import loop
+    from formats.tokens import TokenEmbeddingsHandler
+    from training import parameter_groups
 
-    add_lora, initialize = loop.add_lora, loop.TokenEmbeddingsHandler.initialize_new_tokens
+    add_lora, initialize = parameter_groups.add_lora, TokenEmbeddingsHandler.initialize_new_tokens
 
     def seeded_add_lora(*args, **kwargs):
         state = torch.get_rng_state()
@@ -51,14 +52,13 @@ def start_from(tokens_seed: int, lora_seed: int):
     def seeded_initialize(handler, count, generator=None, init_word=None):
         return initialize(handler, count, torch.Generator().manual_seed(tokens_seed), init_word)
 
-    loop.add_lora, loop.TokenEmbeddingsHandler.initialize_new_tokens = (
-        seeded_add_lora,
-        seeded_initialize,
-    )
+    parameter_groups.add_lora = seeded_add_lora
+    TokenEmbeddingsHandler.initialize_new_tokens = seeded_initialize
     try:
         yield
     finally:
-        loop.add_lora, loop.TokenEmbeddingsHandler.initialize_new_tokens = add_lora, initialize
+        parameter_groups.add_lora = add_lora
+        TokenEmbeddingsHandler.initialize_new_tokens = initialize
 
 
 def main() -> None:
