@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from families import FAMILIES, FLUX, SDXL, ModelFamily
 from families.flux2_klein import KLEIN
-from families.flux2_klein.request import KleinGenerationRequest
+from families.flux2_klein.container.request import KleinGenerationRequest
 from generation.request import FluxGenerationRequest, GenerationRequest
 from training.config import InvalidTrainingConfig
 
@@ -69,8 +69,8 @@ CONTAINERS = {
     "klein": Container(
         "klein",
         KLEIN,
-        "families/flux2_klein/predict.py:Predictor",
-        "families/flux2_klein/train.py:train",
+        "families/flux2_klein/container/predict.py:Predictor",
+        "families/flux2_klein/container/train.py:train",
         "cog.klein.yaml",
         KleinGenerationRequest,
     ),

@@ -28,7 +28,7 @@ from transformers import Qwen2TokenizerFast, Qwen3ForCausalLM
 
 from families import FLUX, UnknownFamilyError, detect_family, family_from_weight_names
 from families.flux2_klein import KLEIN
-from families.flux2_klein.request import KleinGenerationRequest
+from families.flux2_klein.container.request import KleinGenerationRequest
 from formats.bundle import BUNDLE_FILE, LORA_FILE, LORA_KOHYA_FILE, TRAINING_CONFIG_FILE
 from generation.request import InvalidRequestError
 from serving.containers import CONTAINERS, load_entry

@@ -13,7 +13,7 @@ from cog import BasePredictor, Path
 
 import serving.cog_files  # noqa: F401  (Cog's file downloads are ours: see there)
 from families.flux2_klein import KLEIN
-from families.flux2_klein.request import KleinGenerationRequest
+from families.flux2_klein.container.request import KleinGenerationRequest
 from generation.engine import GenerationEngine
 from serving.handoff import OutputHandoff
 from serving.inputs import declared
