@@ -4,10 +4,10 @@ model (`tiny-flux2-klein`, the real classes), measured side by side in one run.
 
     .venv/bin/python benchmarks/bench_klein_train.py \
         --diffusers-script /tmp/train_dreambooth_lora_flux2_klein.py \
-        --torchvision .bench-deps        # where `pip install --target` put torchvision
+        --torchvision /tmp/bench-deps    # where `pip install --target` put torchvision
 
-The script is not part of the diffusers package: take the file of the diffusers release that
-requirements.txt pins (benchmarks/README.md says how). It imports torchvision, which this
+The script is not part of the diffusers package: take it from diffusers' repository
+(benchmarks/README.md says which commit and how). It imports torchvision, which this
 project does not need; give the folder of a torchvision build for the pinned torch.
 
 Equal settings: resolution, batch, LoRA rank and alpha, the same target modules (the
