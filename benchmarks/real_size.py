@@ -5,7 +5,7 @@ size, with the peak memory of each stage. It catches real-size shape and dtype e
 a GPU user does, and checks the memory table in the docs. A benchmark, not a CI test: hours
 of CPU and up to ~20 GB of memory.
 
-    .venv/bin/python benchmarks/real_size.py --families sdxl sd15 --resolution 256
+    .venv/bin/python benchmarks/real_size.py --families sdxl sd15 klein --resolution 256
 
 Each stage runs in its own process, so its peak resident memory is its own. The model folder
 is written once under --work and reused.
@@ -42,6 +42,12 @@ FAMILIES = {
         weights_gb=2.1,  # UNet 0.86 B, text encoder 0.12 B, VAE 0.08 B
         needs_gb=5,
         docs="(no row: the SDXL rows bound it)",
+    ),
+    "klein": dict(
+        builder="benchmarks.klein_architecture:save_klein_folder",
+        weights_gb=16.0,  # transformer 3.88 B, Qwen3-4B 4.02 B, VAE 0.08 B
+        needs_gb=18,
+        docs="generation about 18 GB; LoRA training 12-14 GB with gradient checkpointing",
     ),
     "flux": dict(
         builder="benchmarks.flux_architecture:save_flux_folder",
@@ -131,14 +137,14 @@ def generate(family: str, folder: Path, resolution: int) -> None:
     from families import detect_family
     from generation.engine import GenerationEngine
     from serving.containers import CONTAINERS
-    from serving.inputs import TINY_PROFILE_DEFAULTS
+    from serving.inputs import tiny_profile_defaults
     from weights.settings import ModelSettings
 
     os.environ["BASE_MODEL"] = str(folder)
 
     container = CONTAINERS[detect_family(folder).container]
     engine = GenerationEngine(ModelSettings.from_env(container.family))
-    small = {**TINY_PROFILE_DEFAULTS[container.request], "width": resolution, "height": resolution}
+    small = {**tiny_profile_defaults(container.request), "width": resolution, "height": resolution}
     request = container.request(
         prompt="a photo of a cat", seed=0, disable_safety_checker=True, **small
     )
