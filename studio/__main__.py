@@ -7,6 +7,8 @@ import argparse
 import contextlib
 import os
 import shutil
+import signal
+import sys
 from pathlib import Path
 
 from serving.containers import CONTAINERS, DEFAULT_CONTAINER
@@ -47,6 +49,8 @@ def embedded_models(choice: str) -> bool:
 
 def main(argv=None) -> None:
     args = parse_arguments(argv)
+    # Stopped by a signal, the studio still stops the servers it started (the with below).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     settings = StudioSettings.from_env()
     if args.host != LOCAL_HOST and settings.token is None:
         raise SystemExit(
@@ -63,7 +67,7 @@ def main(argv=None) -> None:
                 args.container, embedded_models(args.models), args.data / "logs"
             )
             pair = stack.enter_context(started)
-        server = StudioServer((args.host, args.port), None, settings.token)
+        server = StudioServer((args.host, args.port), settings.token)
         port = server.server_address[1]
         public_url = args.public_url or f"http://{LOCAL_HOST}:{port}"
         server.studio = Studio(

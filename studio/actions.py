@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import random
+import shutil
 import threading
 import time
 import uuid
@@ -18,7 +19,13 @@ from formats.progress import read_progress
 from serving.client import failure_text
 from studio.cog_api import CogError, CogServer
 from studio.library import Gallery, Models
-from studio.photos import PhotoError, check_upload_size, read_review, with_captions
+from studio.photos import (
+    PhotoError,
+    check_upload_size,
+    read_review,
+    upload_name,
+    with_captions,
+)
 
 # How many recent steps the time left is averaged over.
 RECENT_STEPS = 20
@@ -92,17 +99,22 @@ class Studio:
 
     # Photos -------------------------------------------------------------------------------
 
-    def add_photos(self, upload: bytes, settings: dict) -> dict:
-        """Store an upload and review it with a dry run of the training `settings`."""
+    def add_photos(self, upload: bytes, name: str, settings: dict) -> dict:
+        """Store an upload (a zip or tar named `name`) and review it with a dry run of the
+        training `settings`."""
         check_upload_size(upload)
-        photos = uuid.uuid4().hex[:12]
+        photos, name = uuid.uuid4().hex[:12], upload_name(name)
         folder = self.data / "photos" / photos
         folder.mkdir(parents=True)
-        (folder / "upload.zip").write_bytes(upload)
-        inputs = {**settings, "input_images": self.url(f"files/photos/{photos}/upload.zip")}
-        response = self.train.run({**inputs, "dry_run": True})
+        (folder / name).write_bytes(upload)
+        inputs = {**settings, "input_images": self.url(f"files/photos/{photos}/{name}")}
+        try:
+            response = self.train.run({**inputs, "dry_run": True})
+        except CogError:
+            shutil.rmtree(folder)  # a refused upload leaves nothing behind
+            raise
         review = read_review(_decoded(response["output"]), folder / "pictures")
-        review |= {"photos": photos, "estimate": self._estimate(review)}
+        review |= {"photos": photos, "upload": name, "estimate": self._estimate(review)}
         (folder / "review.json").write_text(json.dumps(review))
         return review
 
@@ -116,12 +128,11 @@ class Studio:
     def start_training(self, photos: str, captions: dict[str, str], inputs: dict) -> dict:
         """Train on the photos `photos` with the captions as edited in the page."""
         folder = self.data / "photos" / _plain(photos)
-        if not (folder / "upload.zip").is_file():
+        if not (folder / "review.json").is_file():
             raise PhotoError(f"There are no photos {photos!r}: upload them again.")
+        upload = folder / json.loads((folder / "review.json").read_text())["upload"]
         run = TrainingRun(uuid.uuid4().hex[:12], inputs.pop("name", "") or "model", photos, inputs)
-        (folder / f"train-{run.id}.zip").write_bytes(
-            with_captions((folder / "upload.zip").read_bytes(), captions)
-        )
+        (folder / f"train-{run.id}.zip").write_bytes(with_captions(upload.read_bytes(), captions))
         sent = {**inputs, "input_images": self.url(f"files/photos/{photos}/train-{run.id}.zip")}
         with self.lock:
             self.runs[run.id] = run

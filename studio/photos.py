@@ -35,6 +35,13 @@ def safe_name(name: str, fallback: str = "file") -> str:
     return cleaned[:80] or fallback
 
 
+def upload_name(name: str) -> str:
+    """The name an upload is kept under: its own (the trainer's messages name it), as a .zip
+    or .tar file, the types the studio's page sends."""
+    name = safe_name(name, "photos.zip")
+    return name if name.lower().endswith((".zip", ".tar")) else f"{name}.zip"
+
+
 def zip_loose_files(files: list[tuple[str, bytes]]) -> bytes:
     """Loose photos (and caption files) dropped together, as one zip the trainer unpacks."""
     buffer = io.BytesIO()
@@ -53,26 +60,34 @@ def check_upload_size(data: bytes) -> None:
 
 
 def with_captions(upload: bytes, captions: dict[str, str]) -> bytes:
-    """The zip `upload` with a caption.csv at its root giving `captions` (upload name ->
-    caption); a caption.csv or captions.csv already at the root is replaced (the trainer
-    reads the shallowest one, so this one decides). Everything else is copied unchanged."""
-    try:
-        source = zipfile.ZipFile(io.BytesIO(upload))
-    except zipfile.BadZipFile as error:
-        raise PhotoError(f"Captions can only be edited in a zip upload: {error}.") from None
-    with source:
-        members = [m for m in source.infolist() if not m.is_dir()]
-        if sum(m.file_size for m in members) > MAX_UNPACKED_BYTES:
-            raise PhotoError(
-                "The zip unpacks to more than 1 GiB; send the photos in a smaller zip."
-            )
-        buffer = io.BytesIO()
-        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as result:
-            for member in members:
-                if member.filename.lower() not in CAPTION_CSV_NAMES:
-                    result.writestr(member.filename, source.read(member))
-            result.writestr("caption.csv", captions_csv(captions))
+    """The upload (a zip or tar) as a zip with a caption.csv at its root giving `captions`
+    (upload name -> caption); a caption.csv or captions.csv already at the root is replaced
+    (the trainer reads the shallowest one, so this one decides). Every other file is copied
+    unchanged; nothing is extracted to disk."""
+    members = _archive_files(upload)
+    if sum(size for _, size, _ in members) > MAX_UNPACKED_BYTES:
+        raise PhotoError("The upload unpacks to more than 1 GiB; send the photos in smaller sets.")
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as result:
+        for name, _, read in members:
+            if name.lower() not in CAPTION_CSV_NAMES:
+                result.writestr(name, read())
+        result.writestr("caption.csv", captions_csv(captions))
     return buffer.getvalue()
+
+
+def _archive_files(upload: bytes) -> list[tuple[str, int, object]]:
+    """(name, declared size, reader) of each regular file of a zip or tar upload."""
+    if zipfile.is_zipfile(io.BytesIO(upload)):
+        archive = zipfile.ZipFile(io.BytesIO(upload))
+        files = [m for m in archive.infolist() if not m.is_dir()]
+        return [(m.filename, m.file_size, lambda m=m: archive.read(m)) for m in files]
+    try:
+        tar = tarfile.open(fileobj=io.BytesIO(upload))
+    except tarfile.TarError as error:
+        raise PhotoError(f"The upload is neither a zip nor a tar: {error}.") from None
+    files = [m for m in tar.getmembers() if m.isfile()]
+    return [(m.name, m.size, lambda m=m: tar.extractfile(m).read()) for m in files]
 
 
 def captions_csv(captions: dict[str, str]) -> str:

@@ -27,9 +27,11 @@ TOKEN_COOKIE = "studio_token"
 class StudioServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], studio: Studio, token: str | None):
+    studio: Studio  # set once the bound address, which the studio's URLs name, is known
+
+    def __init__(self, address: tuple[str, int], token: str | None):
         super().__init__(address, StudioHandler)
-        self.studio, self.token = studio, token
+        self.token = token
 
 
 class StudioHandler(BaseHTTPRequestHandler):
@@ -142,10 +144,12 @@ class StudioHandler(BaseHTTPRequestHandler):
             form = self._json()
             files = [(f["name"], _data(f["data"])) for f in form["files"]]
             upload, settings = zip_loose_files(files), form.get("settings") or {}
+            name = "photos.zip"
         else:
             upload = self._body()
             settings = json.loads(self.headers.get("X-Training-Settings") or "{}")
-        self._send_json(200, self.server.studio.add_photos(upload, settings))
+            name = self.headers.get("X-File-Name") or "photos.zip"
+        self._send_json(200, self.server.studio.add_photos(upload, name, settings))
 
     def photo_file(self, photos, name):
         folder = self.server.studio.data / "photos" / safe_name(photos)
@@ -156,7 +160,8 @@ class StudioHandler(BaseHTTPRequestHandler):
         )
         if not path.is_file():
             raise KeyError(f"No file {name}.")
-        kind = {".zip": "application/zip", ".png": "image/png", ".jpg": "image/jpeg"}
+        kind = {".zip": "application/zip", ".tar": "application/x-tar", ".png": "image/png"}
+        kind[".jpg"] = "image/jpeg"
         self._send(200, path.read_bytes(), kind.get(path.suffix, "application/octet-stream"))
 
     def start_training(self):

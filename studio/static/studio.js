@@ -123,7 +123,7 @@ async function addPhotos(files) {
     if (files.length === 1 && /\.(zip|tar)$/i.test(files[0].name)) {
       review = await api("/api/photos", {
         method: "POST", body: files[0],
-        headers: { "Content-Type": "application/zip", "X-Training-Settings": JSON.stringify(settings) },
+        headers: { "Content-Type": "application/zip", "X-File-Name": files[0].name, "X-Training-Settings": JSON.stringify(settings) },
       });
     } else {
       const loose = await Promise.all([...files].map(async (file) => ({ name: file.name, data: await readAs(file, "readAsDataURL") })));
@@ -297,12 +297,11 @@ function startFrom(src) {
 
 function clearMask() {
   const canvas = $("#mask-canvas");
-  const context = canvas.getContext("2d");
-  context.fillStyle = "black";
-  context.fillRect(0, 0, canvas.width, canvas.height);
+  canvas.getContext("2d").clearRect(0, 0, canvas.width, canvas.height);
   mask.drawn = false;
 }
 
+// Strokes are white on a see-through canvas over the image; the mask sent is them on black.
 function paint(event) {
   if (!mask.drawing) return;
   const canvas = $("#mask-canvas");
@@ -310,11 +309,25 @@ function paint(event) {
   const x = ((event.clientX - box.left) / box.width) * canvas.width;
   const y = ((event.clientY - box.top) / box.height) * canvas.height;
   const context = canvas.getContext("2d");
-  context.fillStyle = "white";
+  context.strokeStyle = "white";
+  context.lineCap = "round";
+  context.lineWidth = Math.max(3, canvas.width / 6);
   context.beginPath();
-  context.arc(x, y, Math.max(2, canvas.width / 12), 0, 2 * Math.PI);
-  context.fill();
+  context.moveTo(...(mask.last || [x, y]));
+  context.lineTo(x, y);
+  context.stroke();
+  mask.last = [x, y];
   mask.drawn = true;
+}
+
+function maskPng() {
+  const drawn = $("#mask-canvas");
+  const canvas = element("canvas", { width: drawn.width, height: drawn.height });
+  const context = canvas.getContext("2d");
+  context.fillStyle = "black";
+  context.fillRect(0, 0, canvas.width, canvas.height);
+  context.drawImage(drawn, 0, 0);
+  return canvas.toDataURL("image/png");
 }
 
 async function generate(event) {
@@ -329,7 +342,7 @@ async function generate(event) {
     scales: form.elements.scales.value.split(",").map((s) => s.trim()).filter(Boolean).map(Number),
   };
   if (painting) request.inputs.image = pngOf($("#init-image"));
-  if (painting && mask.drawn) request.inputs.mask = $("#mask-canvas").toDataURL("image/png");
+  if (painting && mask.drawn) request.inputs.mask = maskPng();
   $("#generate-start").disabled = true;
   await guarded("generate", "#generate-busy", async () => {
     const entries = await postJson("/api/generate", request);
@@ -367,7 +380,11 @@ function showRequest(entry) {
 
 function wire() {
   for (const button of document.querySelectorAll("nav button")) button.onclick = () => showTab(button.dataset.tab);
-  $("#photo-files").onchange = (event) => event.target.files.length && addPhotos(event.target.files);
+  $("#photo-files").onchange = (event) => {
+    const files = [...event.target.files];
+    event.target.value = ""; // the next choice replaces this one
+    if (files.length) addPhotos(files);
+  };
   const drop = $("#drop");
   drop.ondragover = (event) => event.preventDefault();
   drop.ondrop = (event) => { event.preventDefault(); addPhotos(event.dataTransfer.files); };
@@ -378,7 +395,7 @@ function wire() {
   $("#model-choice").onchange = showTrigger;
   $("#init-file").onchange = async (event) => event.target.files.length && startFrom(await readAs(event.target.files[0], "readAsDataURL"));
   const canvas = $("#mask-canvas");
-  canvas.onpointerdown = (event) => { mask.drawing = true; paint(event); };
+  canvas.onpointerdown = (event) => { mask.drawing = true; mask.last = null; paint(event); };
   canvas.onpointermove = paint;
   window.addEventListener("pointerup", () => { mask.drawing = false; });
   $("#mask-clear").onclick = clearMask;
