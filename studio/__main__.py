@@ -49,14 +49,14 @@ def embedded_models(choice: str) -> bool:
 
 def main(argv=None) -> None:
     args = parse_arguments(argv)
-    # Stopped by a signal, the studio still stops the servers it started (the with below).
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     settings = StudioSettings.from_env()
     if args.host != LOCAL_HOST and settings.token is None:
         raise SystemExit(
             f"The studio listens on {args.host} only with a token: set SDXL_TUNER_STUDIO_TOKEN "
             "and give visitors the address with ?token=<it>."
         )
+    # Stopped by a signal, the studio still stops the servers it started (the with below).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with contextlib.ExitStack() as stack:
         if bool(args.predict_url) != bool(args.train_url):
             raise SystemExit("Give both --predict-url and --train-url, or neither.")

@@ -12,13 +12,16 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from families import SDXL
+from serving.containers import CONTAINERS, DEFAULT_CONTAINER
 from serving.server import ServerOptions, start_server
 from weights.network import ALLOWED_HOSTS_VARIABLE
 from weights.settings import PROFILE_VARIABLE, TOY
 
-# With no GPU the servers run the toy SDXL (pictures that mean something) with the other
-# models embedded, and the tiny profile's sizes (64 px, a few steps): seconds on a CPU.
-EMBEDDED_ENVIRONMENT = {"BASE_MODEL": TOY, PROFILE_VARIABLE: "tiny", "HF_HUB_OFFLINE": "1"}
+# With no GPU the servers run the embedded models at the tiny profile's sizes (64 px, a few
+# steps): seconds on a CPU. The toy SDXL (pictures that mean something) is the base of the
+# container that trains SDXL; the other's is its family's tiny model.
+EMBEDDED_ENVIRONMENT = {PROFILE_VARIABLE: "tiny", "HF_HUB_OFFLINE": "1"}
 # The predict server fetches the studio's models from the studio's own address.
 STUDIO_HOST = "127.0.0.1"
 
@@ -35,11 +38,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def server_environment(embedded: bool) -> dict[str, str]:
+def server_environment(embedded: bool, container: str = DEFAULT_CONTAINER) -> dict[str, str]:
     """What the studio's own servers need beyond the operator's environment."""
     allowed = os.environ.get(ALLOWED_HOSTS_VARIABLE, "")
     hosts = ",".join(part for part in (allowed, STUDIO_HOST) if part)
-    return {**(EMBEDDED_ENVIRONMENT if embedded else {}), ALLOWED_HOSTS_VARIABLE: hosts}
+    environment = {ALLOWED_HOSTS_VARIABLE: hosts}
+    if embedded:
+        environment |= EMBEDDED_ENVIRONMENT
+        if SDXL in CONTAINERS[container].trains:
+            environment["BASE_MODEL"] = TOY
+    return environment
 
 
 class StartedServers(contextlib.AbstractContextManager):
@@ -53,7 +61,7 @@ class StartedServers(contextlib.AbstractContextManager):
     def __enter__(self) -> ServerPair:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         # start_server hands the servers this process's environment.
-        os.environ.update(server_environment(self.embedded))
+        os.environ.update(server_environment(self.embedded, self.container))
         urls = {}
         for mode in ("predict", "train"):
             port = free_port()

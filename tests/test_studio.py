@@ -7,6 +7,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from formats.bundle import TRAINING_CONFIG_FILE
+from studio.__main__ import main as studio_main
 from studio.actions import Studio
 from studio.cog_api import CogServer
 from studio.servers import server_environment
@@ -127,11 +129,11 @@ def studio_url(tmp_path_factory, model_cache):
 @pytest.fixture(scope="module")
 def browser():
     options = Options()
-    options.binary_location = "/usr/bin/chromium"
+    options.binary_location = shutil.which("chromium")
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage"):
         options.add_argument(argument)
     options.add_argument("--window-size=1280,1100")
-    driver = webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
+    driver = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
     yield driver
     driver.quit()
 
@@ -297,6 +299,32 @@ def test_studio_over_servers_given_by_url_trains_the_edited_captions(servers_by_
         entries = requests.post(f"{url}/api/generate", json={**form, "compare": "base"}).json()
         assert [entry["label"] for entry in entries] == ["base", run["model"]]
         assert [entry["request"]["seed"] for entry in entries] == [1, 1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_studio_off_127_0_0_1_needs_the_operators_token(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("SDXL_TUNER_STUDIO_TOKEN", raising=False)
+    with pytest.raises(SystemExit, match="SDXL_TUNER_STUDIO_TOKEN"):
+        studio_main(["--host", "0.0.0.0", "--data", str(tmp_path)])
+
+    server = StudioServer(("127.0.0.1", 0), token="s3cret")
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    nowhere = "http://127.0.0.1:9"  # no server: the status says so, it is not needed here
+    cog = CogServer(nowhere, "predict"), CogServer(nowhere, "train")
+    server.studio = Studio(*cog, tmp_path, url, token="s3cret")
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        refused = requests.get(f"{url}/api/models")
+        assert refused.status_code == 401 and "token" in refused.json()["error"]
+        assert requests.get(f"{url}/", params={"token": "wrong"}).status_code == 401
+        with requests.Session() as visitor:  # the address with ?token=, then the cookie
+            assert visitor.get(f"{url}/", params={"token": "s3cret"}).status_code == 200
+            assert visitor.get(f"{url}/api/models").json() == []
+            assert visitor.get(f"{url}/api/status").json()["train"]["status"] == "UNREACHABLE"
+        # The servers reach the studio's files and webhooks with the token in the address.
+        assert server.studio.url("files/models/m.tar").endswith("/files/models/m.tar?token=s3cret")
     finally:
         server.shutdown()
         server.server_close()
