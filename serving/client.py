@@ -120,7 +120,7 @@ def call(server: str, route: str, inputs: dict) -> dict:
     return body
 
 
-def post_when_free(url: str, body: dict, headers: dict | None = None) -> requests.Response:
+def post_when_free(url: str, body: dict | None, headers: dict | None = None) -> requests.Response:
     """POST `body`, retrying the 409 of a busy server for BUSY_RETRY_SECONDS."""
     deadline = time.monotonic() + BUSY_RETRY_SECONDS
     while True:

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import weights.quiet  # noqa: F401 (first: keeps libraries' import-time noise out of the terminal)
+
+# isort: split
 import argparse
 import contextlib
 import os

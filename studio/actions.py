@@ -33,6 +33,12 @@ RECENT_STEPS = 20
 DEFAULT_SCALES = (0.0, 0.5, 1.0)
 MAX_STRIP = 6
 FILE_INPUTS = ("image", "mask")
+# File inputs the studio fills in itself (from its models and photos): a page's request never
+# names them, so it can name neither a server path nor another server's file.
+STUDIO_FILLED = {
+    "predict": ("replicate_weights", "extra_lora", "loras"),
+    "train": ("input_images", "resume_from", "dry_run"),
+}
 
 
 @dataclass
@@ -103,6 +109,7 @@ class Studio:
         """Store an upload (a zip or tar named `name`) and review it with a dry run of the
         training `settings`."""
         check_upload_size(upload)
+        refuse_filled(settings, "train")
         photos, name = uuid.uuid4().hex[:12], upload_name(name)
         folder = self.data / "photos" / photos
         folder.mkdir(parents=True)
@@ -127,6 +134,7 @@ class Studio:
 
     def start_training(self, photos: str, captions: dict[str, str], inputs: dict) -> dict:
         """Train on the photos `photos` with the captions as edited in the page."""
+        refuse_filled(inputs, "train")
         folder = self.data / "photos" / _plain(photos)
         if not (folder / "review.json").is_file():
             raise PhotoError(f"There are no photos {photos!r}: upload them again.")
@@ -192,6 +200,7 @@ class Studio:
         """The request a Replicate client would send: models and drawn images become URLs of
         the studio, never server paths."""
         inputs = dict(form.get("inputs") or {})
+        refuse_filled(inputs, "predict")
         for name in FILE_INPUTS:
             if inputs.get(name):
                 inputs[name] = self._keep_input_image(inputs[name])
@@ -212,6 +221,15 @@ class Studio:
         name = f"input-{uuid.uuid4().hex[:12]}.png"
         (self.gallery.folder / name).write_bytes(base64.b64decode(data_uri.split(",", 1)[1]))
         return self.url(f"files/gallery/{name}")
+
+
+def refuse_filled(inputs: dict, mode: str) -> None:
+    named = [name for name in STUDIO_FILLED[mode] if name in inputs]
+    if named:
+        raise CogError(
+            f"The studio sets {', '.join(named)} itself: choose a model from its list (load "
+            "one by URL under Models) or upload the photos."
+        )
 
 
 def _decoded(output) -> bytes:

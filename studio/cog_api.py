@@ -48,19 +48,29 @@ class CogServer:
 
     def run(self, inputs: dict) -> dict:
         """One call, waited for; its finished response (output, logs)."""
-        return self._checked(post_when_free(f"{self.url}/{self.route}", {"input": inputs}))
+        return self._checked(self._post(f"{self.url}/{self.route}", {"input": inputs}))
 
     def start(self, inputs: dict, webhook: str) -> dict:
         """One call that runs on while its events go to `webhook`; the accepted call."""
         body = {"input": inputs, "webhook": webhook}
         body["webhook_events_filter"] = ["start", "logs", "completed"]
         url = f"{self.url}/{self.route}"
-        return self._checked(post_when_free(url, body, {"Prefer": "respond-async"}))
+        return self._checked(self._post(url, body, {"Prefer": "respond-async"}))
 
     def cancel(self, call_id: str) -> None:
-        response = requests.post(f"{self.url}/{self.route}/{call_id}/cancel", timeout=30)
+        response = self._post(f"{self.url}/{self.route}/{call_id}/cancel", None)
         if response.status_code not in (200, 404):  # 404: it had already ended
             raise CogError(f"Cancelling failed: HTTP {response.status_code}.")
+
+    def _post(self, url: str, body: dict | None, headers: dict | None = None):
+        try:
+            return post_when_free(url, body, headers)
+        except requests.RequestException as error:
+            raise CogError(
+                f"The {self.mode} server at {self.url} does not answer ({type(error).__name__}): "
+                f"start it again (make serve{'-train' if self.mode == 'train' else ''}), or "
+                "restart the studio, which starts its own."
+            ) from None
 
     def _checked(self, response: requests.Response) -> dict:
         try:

@@ -12,9 +12,8 @@ import tarfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from formats.bundle import PREVIEW_FILE
+from formats.bundle import DRY_RUN_IMAGES_DIR, DRY_RUN_MASKS_DIR, DRY_RUN_PLAN_FILE, PREVIEW_FILE
 from preprocess.captioning import CAPTION_CSV_NAMES
-from training.bundle import DRY_RUN_IMAGES_DIR, DRY_RUN_MASKS_DIR, DRY_RUN_PLAN_FILE
 
 # Cog caps a request body at 100 MiB (docs/serving.md); an upload the API could not take is
 # refused here before it is stored.

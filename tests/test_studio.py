@@ -3,6 +3,7 @@
 over a pair of servers given by URL. Screenshots of each stage go to test-artifacts/studio/
 (STUDIO_SCREENSHOTS=docs/studio refreshes the committed set)."""
 
+import base64
 import io
 import json
 import os
@@ -14,6 +15,7 @@ import sys
 import tarfile
 import threading
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -199,6 +201,11 @@ def test_studio_in_a_browser_from_photos_to_inpainting(studio_url, browser):
     labels = [n.text for n in browser.find_elements(By.CSS_SELECTOR, "#results figcaption")]
     assert labels == ["base", "my-model"]
     screenshot(browser, "05-base-vs-fine-tune")
+    browser.find_element(By.CSS_SELECTOR, "[name=compare][value=scales]").click()
+    browser.find_element(By.ID, "generate-start").click()
+    wait(browser, lambda: shown_pictures(browser, "#results img") == 3)
+    labels = [n.text for n in browser.find_elements(By.CSS_SELECTOR, "#results figcaption")]
+    assert labels == ["scale 0", "scale 0.5", "scale 1"]
 
     # The request behind an image, then inpainting it with a drawn mask and a stacked LoRA.
     browser.find_elements(By.CSS_SELECTOR, "#results img")[1].click()
@@ -237,7 +244,7 @@ def test_studio_in_a_browser_from_photos_to_inpainting(studio_url, browser):
     wait(browser, lambda: "was cancelled" in text(browser, "#run-status"))
     screenshot(browser, "08-cancelled")
     browser.find_element(By.CSS_SELECTOR, "nav [data-tab=gallery]").click()
-    wait(browser, lambda: shown_pictures(browser, "#gallery-grid img") == 3)
+    wait(browser, lambda: shown_pictures(browser, "#gallery-grid img") == 6)
     screenshot(browser, "09-gallery")
     browser.find_element(By.CSS_SELECTOR, "nav [data-tab=models]").click()
     wait(browser, lambda: len(browser.find_elements(By.CSS_SELECTOR, "#model-list h3")) == 1)
@@ -273,6 +280,19 @@ def test_studio_over_servers_given_by_url_trains_the_edited_captions(servers_by_
         assert bad.status_code == 400
         assert "x.zip is not a zip or tar archive" in bad.json()["error"]
         assert not (tmp_path / "photos").exists() or not any((tmp_path / "photos").iterdir())
+
+        # Loose photos are zipped by the studio; too few of them are warned about.
+        with zipfile.ZipFile(PHOTOS) as archive:
+            loose = [
+                {
+                    "name": n,
+                    "data": "data:image/png;base64," + base64.b64encode(archive.read(n)).decode(),
+                }
+                for n in archive.namelist()[:3]
+            ]
+        review = requests.post(f"{url}/api/photos", json={"files": loose}).json()
+        assert len(review["images"]) == 3
+        assert review["warnings"][0].startswith("Only 3 photo(s)")
 
         settings = json.dumps({"max_train_steps": 2})
         headers = {"X-File-Name": PHOTOS.name, "X-Training-Settings": settings}

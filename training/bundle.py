@@ -16,6 +16,9 @@ from pathlib import Path
 from families import ModelFamily
 from formats.bundle import (
     CHECKPOINTS_DIR,
+    DRY_RUN_IMAGES_DIR,
+    DRY_RUN_MASKS_DIR,
+    DRY_RUN_PLAN_FILE,
     EMBEDDINGS_FILE,
     LORA_FILE,
     LORA_KOHYA_FILE,
@@ -283,12 +286,6 @@ def bundle_size_report(bundle: Path, download_limit: int) -> str:
             "(checkpointing_steps)."
         )
     return report
-
-
-DRY_RUN_PLAN_FILE = "plan.json"
-# In the dry run's tarball, beside the plan: a small picture of each crop and of its mask.
-DRY_RUN_IMAGES_DIR = "images"
-DRY_RUN_MASKS_DIR = "masks"
 
 
 def write_dry_run_report(

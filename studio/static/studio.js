@@ -68,7 +68,11 @@ async function loadSchema(mode) {
   state.schemas[mode] = schema;
   const form = mode === "train" ? $("#train-form") : $("#generate-form");
   const shown = new Set([...form.querySelectorAll("[data-schema]")].map((n) => n.dataset.schema));
-  for (const node of form.querySelectorAll("[data-schema]")) describe(node, schema.properties[node.dataset.schema]);
+  for (const node of form.querySelectorAll("[data-schema]")) {
+    const property = schema.properties[node.dataset.schema];
+    node.closest("label").hidden = !property; // e.g. no negative prompt where the family has none
+    describe(node, property);
+  }
   const more = $(mode === "train" ? "#train-more" : "#predict-more");
   for (const [name, property] of Object.entries(schema.properties)) {
     if (shown.has(name) || HIDDEN_INPUTS.has(name)) continue;
