@@ -38,7 +38,7 @@ from tests.cog_server import running_server
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = ROOT / "examples" / "emblem_photos.zip"
-SCREENSHOTS = Path(os.environ.get("STUDIO_SCREENSHOTS") or ROOT / "test-artifacts" / "studio")
+SCREENSHOTS = ROOT / (os.environ.get("STUDIO_SCREENSHOTS") or "test-artifacts/studio")
 EDITED = "a TOK emblem, caption edited in the studio"
 SHORT_TRAINING = {"max_train_steps": "4", "sample_every": "2"}
 # Startup: two Cog servers' setups on shared cores; each step below takes seconds.
@@ -134,14 +134,14 @@ def browser():
     options.binary_location = shutil.which("chromium")
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage"):
         options.add_argument(argument)
-    options.add_argument("--window-size=1280,1100")
+    options.add_argument("--window-size=1280,1400")
     driver = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
     yield driver
     driver.quit()
 
 
 @pytest.mark.timeout(600)
-def test_studio_in_a_browser_from_photos_to_inpainting(studio_url, browser):
+def test_studio_in_a_browser_from_photos_to_inpainting(studio_url, browser, tmp_path):
     started = time.monotonic()
     browser.get(studio_url + "/")
     ready = "predict: READY · train: READY"
@@ -150,8 +150,7 @@ def test_studio_in_a_browser_from_photos_to_inpainting(studio_url, browser):
     upload = browser.find_element(By.ID, "photo-files")
 
     # A bad zip: the train server's message, in the photos section.
-    bad = SCREENSHOTS.parent / "not-a.zip"
-    bad.parent.mkdir(parents=True, exist_ok=True)
+    bad = tmp_path / "not-a.zip"
     bad.write_bytes(b"these are not photos")
     upload.send_keys(str(bad))
     wait(browser, lambda: "not a zip or tar archive" in text(browser, "#photos .error"))

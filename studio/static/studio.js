@@ -58,7 +58,7 @@ async function pollStatus() {
   } catch (error) {
     $("#server-status").textContent = `studio unreachable: ${error.message}`;
   }
-  setTimeout(pollStatus, state.schemas.predict && state.schemas.train ? 5000 : 1000);
+  setTimeout(pollStatus, state.schemas.predict && state.schemas.train ? 2000 : 1000);
 }
 
 // Forms from the servers' schemas: each field's default as its placeholder, choices as options;
