@@ -9,11 +9,14 @@ PORT ?= 5000
 
 setup: $(STAMP) browser
 
-# The browser test's headless Chromium and its driver: Debian's packages, installed when
-# missing (as root, as on a clean CI machine; elsewhere install them with your package manager).
+# The browser test's headless Chromium and its driver: Debian's packages, installed when missing
+# and run as root (a clean CI machine); elsewhere install them with your package manager.
 browser:
-	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
-	  { apt-get update -q && apt-get install -y -q --no-install-recommends chromium chromium-driver; }
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -q && apt-get install -y -q --no-install-recommends chromium chromium-driver; \
+	  else echo "The studio's browser test needs chromium and chromedriver on PATH."; fi; \
+	fi
 
 # Re-run only when a requirements file changes; the venv itself is created once.
 $(STAMP): requirements.txt requirements-nodeps.txt requirements-dev.txt Makefile

@@ -140,14 +140,16 @@ class Studio:
             raise PhotoError(f"There are no photos {photos!r}: upload them again.")
         upload = folder / json.loads((folder / "review.json").read_text())["upload"]
         run = TrainingRun(uuid.uuid4().hex[:12], inputs.pop("name", "") or "model", photos, inputs)
-        (folder / f"train-{run.id}.zip").write_bytes(with_captions(upload.read_bytes(), captions))
-        sent = {**inputs, "input_images": self.url(f"files/photos/{photos}/train-{run.id}.zip")}
+        sent_zip = folder / f"train-{run.id}.zip"
+        sent_zip.write_bytes(with_captions(upload.read_bytes(), captions))
+        sent = {**inputs, "input_images": self.url(f"files/photos/{photos}/{sent_zip.name}")}
         with self.lock:
             self.runs[run.id] = run
         try:
             accepted = self.train.start(sent, webhook=self.url(f"hooks/training/{run.id}"))
-        except CogError:
+        except CogError:  # refused: nothing of it is kept
             del self.runs[run.id]
+            sent_zip.unlink()
             raise
         run.call_id = accepted["id"]
         return run.view()

@@ -270,7 +270,8 @@ def test_studio_over_servers_given_by_url_trains_the_edited_captions(servers_by_
     predict, train = servers_by_url
     server = StudioServer(("127.0.0.1", 0), token=None)
     url = f"http://127.0.0.1:{server.server_address[1]}"
-    server.studio = Studio(CogServer(predict, "predict"), CogServer(train, "train"), tmp_path, url)
+    cog = CogServer(predict, "predict"), CogServer(train, "train")
+    server.studio = Studio(*cog, tmp_path, url, price_per_gpu_hour=2.0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         bad = requests.post(
@@ -297,6 +298,8 @@ def test_studio_over_servers_given_by_url_trains_the_edited_captions(servers_by_
         headers = {"X-File-Name": PHOTOS.name, "X-Training-Settings": settings}
         review = requests.post(f"{url}/api/photos", data=PHOTOS.read_bytes(), headers=headers)
         review = review.json()
+        seconds = review["estimated_training_seconds"] + review["model_load_and_caching_seconds"]
+        assert review["estimate"] == {"seconds": seconds, "price": seconds / 3600 * 2.0}
         assert [image["source"] for image in review["images"]][:2] == [
             "emblem_00.png",
             "emblem_01.png",
@@ -318,6 +321,20 @@ def test_studio_over_servers_given_by_url_trains_the_edited_captions(servers_by_
         entries = requests.post(f"{url}/api/generate", json={**form, "compare": "base"}).json()
         assert [entry["label"] for entry in entries] == ["base", run["model"]]
         assert [entry["request"]["seed"] for entry in entries] == [1, 1]
+
+        # A tarball loaded by URL (here the studio's own, as a stranger's would be), then
+        # deleted: generating with it works, and afterwards it is gone.
+        tarball_url = f"{url}/files/models/{run['model']}.tar"
+        loaded = requests.post(f"{url}/api/models", json={"url": tarball_url, "name": "theirs"})
+        form = {**form, "model": loaded.json()["name"]}
+        entries = requests.post(f"{url}/api/generate", json=form).json()
+        assert entries[0]["request"]["replicate_weights"] == tarball_url
+        assert requests.delete(f"{url}/api/models/theirs").status_code == 200
+        assert requests.delete(f"{url}/api/models/{run['model']}").status_code == 200
+        assert requests.get(f"{url}/api/models").json() == []
+        assert requests.get(tarball_url).status_code == 404
+        refused = requests.post(f"{url}/api/generate", json=form)
+        assert refused.status_code == 404 and "no model 'theirs'" in refused.json()["error"]
     finally:
         server.shutdown()
         server.server_close()
@@ -342,6 +359,10 @@ def test_studio_off_127_0_0_1_needs_the_operators_token(tmp_path, monkeypatch, c
             assert visitor.get(f"{url}/", params={"token": "s3cret"}).status_code == 200
             assert visitor.get(f"{url}/api/models").json() == []
             assert visitor.get(f"{url}/api/status").json()["train"]["status"] == "UNREACHABLE"
+            # A server that does not answer: the message names it and what to do.
+            down = visitor.post(f"{url}/api/generate", json={"inputs": {"prompt": "a TOK"}})
+            assert down.status_code == 400
+            assert down.json()["error"].startswith(f"The predict server at {nowhere} does not")
         # The servers reach the studio's files and webhooks with the token in the address.
         assert server.studio.url("files/models/m.tar").endswith("/files/models/m.tar?token=s3cret")
     finally:
