@@ -45,8 +45,9 @@ class Models:
         partial.write_bytes(tarball)
         with tarfile.open(partial) as tar:
             names = tar.getnames()
+            record = json.load(tar.extractfile(TRAINING_CONFIG_FILE))
         samples = sorted(n for n in names if n.startswith(f"{SAMPLES_DIR}/") and _image_type(n))
-        trigger = inputs.get("token_string") or "TOK"
+        trigger = record.get("trigger_word")
         model = Model(name, time.time(), inputs, None, len(tarball), trigger, samples)
         partial.rename(self.tarball(name))
         self._write(model)

@@ -67,6 +67,12 @@ async function loadSchema(mode) {
   const schema = await api(`/api/schema/${mode}`);
   state.schemas[mode] = schema;
   const form = mode === "train" ? $("#train-form") : $("#generate-form");
+  // A field names the input, or the inputs one container or the other calls it by (`steps`
+  // in FLUX.1's trainer): it becomes the one the served schema has.
+  for (const node of form.querySelectorAll("[data-schema]")) {
+    const names = node.dataset.schema.split(" ");
+    node.name = node.dataset.schema = names.find((name) => name in schema.properties) || names[0];
+  }
   const shown = new Set([...form.querySelectorAll("[data-schema]")].map((n) => n.dataset.schema));
   for (const node of form.querySelectorAll("[data-schema]")) {
     const property = schema.properties[node.dataset.schema];
