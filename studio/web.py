@@ -52,6 +52,8 @@ class StudioHandler(BaseHTTPRequestHandler):
     def _handle(self, method: str) -> None:
         url = urlsplit(self.path)
         query = parse_qs(url.query)
+        if method != "GET" and not self._preflighted():
+            return self._send_json(403, {"error": "Send JSON, or a file with X-File-Name."})
         if not self._authorised(query):
             return self._send_json(
                 401,
@@ -73,6 +75,13 @@ class StudioHandler(BaseHTTPRequestHandler):
         except Exception as error:  # the page shows it; the traceback goes to the terminal
             traceback.print_exc()
             self._send_json(500, {"error": f"The studio failed: {type(error).__name__}: {error}"})
+
+    def _preflighted(self) -> bool:
+        """Whether a browser would have asked first (CORS) before sending this from another
+        site's page: a JSON body or a custom header. The studio answers no such question, so
+        another site cannot make a visitor's browser start work here."""
+        kind = self.headers.get("Content-Type") or ""
+        return kind.startswith("application/json") or "X-File-Name" in self.headers
 
     def _authorised(self, query: dict) -> bool:
         """With a token set, every request carries it (query, cookie or bearer header); the

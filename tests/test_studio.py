@@ -329,8 +329,8 @@ def test_studio_over_servers_given_by_url_trains_the_edited_captions(servers_by_
         form = {**form, "model": loaded.json()["name"]}
         entries = requests.post(f"{url}/api/generate", json=form).json()
         assert entries[0]["request"]["replicate_weights"] == tarball_url
-        assert requests.delete(f"{url}/api/models/theirs").status_code == 200
-        assert requests.delete(f"{url}/api/models/{run['model']}").status_code == 200
+        assert requests.delete(f"{url}/api/models/theirs", json={}).status_code == 200
+        assert requests.delete(f"{url}/api/models/{run['model']}", json={}).status_code == 200
         assert requests.get(f"{url}/api/models").json() == []
         assert requests.get(tarball_url).status_code == 404
         refused = requests.post(f"{url}/api/generate", json=form)

@@ -263,7 +263,7 @@ async function loadCard(details, url) {
 
 async function deleteModel(name) {
   if (!confirm(`Delete the model ${name}?`)) return;
-  await guarded("models", null, async () => { await api(`/api/models/${name}`, { method: "DELETE" }); });
+  await guarded("models", null, async () => { await api(`/api/models/${name}`, { method: "DELETE", headers: { "Content-Type": "application/json" } }); });
   refreshModels();
 }
 
