@@ -162,11 +162,8 @@ class StudioHandler(BaseHTTPRequestHandler):
 
     def photo_file(self, photos, name):
         folder = self.server.studio.data / "photos" / safe_name(photos)
-        path = (
-            folder / safe_name(name)
-            if name.endswith(".zip")
-            else folder / "pictures" / safe_name(name)
-        )
+        archive = name.endswith((".zip", ".tar"))  # the upload, or one sent to a training
+        path = folder / safe_name(name) if archive else folder / "pictures" / safe_name(name)
         if not path.is_file():
             raise KeyError(f"No file {name}.")
         kind = {".zip": "application/zip", ".tar": "application/x-tar", ".png": "image/png"}

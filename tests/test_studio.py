@@ -294,6 +294,17 @@ def test_studio_over_servers_given_by_url_trains_the_edited_captions(servers_by_
         assert len(review["images"]) == 3
         assert review["warnings"][0].startswith("Only 3 photo(s)")
 
+        # A tar is reviewed as a zip is.
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(PHOTOS) as archive, tarfile.open(fileobj=buffer, mode="w") as tar:
+            for name in archive.namelist()[:5]:
+                info = tarfile.TarInfo(name)
+                info.size = len(archive.read(name))
+                tar.addfile(info, io.BytesIO(archive.read(name)))
+        tar_headers = {"X-File-Name": "photos.tar"}
+        review = requests.post(f"{url}/api/photos", data=buffer.getvalue(), headers=tar_headers)
+        assert len(review.json()["images"]) == 5
+
         settings = json.dumps({"max_train_steps": 2})
         headers = {"X-File-Name": PHOTOS.name, "X-Training-Settings": settings}
         review = requests.post(f"{url}/api/photos", data=PHOTOS.read_bytes(), headers=headers)
