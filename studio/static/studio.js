@@ -411,6 +411,9 @@ function wire() {
   $("#mask-clear").onclick = clearMask;
   $("#init-clear").onclick = () => { $("#paint").hidden = true; $("#init-file").value = ""; };
   $("#request-close").onclick = () => $("#request-view").close();
+  for (const button of document.querySelectorAll("[data-copy]")) {
+    button.onclick = () => navigator.clipboard.writeText($(`#${button.dataset.copy}`).textContent);
+  }
   pollStatus();
   refreshModels();
 }
