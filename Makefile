@@ -5,9 +5,18 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PORT ?= 5000
 
-.PHONY: setup demo test lint schema serve serve-train toy-base
+.PHONY: setup browser demo test lint schema serve serve-train studio toy-base
 
-setup: $(STAMP)
+setup: $(STAMP) browser
+
+# The browser test's headless Chromium and its driver: Debian's packages, installed when missing
+# and run as root (a clean CI machine); elsewhere install them with your package manager.
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -q && apt-get install -y -q --no-install-recommends chromium chromium-driver; \
+	  else echo "The studio's browser test needs chromium and chromedriver on PATH."; fi; \
+	fi
 
 # Re-run only when a requirements file changes; the venv itself is created once.
 $(STAMP): requirements.txt requirements-nodeps.txt requirements-dev.txt Makefile
@@ -47,3 +56,10 @@ serve: setup
 
 serve-train: setup
 	$(PY) -m serving.server --mode train $(SERVER_ARGS)
+
+# The studio (docs/studio.md): a page on 127.0.0.1:$(STUDIO_PORT) that trains on your photos and
+# generates with the result, over Cog servers it starts (the toy SDXL without a GPU);
+# STUDIO_ARGS="--predict-url URL --train-url URL" drives servers already running.
+STUDIO_PORT ?= 7860
+studio: setup
+	$(PY) -m studio --port $(STUDIO_PORT) --container $(CONTAINER) $(STUDIO_ARGS)

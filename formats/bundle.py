@@ -28,6 +28,11 @@ SAMPLES_DIR = "samples"
 CHECKPOINTS_DIR = "checkpoints"
 MANIFEST_FILE = "manifest.json"
 BUNDLE_FILE = "trained_model.tar"
+# A dry run's tarball instead: the plan, the preview, and a small picture of each crop and of
+# its mask.
+DRY_RUN_PLAN_FILE = "plan.json"
+DRY_RUN_IMAGES_DIR = "images"
+DRY_RUN_MASKS_DIR = "masks"
 
 # The CLIP text model's module prefix in LoRA files (transformers 4 names, which A1111,
 # ComfyUI and older diffusers use): written by the exporter, read back by the predictor.

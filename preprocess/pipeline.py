@@ -53,7 +53,7 @@ from preprocess.masks import (
 from preprocess.model_loading import load_preprocessor
 from preprocess.preview import contact_sheet
 from preprocess.stages import StageClock
-from preprocess.upscale import Upscaler, resize_to
+from preprocess.upscale import Upscaler, needs_upscaling, resize_to
 from weights.runtime import pick_runtime
 from weights.settings import ModelSettings
 
@@ -109,6 +109,7 @@ class TrainingImage:
     mask_path: Path
     caption: str
     source: str = ""  # the file's name in the upload
+    upscaled: bool = False  # its crop was smaller than its training size
 
 
 @dataclass(frozen=True)
@@ -173,6 +174,9 @@ def preprocess(config: PreprocessConfig, clock: StageClock | None = None) -> Pre
 
         # 6. Upscale small crops (Swin2SR); bring every crop and mask to its training size.
         with clock.stage("upscale"):
+            upscaled = [
+                needs_upscaling(crop, size) for crop, size in zip(crops, sizes, strict=True)
+            ]
             crops, mask_crops = _resize(settings, crops, mask_crops, sizes)
 
         # 7. Write crops, masks, captions.csv and the preview; move the folder into place.
@@ -190,8 +194,8 @@ def preprocess(config: PreprocessConfig, clock: StageClock | None = None) -> Pre
 
     _log_summary(len(rows), skipped, clock)
     images_out = [
-        TrainingImage(output_dir / row[0], output_dir / row[1], row[2], source)
-        for row, source in zip(rows, names, strict=True)
+        TrainingImage(output_dir / row[0], output_dir / row[1], row[2], source, small)
+        for row, source, small in zip(rows, names, upscaled, strict=True)
     ]
     return PreparedDataset(
         output_dir, output_dir / CAPTIONS_FILE, output_dir / PREVIEW, images_out, skipped

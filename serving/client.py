@@ -112,23 +112,45 @@ def data_uri(path: Path, name: str) -> str:
 
 def call(server: str, route: str, inputs: dict) -> dict:
     """POST one call and return its finished response; a 409 is retried for a while."""
+    response = post_when_free(f"{server}/{route}", {"input": inputs})
+    body = response.json() if response.content else {}
+    error = response_error(route[:-1], response.status_code, body)
+    if error is not None:
+        raise error
+    return body
+
+
+def post_when_free(url: str, body: dict | None, headers: dict | None = None) -> requests.Response:
+    """POST `body`, retrying the 409 of a busy server for BUSY_RETRY_SECONDS."""
     deadline = time.monotonic() + BUSY_RETRY_SECONDS
     while True:
-        response = requests.post(f"{server}/{route}", json={"input": inputs}, timeout=None)
+        response = requests.post(url, json=body, headers=headers, timeout=None)
         if response.status_code != 409 or time.monotonic() > deadline:
-            break
+            return response
         time.sleep(0.1)
-    body = response.json() if response.content else {}
-    if response.status_code == 422:
+
+
+def response_error(kind: str, status: int, body: dict) -> ClientError | None:
+    """What went wrong with a call (`kind`: prediction or training), in the server's words:
+    the inputs it refused (422), or the error of a failed call with the end of its log; None
+    when it succeeded or was accepted to run."""
+    if status == 422:
         problems = [f"{'.'.join(map(str, d['loc'][1:]))}: {d['msg']}" for d in body["detail"]]
-        raise ClientError("The server refused the inputs:\n- " + "\n- ".join(problems))
-    if response.status_code != 200 or body.get("status") != "succeeded":
-        logs = "\n".join((body.get("logs") or "").strip().splitlines()[-10:])
-        error = body.get("error") or f"HTTP {response.status_code}"
-        while error.startswith(FAILED_PREFIX):
-            error = error.removeprefix(FAILED_PREFIX)
-        raise ClientError(f"The {route[:-1]} failed: {error}" + (f"\n{logs}" if logs else ""))
-    return body
+        return ClientError("The server refused the inputs:\n- " + "\n- ".join(problems))
+    if status in (200, 202) and body.get("status") in ("succeeded", "starting", "processing"):
+        return None
+    logs = "\n".join((body.get("logs") or "").strip().splitlines()[-10:])
+    return ClientError(
+        f"The {kind} failed: {failure_text(body, status)}" + (f"\n{logs}" if logs else "")
+    )
+
+
+def failure_text(body: dict, status: int) -> str:
+    """A failed call's error without coglet's doubled prefix."""
+    error = body.get("error") or (f"HTTP {status}" if status != 200 else body.get("status", ""))
+    while error.startswith(FAILED_PREFIX):
+        error = error.removeprefix(FAILED_PREFIX)
+    return error
 
 
 def write_outputs(output, template: str | None) -> list[str]:

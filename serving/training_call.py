@@ -85,7 +85,13 @@ def train_on_upload(
         prepared = preprocess(
             replace(preprocessing, input_path=upload, output_dir=work / "dataset")
         )
-        return PreparedImages(prepared.folder, prepared.preview, tuple(prepared.skipped))
+        return PreparedImages(
+            prepared.folder,
+            prepared.preview,
+            tuple(prepared.skipped),
+            sources=tuple(image.source for image in prepared.images),
+            upscaled=tuple(image.upscaled for image in prepared.images),
+        )
 
     # 2. Base model, images, training and the tarball (training/job.py).
     job = TrainingJob(

@@ -1,12 +1,17 @@
 """The Cog `train()` end to end: the example zip in, a weights tarball out (a top-level
 cog.Path), the dry run, and invalid inputs rejected before any work."""
 
+import base64
+import io
 import json
+import math
 import tarfile
+import zipfile
 
 import pytest
 import torch
 from cog import Path as CogPath
+from PIL import Image
 from safetensors.torch import load
 
 from families import FLUX, SD15, SDXL
@@ -19,10 +24,12 @@ from formats.bundle import (
     SPECIAL_PARAMS_FILE,
     TRAINING_CONFIG_FILE,
 )
+from formats.progress import read_progress
 from preprocess import PreprocessError
 from serving.cli import parse_inputs
 from serving.containers import CONTAINERS, load_entry
 from serving.schema import TRAINER_REF, inspect_entry
+from tests.conftest import ROOT
 from tests.train_helpers import one_thread  # noqa: F401 (autouse fixture)
 from tests.trained_bundles import tar_bytes
 from training.bundle import base_model_loading, bundle_size_report
@@ -35,6 +42,12 @@ TINY_SD15 = SD15.tiny_model
 TINY_FLUX = FLUX.tiny_model
 
 EXAMPLE = "@examples/cat_photos.zip"
+
+
+def image_bytes(image: Image.Image, format: str = "PNG", **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=format, **options)
+    return buffer.getvalue()
 
 
 def train_with(trainer: str = TRAINER_REF, **inputs):
@@ -80,11 +93,62 @@ def test_the_model_card_loads_each_kind_of_base_model():
 def test_dry_run_reports_the_plan_without_training(tiny_env):
     report = train_with(seed=1, resolution=64, max_train_steps=300, dry_run="true")
     with tarfile.open(report) as tar:
-        assert set(tar.getnames()) == {"plan.json", PREVIEW_FILE}
+        names = set(tar.getnames())
         plan = json.load(tar.extractfile("plan.json"))
+        pictures = {name: Image.open(tar.extractfile(name)) for name in names if "/" in name}
     assert plan["steps"] == 300 and len(plan["images"]) == 6
     assert all("TOK" in image["caption"] for image in plan["images"])
     assert plan["estimated_training_seconds"] > 0
+    # Each image with its name in the upload and a picture of its crop and of its mask.
+    assert [image["source"] for image in plan["images"]] == [f"cat_0{i}.jpg" for i in range(6)]
+    shown = {image[key] for image in plan["images"] for key in ("thumbnail", "mask")}
+    assert names == {"plan.json", PREVIEW_FILE} | shown and len(shown) == 12
+    assert all(picture.size == (64, 64) for picture in pictures.values())  # the 64px crops
+    # cat_01.jpg is the middle of cat_00.jpg, which is what the square crop keeps of it.
+    assert plan["warnings"] == [
+        "cat_00.jpg and cat_01.jpg are nearly the same photo: keep one, or add a different "
+        "shot (duplicates weigh one view twice)."
+    ]
+
+
+def test_dry_run_warns_of_few_duplicate_and_small_photos(tiny_env, tmp_path):
+    with zipfile.ZipFile(ROOT / "examples" / "cat_photos.zip") as archive:
+        photo = Image.open(io.BytesIO(archive.read("cat_00.jpg")))
+        other = archive.read("cat_01.jpg")
+    upload = tmp_path / "photos.zip"
+    with zipfile.ZipFile(upload, "w") as archive:
+        archive.writestr("a.jpg", image_bytes(photo, "JPEG", quality=95))
+        archive.writestr("a-copy.jpg", image_bytes(photo, "JPEG", quality=70))  # re-saved
+        archive.writestr("small.png", image_bytes(Image.open(io.BytesIO(other)).resize((40, 40))))
+    report = train_with(input_images=f"@{upload}", resolution=64, dry_run="true")
+    with tarfile.open(report) as tar:
+        plan = json.load(tar.extractfile("plan.json"))
+    assert [image["upscaled"] for image in plan["images"]] == [False, False, True]
+    warnings = "\n".join(plan["warnings"])
+    assert "Only 3 photo(s)" in warnings
+    assert "a-copy.jpg and a.jpg are nearly the same photo" in warnings
+    assert "1 photo(s) smaller than the 64px training size were upscaled (small.png)" in warnings
+
+
+def test_a_training_logs_each_step_and_sample_for_clients_to_follow(tiny_env, capfd):
+    bundle = train_with(seed=0, resolution=64, train_batch_size=2, max_train_steps=4,
+                        lr_warmup_steps=0, lora_rank=4, sample_prompts="a photo of TOK",
+                        sample_every=2)  # fmt: skip
+    progress = read_progress(capfd.readouterr().out)
+    assert [(row["step"], row["total"]) for row in progress.steps] == [(i, 4) for i in range(1, 5)]
+    assert all(math.isfinite(row["loss"]) for row in progress.steps)
+    assert [(sample["step"], sample["prompt"]) for sample in progress.samples] == [
+        (2, "a photo of TOK"),
+        (4, "a photo of TOK"),
+    ]
+    header, _, data = progress.samples[0]["thumbnail"].partition(",")
+    assert header == "data:image/jpeg;base64"
+    assert Image.open(io.BytesIO(base64.b64decode(data))).size == (64, 64)  # below 128 px
+    # The record keeps the caption each image trained with: the zip's caption.csv.
+    with tarfile.open(bundle) as tar:
+        record = json.load(tar.extractfile(TRAINING_CONFIG_FILE))
+    captions = [row["caption"] for row in record["captions"]]
+    assert captions[1] == "a photo of TOK, close-up of a cat's face" and len(captions) == 6
 
 
 def test_resolution_is_replicates_768_on_every_family_unless_given(tiny_env, monkeypatch):

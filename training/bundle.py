@@ -5,6 +5,7 @@ flat tar written under a temporary name and renamed when complete."""
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import tarfile
@@ -15,6 +16,9 @@ from pathlib import Path
 from families import ModelFamily
 from formats.bundle import (
     CHECKPOINTS_DIR,
+    DRY_RUN_IMAGES_DIR,
+    DRY_RUN_MASKS_DIR,
+    DRY_RUN_PLAN_FILE,
     EMBEDDINGS_FILE,
     LORA_FILE,
     LORA_KOHYA_FILE,
@@ -29,6 +33,7 @@ from formats.bundle import (
 )
 from formats.dataset_folder import read_captions
 from training.config import TrainingConfig
+from training.dataset_review import review_warnings, thumbnail
 from training.loop import STATE_DIR, TrainingResult
 from weights.download import describe_source
 from weights.references import is_remote
@@ -43,8 +48,10 @@ def write_bundle(
     base_model: str,
     preview: Path | None = None,
     inputs: dict | None = None,
+    dataset: Path | None = None,
 ) -> Path:
-    """Assemble the bundle from a finished run's work folder and write it to `output` (.tar)."""
+    """Assemble the bundle from a finished run's work folder and write it to `output` (.tar).
+    `dataset`: the prepared dataset folder it trained on, whose captions the record keeps."""
     output, config = Path(output), result.config
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=output.parent, prefix=".bundle-") as tmp:
@@ -68,6 +75,9 @@ def write_bundle(
             shutil.copy2(result.metrics_file, staging / METRICS_FILE)
             plot_loss(result.metrics_file, staging / LOSS_PLOT_FILE)
         record = training_record(result, config, base_model, inputs or {})
+        if dataset is not None:  # what each image was trained with, as the trigger's text
+            rows = read_captions(dataset)
+            record["captions"] = [{"image": r.image_path.name, "caption": r.caption} for r in rows]
         (staging / TRAINING_CONFIG_FILE).write_text(json.dumps(record, indent=2, default=str))
         (staging / MODEL_CARD_FILE).write_text(model_card(result, config, base_model))
         family, token_map = result.family.name, result.token_map
@@ -278,22 +288,36 @@ def bundle_size_report(bundle: Path, download_limit: int) -> str:
     return report
 
 
-DRY_RUN_PLAN_FILE = "plan.json"
-
-
 def write_dry_run_report(
     timing: TrainingResult, prepared, output: Path, preprocess_seconds: float
 ) -> Path:
-    """The plan of a run that was not started: images used and skipped with their captions,
-    steps, epochs, and the training time estimated from a few timed steps on this device.
-    `prepared`: the training images (a dataset folder, its preview, the files skipped)."""
+    """The plan of a run that was not started: images used (with their upload names, whether
+    they were upscaled, a thumbnail of crop and mask) and skipped with their captions, warnings
+    a person can act on, steps, epochs, and the training time estimated from a few timed steps
+    on this device. `prepared`: the training images (a dataset folder, its preview, the files
+    skipped, the upload names and upscaling of the images)."""
     plan, config = timing.plan, timing.config
     estimate = timing.seconds_per_step * plan.max_train_steps
     rows = read_captions(prepared.folder)
+    sources = list(prepared.sources) or [row.image_path.name for row in rows]
+    upscaled = list(prepared.upscaled) or [False] * len(rows)
+    pictures = {}  # name in the tarball -> bytes
+    images = []
+    for row, source, was_small in zip(rows, sources, upscaled, strict=True):
+        stem = row.image_path.stem
+        image = {"image": row.image_path.name, "source": source, "caption": row.caption}
+        image |= {"upscaled": was_small, "thumbnail": f"{DRY_RUN_IMAGES_DIR}/{stem}.jpg"}
+        pictures[image["thumbnail"]] = thumbnail(row.image_path)
+        if row.mask_path is not None:
+            image["mask"] = f"{DRY_RUN_MASKS_DIR}/{stem}.png"
+            pictures[image["mask"]] = thumbnail(row.mask_path, mask=True)
+        images.append(image)
+    crops = [row.image_path for row in rows]
     report = {
         "mode": config.mode,
-        "images": [{"image": row.image_path.name, "caption": row.caption} for row in rows],
+        "images": images,
         "skipped": [{"file": name, "reason": reason} for name, reason in prepared.skipped],
+        "warnings": review_warnings(crops, sources, upscaled, config.resolution),
         "steps": plan.max_train_steps,
         "epochs": plan.epochs,
         "effective_batch_size": plan.effective_batch_size,
@@ -315,14 +339,17 @@ def write_dry_run_report(
         f"{plan.effective_batch_size}; about {timing.seconds_per_step:.2f}s/step on "
         f"{timing.summary['device']}, so training would take about {estimate / 60:.1f} min."
     )
+    for warning in report["warnings"]:
+        print(f"Warning: {warning}")
+    pictures[DRY_RUN_PLAN_FILE] = json.dumps(report, indent=2).encode()
+    if prepared.preview is not None and Path(prepared.preview).is_file():
+        pictures[PREVIEW_FILE] = Path(prepared.preview).read_bytes()
     output = Path(output)
     partial = output.with_name(output.name + ".partial")
-    with tempfile.TemporaryDirectory() as tmp:
-        plan_file = Path(tmp) / DRY_RUN_PLAN_FILE
-        plan_file.write_text(json.dumps(report, indent=2))
-        with tarfile.open(partial, "w") as tar:
-            tar.add(plan_file, arcname=DRY_RUN_PLAN_FILE)
-            if prepared.preview is not None and Path(prepared.preview).is_file():
-                tar.add(prepared.preview, arcname=PREVIEW_FILE)
+    with tarfile.open(partial, "w") as tar:
+        for name, data in pictures.items():
+            member = tarfile.TarInfo(name)
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
     partial.rename(output)
     return output

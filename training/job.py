@@ -40,6 +40,10 @@ class PreparedImages:
     folder: Path  # a prepared dataset folder
     preview: Path | None = None  # the contact sheet of crops, masks and captions
     skipped: tuple[tuple[str, str], ...] = ()  # (file in the upload, why it was not used)
+    # Per image, in the dataset folder's order: its name in the upload, and whether it was
+    # smaller than its training size (upscaled). Empty: not known (a folder prepared earlier).
+    sources: tuple[str, ...] = ()
+    upscaled: tuple[bool, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -143,7 +147,12 @@ def run_job(
     # 5. The weights tarball.
     result.phase_seconds = {"preprocess": preprocess_seconds, **result.phase_seconds}
     bundle = write_bundle(
-        result, job.output, base.reference, preview=images.preview, inputs=job.inputs
+        result,
+        job.output,
+        base.reference,
+        preview=images.preview,
+        inputs=job.inputs,
+        dataset=images.folder,
     )
     print("Time per phase: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.phase_seconds.items()))
     print(bundle_size_report(bundle, settings.max_download_bytes))

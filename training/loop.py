@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs
+from PIL import Image
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -35,6 +36,7 @@ from formats.bundle import (
     checkpoint_name,
 )
 from formats.dataset_folder import read_captions
+from formats.progress import logs_step, sample_line, step_line
 from formats.tokens import TokenEmbeddingsHandler, apply_token_map
 from training.components import TrainingComponents, load_components, trainable_parameters
 from training.config import NUM_TOKENS, TrainingConfig
@@ -213,7 +215,9 @@ def run_training(
 
         # 9. The loop: one optimizer step, its metrics row, then what falls due after it.
         train_step = OptimizerStep(run, plan, accelerator, batches, objective, prior, optimization)
-        metrics = MetricsLog(work_dir / METRICS_FILE if is_main and not timing_steps else None)
+        metrics = MetricsLog(
+            work_dir / METRICS_FILE if is_main and not timing_steps else None, plan.max_train_steps
+        )
         outputs = RunOutputs(run, optimization, plan, accelerator, tracking, clock)
         bar = _progress_bar(plan, start_step, timing_steps, shown=is_main and config.verbose)
         records = []
@@ -524,10 +528,11 @@ class OptimizerStep:
 
 
 class MetricsLog:
-    """Each step's row: to metrics.jsonl (`file`; None: not written) and to the W&B run."""
+    """Each step's row: to metrics.jsonl (`file`; None: not written), to the W&B run, and as a
+    progress line of the log (formats/progress.py) when the file is written."""
 
-    def __init__(self, file: Path | None):
-        self.file = file
+    def __init__(self, file: Path | None, total: int):
+        self.file, self.total = file, total
         if file:
             file.parent.mkdir(parents=True, exist_ok=True)
 
@@ -542,6 +547,8 @@ class MetricsLog:
             }
             with self.file.open("a") as file:
                 file.write(json.dumps(row) + "\n")
+            if logs_step(record.steps_done, self.total):
+                print(step_line(record.steps_done, self.total, record.loss, record.seconds))
         tracking.log_step(record.steps_done, record.loss, record.lrs, record.grad_norm)
 
 
@@ -597,6 +604,9 @@ class RunOutputs:
                 step,
                 self.accelerator,
             )
+        for index, (prompt, file) in enumerate(zip(run.config.sample_prompts, files, strict=True)):
+            with Image.open(file) as image:
+                print(sample_line(step, index, prompt, image))
         self.tracking.log_samples(step, files)
         self.clock.done("sampling")
 

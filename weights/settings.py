@@ -153,3 +153,19 @@ def _gib(name: str, default: float) -> int:
         return int(float(value) * GIB)
     except ValueError:
         raise ValueError(f"{name}={value!r} is not a number of GiB.") from None
+
+
+@dataclass(frozen=True)
+class StudioSettings:
+    """The studio's operator settings (docs/studio.md)."""
+
+    token: str | None  # SDXL_TUNER_STUDIO_TOKEN: required from every visitor when set
+    price_per_gpu_hour: float | None  # SDXL_TUNER_PRICE_PER_GPU_HOUR: shown with estimates
+
+    @classmethod
+    def from_env(cls) -> StudioSettings:
+        price = os.environ.get("SDXL_TUNER_PRICE_PER_GPU_HOUR")
+        return cls(
+            token=os.environ.get("SDXL_TUNER_STUDIO_TOKEN") or None,
+            price_per_gpu_hour=float(price) if price else None,
+        )
