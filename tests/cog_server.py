@@ -7,12 +7,14 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-from serving.server import ServerOptions, start_server, wait_until_ready
+from serving.server import ROOT, ServerOptions, start_server, wait_until_ready
 
 
 def free_port() -> int:
@@ -22,12 +24,24 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(log_path: Path, mode: str = "predict", health: list | None = None, **options):
+def running_server(
+    log_path: Path,
+    mode: str = "predict",
+    health: list | None = None,
+    env: dict[str, str] | None = None,
+    **options,
+):
     """Start coglet on a free port, wait for READY, yield its base URL, then stop it.
-    The health statuses seen while waiting are appended to `health`."""
+    The health statuses seen while waiting are appended to `health`. With `env`, the server
+    starts as `make serve` starts it (`python -m serving.server`) in that environment, and
+    this process imports no entry file (one imported here declares the defaults of the
+    profile it was imported under)."""
     port = free_port()
     with open(log_path, "wb") as log:
-        process = start_server(ServerOptions(mode=mode, port=port, **options), log_file=log)
+        if env is None:
+            process = start_server(ServerOptions(mode=mode, port=port, **options), log_file=log)
+        else:
+            process = start_server_process(ServerOptions(mode=mode, port=port, **options), env, log)
         base_url = f"http://127.0.0.1:{port}"
         try:
             wait_until_ready(base_url, process, seen=health)
@@ -66,3 +80,11 @@ def request_when_free(
             return status, response
         time.sleep(0.1)
     return status, response
+
+
+def start_server_process(options: ServerOptions, env: dict[str, str], log) -> subprocess.Popen:
+    command = [sys.executable, "-m", "serving.server", "--mode", options.mode]
+    command += ["--port", str(options.port), "--container", options.container]
+    return subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )

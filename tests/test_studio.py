@@ -252,18 +252,14 @@ def test_studio_in_a_browser_from_photos_to_inpainting(studio_url, browser, tmp_
 
 @pytest.fixture(scope="module")
 def servers_by_url(tmp_path_factory, model_cache):
-    """A predict and a train server already running (as `make serve` / `make serve-train`
-    run them), on the embedded toy SDXL."""
+    """A predict and a train server already running, started as `make serve` and
+    `make serve-train` start them, on the embedded toy SDXL. One after the other: each writes
+    the served schema as it starts."""
     logs = tmp_path_factory.mktemp("servers")
-    env = pytest.MonkeyPatch()
-    for name, value in {**server_environment(True), "SDXL_TUNER_CACHE": str(model_cache)}.items():
-        env.setenv(name, value)
-    with (
-        running_server(logs / "predict.log") as predict,
-        running_server(logs / "train.log", mode="train") as train,
-    ):
-        yield predict, train
-    env.undo()
+    env = {**os.environ, **server_environment(True), "SDXL_TUNER_CACHE": str(model_cache)}
+    with running_server(logs / "predict.log", env=env) as predict:
+        with running_server(logs / "train.log", mode="train", env=env) as train:
+            yield predict, train
 
 
 def test_studio_over_servers_given_by_url_trains_the_edited_captions(servers_by_url, tmp_path):
