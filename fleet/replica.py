@@ -15,6 +15,7 @@ import contextlib
 import io
 import time
 import weakref
+from dataclasses import replace
 
 from ray import serve
 
@@ -51,9 +52,11 @@ class GenerationReplica:
         self.container = CONTAINERS[options.container]
         remove_orphans(REQUEST_PREFIX)
         settings = ModelSettings.from_env(self.container.family)
+        settings = replace(settings, loaded_weights=options.loras_per_replica)
         self.local_dirs = settings.local_dirs
-        self.engine = GenerationEngine(settings, max_cached_weights=options.loras_per_replica)
+        self.engine = GenerationEngine(settings)
         self.inputs = inspect_entry(self.container.predictor)
+        self.turn = asyncio.Lock()
         self.name = serve.get_replica_context().replica_id.to_full_id_str()  # its actor's name
         engine = self.engine
 
@@ -68,6 +71,10 @@ class GenerationReplica:
     async def predict(self, values: dict) -> dict:
         """A `/predictions` body's `input` (already checked against the schema) → Cog's
         response body, with this replica's name and its count of weights loaded so far."""
+        async with self.turn:  # one request at a time; the rest wait here, beside their weights
+            return await self._predict(values)
+
+    async def _predict(self, values: dict) -> dict:
         call_id, started, logs = prediction_id(), time.monotonic(), io.StringIO()
         try:
             with contextlib.redirect_stdout(logs):

@@ -23,9 +23,9 @@ from fleet.cog_api import call_arguments, prediction_id
 from fleet.shelf import TarballShelf
 from serving.containers import CONTAINERS
 from serving.schema import inspect_entry
+from weights.settings import TRAINING_PROCESSES_VARIABLE
 
 QUEUE_NAME = "sdxl-tuner-trainings"
-PROCESSES_VARIABLE = "SDXL_TUNER_TRAINING_PROCESSES"
 
 
 # A worker process per training (max_calls=1): nothing it set or loaded outlives it.
@@ -34,7 +34,7 @@ def run_training(container: str, values: dict, gpus: int, shelf: TarballShelf, r
     """The container's train() on `values`, on the `gpus` Ray reserved; returns the URL."""
     queue.started.remote(run_id, os.getpid())
     if gpus > 1:  # data-parallel over the reserved GPUs
-        os.environ[PROCESSES_VARIABLE] = str(gpus)
+        os.environ[TRAINING_PROCESSES_VARIABLE] = str(gpus)
     module, name = CONTAINERS[container].trainer.split(":")
     info = inspect_entry(CONTAINERS[container].trainer)
     train = getattr(importlib.import_module(Path(module).stem), name)

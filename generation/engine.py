@@ -52,14 +52,7 @@ class GenerationResult:
 
 
 class GenerationEngine:
-    def __init__(
-        self,
-        settings: ModelSettings,
-        default_weights: str | None = None,
-        max_cached_weights: int | None = None,
-    ):
-        """`max_cached_weights`: a bound on the trained weights held in memory besides their
-        bytes (a Ray Serve replica's LoRA count, fleet/replica.py); None: bytes alone."""
+    def __init__(self, settings: ModelSettings, default_weights: str | None = None):
         self.runtime: Runtime = pick_runtime(settings.device, settings.dtype, settings.speed)
         cache_dir, variant = settings.cache_dir, hub_variant(self.runtime)
         base_source = resolve_model(settings.base_model, "base", cache_dir, variant)
@@ -100,7 +93,7 @@ class GenerationEngine:
             self.family,
             LayerNames(self.switcher.components, self.family),
             fits=lambda weights: self.switcher.check(Selection(weights)),
-            max_entries=max_cached_weights,
+            max_entries=settings.loaded_weights,
         )
         # The trained version's own weights (COG_WEIGHTS): held here, never evicted. Weights
         # that cannot be loaded now do not stop the server: each request that would use them
