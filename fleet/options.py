@@ -21,14 +21,16 @@ class FleetOptions:
     # aiming at `target_ongoing_requests` in flight per replica.
     min_replicas: int = 1
     max_replicas: int = 1
-    target_ongoing_requests: float = 1.0
+    target_ongoing_requests: float = 2.0
     # Trained weights each replica keeps loaded: the engine's LRU bound and the count Serve
     # routes by (serve.multiplexed's max_num_models_per_replica), one number.
     loras_per_replica: int = 8
     gpus_per_replica: float = 1.0  # 0 on CPU-only clusters (tests, `make fleet`)
     cpus_per_replica: float = 1.0
-    # Requests a replica runs at once: one, as a Cog container; more wait in Serve's queue.
-    max_ongoing_requests: int = 1
+    # Requests a replica holds: it runs one at a time, as a Cog container, and the rest wait
+    # there, beside the weights they need; past this many, Serve sends a request for the same
+    # weights to another replica (which loads them) rather than queue it longer.
+    max_ongoing_requests: int = 4
     ingress_replicas: int = 1
     # Trainings (`POST /trainings`): the folder every training node writes tarballs to and
     # the URL the replicas fetch that folder at (fleet/shelf.py); empty: no trainings.
