@@ -31,7 +31,7 @@ REPLICA_LOST = (RayActorError, ActorDiedError, ActorUnavailableError, ReplicaUna
 ATTEMPTS = 2  # a request whose replica died is sent once more
 # Response headers that say where a prediction ran (benchmarks and tests count loads by them).
 REPLICA_HEADER = "X-Fleet-Replica"
-LOADS_HEADER = "X-Fleet-Weights-Loads"
+LOADS_HEADER = "X-Fleet-Weights-Loaded"  # trained weights the request loaded into memory
 
 
 class FleetIngress:

@@ -70,12 +70,14 @@ class GenerationReplica:
 
     async def predict(self, values: dict) -> dict:
         """A `/predictions` body's `input` (already checked against the schema) → Cog's
-        response body, with this replica's name and its count of weights loaded so far."""
+        response body, with this replica's name and how many trained weights it loaded into
+        memory for this request (0 when they were there already)."""
         async with self.turn:  # one request at a time; the rest wait here, beside their weights
             return await self._predict(values)
 
     async def _predict(self, values: dict) -> dict:
         call_id, started, logs = prediction_id(), time.monotonic(), io.StringIO()
+        loads_before = self.engine.weights_cache.loads
         try:
             with contextlib.redirect_stdout(logs):
                 request = self.container.request(**call_arguments(self.inputs, values))
@@ -87,7 +89,8 @@ class GenerationReplica:
             body = succeeded(call_id, output, logs.getvalue(), time.monotonic() - started)
         except Exception as error:  # the call failed: said in the body, as Cog says it
             body = failed(call_id, error, logs.getvalue(), time.monotonic() - started)
-        return {"body": body, "replica": self.name, "loads": self.engine.weights_cache.loads}
+        loads = self.engine.weights_cache.loads - loads_before
+        return {"body": body, "replica": self.name, "loads": loads}
 
     def _generate(self, request) -> list[str]:
         with call_folder(REQUEST_PREFIX) as folder:

@@ -18,13 +18,16 @@ import numpy as np
 import pytest
 import ray
 import torch
+import yaml
 from PIL import Image
 from ray import serve
 from safetensors.torch import load
 
+from benchmarks.fleet.run import SMOKE, compare
+from fleet.app import app_builder
 from fleet.cluster import APP_NAME, local_cluster
 from fleet.ingress import LOADS_HEADER, REPLICA_HEADER
-from fleet.options import FleetOptions
+from fleet.options import FleetOptions, InvalidFleetOptions
 from formats.bundle import EMBEDDINGS_PTI_FILE, LORA_FILE
 from serving.cli import parse_inputs
 from serving.schema import inspect_entry
@@ -35,7 +38,8 @@ from tests.trained_bundles import tar_folder, write_lora_bundle
 SMALL = {"width": 64, "height": 64, "num_inference_steps": 2}
 QUICK_TRAINING = {"resolution": 64, "train_batch_size": 2, "max_train_steps": 4,
                   "lr_warmup_steps": 0, "lora_rank": 4, "seed": 0}  # fmt: skip
-EXAMPLE_ZIP = Path(__file__).resolve().parents[1] / "examples" / "cat_photos.zip"
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE_ZIP = ROOT / "examples" / "cat_photos.zip"
 LORAS = 4
 LORAS_PER_REPLICA = 2
 # Requests per LoRA, most popular first (Zipf-like: 1/k of the first's share).
@@ -116,20 +120,19 @@ def test_requests_follow_their_lora_and_match_the_cog_container(cluster, cog_ser
     stream = [index for index, count in enumerate(POPULARITY) for _ in range(count)]
     random.Random(0).shuffle(stream)
     assert len(stream) == 40
-    outputs, loads = {}, {}
+    outputs, loads = {}, 0
     for number, index in enumerate(stream):
         inputs = {"replicate_weights": lora_urls[index], "seed": number % 2, "prompt": "TOK"}
         status, body, headers = post(cluster.url, inputs)
         assert status == 200, body
         outputs.setdefault((index, number % 2), []).append(pixels(body))
-        loads[headers[REPLICA_HEADER]] = int(headers[LOADS_HEADER])
+        loads += int(headers[LOADS_HEADER])
     # Each LoRA fits on one replica (two per replica): 4 loads when every request follows its
     # LoRA. A replica learns of another's load only when the controller passes it on, so a
     # request arriving before then may load on the other replica once more; round-robin over
     # two replicas with two slots each loads about every second request (~20).
-    total = sum(loads.values())
-    print(f"\nfleet: {len(stream)} requests over {LORAS} LoRAs, {total} loads {loads}")
-    assert LORAS <= total <= 2 * LORAS
+    print(f"\nfleet: {len(stream)} requests over {LORAS} LoRAs, {loads} loads")
+    assert LORAS <= loads <= 2 * LORAS
     for (index, seed), images in sorted(outputs.items()):
         cog = pixels(cog_predict(cog_server, {"replicate_weights": lora_urls[index],
                                               "seed": seed, "prompt": "TOK"}))  # fmt: skip
@@ -275,3 +278,41 @@ def test_a_queued_and_a_running_training_are_cancelled(cluster, file_server_modu
     assert running["status"] == "canceled" and running["output"] is None
     shelf = Path(cluster.options.tarball_folder)
     assert not (shelf / first["id"]).exists() and not (shelf / second["id"]).exists()
+
+
+def test_the_serve_config_scales_replicas_within_the_operators_bounds():
+    (application,) = yaml.safe_load((ROOT / "fleet" / "serve_config.yaml").read_text())[
+        "applications"
+    ]
+    assert application["import_path"] == "fleet.app:app_builder"
+    assert app_builder(application["args"]) is not None  # the args build the application
+    deployment = FleetOptions.from_args(application["args"]).replica_deployment()
+    assert deployment["autoscaling_config"] == {
+        "min_replicas": 2,
+        "max_replicas": 8,
+        "target_ongoing_requests": 2,
+    }
+    assert deployment["ray_actor_options"]["num_gpus"] == 1
+    fixed = FleetOptions.from_args({"min_replicas": "3", "max_replicas": "3"})  # `serve run a=b`
+    assert fixed.replica_deployment()["num_replicas"] == 3
+    with pytest.raises(InvalidFleetOptions, match="min_replicas=3, max_replicas=2"):
+        FleetOptions(min_replicas=3, max_replicas=2)
+    with pytest.raises(InvalidFleetOptions, match="Unknown fleet options"):
+        FleetOptions.from_args({"replicas": 2})
+
+
+def test_the_benchmark_prints_its_table_on_the_smoke_workload(cluster, model_cache):
+    """benchmarks/fleet/run.py --smoke's comparison, against this module's cluster (the same
+    replicas and LoRA bound) rather than a second one."""
+    assert (SMOKE.replicas, SMOKE.loras_per_replica) == (2, LORAS_PER_REPLICA)
+    table = compare(SMOKE, model_cache, cluster.url)
+    print("\n" + table)
+    rows = {line.split(" | ")[0]: line.split(" | ")[1:] for line in table.splitlines()}
+    fleet, baseline = (
+        rows["| Ray Serve, multiplexed by URL (2 replicas)"],
+        rows["| 2 Cog containers, round-robin"],
+    )
+    asked = len(set(SMOKE.stream()))
+    for requests, loads, downloads, *_ in (fleet, baseline):
+        # Every LoRA asked for is loaded, and downloaded, at least once by each setup.
+        assert int(requests) == SMOKE.requests and int(loads) >= asked and int(downloads) >= asked

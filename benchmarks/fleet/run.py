@@ -70,7 +70,7 @@ class Answer:
     lora: int
     replica: str
     seconds: float
-    loads: int | None = None  # the fleet's replica's count so far
+    loads: int = 0  # trained weights the fleet's replica loaded for it
 
 
 @dataclass(frozen=True)
@@ -144,28 +144,30 @@ def send_stream(stream: list[int], urls: list[str], target, clients: int) -> tup
     return done, time.perf_counter() - started
 
 
-def run_fleet(workload: Workload, urls, stream, files: FileServer, environment) -> Result:
-    options = FleetOptions(
+def fleet_options(workload: Workload) -> FleetOptions:
+    return FleetOptions(
         min_replicas=workload.replicas,
         max_replicas=workload.replicas,
         loras_per_replica=workload.loras_per_replica,
         gpus_per_replica=0,
         gpus_per_training=0,
     )
-    before = sum(files.requests(f"/lora{i}.tar") for i in range(workload.loras))
-    cpus = workload.replicas + 1  # each replica, the ingress and the training queue
-    with local_cluster(options, cpus, environment, log_to_driver=False) as cluster:
-        answers, wall = send_stream(stream, urls, lambda n: (cluster.url, False), workload.clients)
-    loads: dict[str, int] = {}
-    for answer in answers:
-        loads[answer.replica] = max(loads.get(answer.replica, 0), answer.loads)
-    downloads = sum(files.requests(f"/lora{i}.tar") for i in range(workload.loras)) - before
+
+
+def run_fleet(workload: Workload, urls, stream, files: FileServer, fleet_url: str) -> Result:
+    before = lora_downloads(workload, files)
+    answers, wall = send_stream(stream, urls, lambda n: (fleet_url, False), workload.clients)
+    downloads = lora_downloads(workload, files) - before
     name = f"Ray Serve, multiplexed by URL ({workload.replicas} replicas)"
-    return Result(name, answers, sum(loads.values()), downloads, wall)
+    return Result(name, answers, sum(a.loads for a in answers), downloads, wall)
+
+
+def lora_downloads(workload: Workload, files: FileServer) -> int:
+    return sum(files.requests(f"/lora{i}.tar") for i in range(workload.loras))
 
 
 def run_round_robin(workload: Workload, urls, stream, files: FileServer, environment) -> Result:
-    before = sum(files.requests(f"/lora{i}.tar") for i in range(workload.loras))
+    before = lora_downloads(workload, files)
     logs = []
     with contextlib.ExitStack() as stack:
         servers = []
@@ -181,7 +183,7 @@ def run_round_robin(workload: Workload, urls, stream, files: FileServer, environ
         # Each load into memory asks the model store for the weights once.
         pattern = re.compile(r"model store: cache (hit|miss) for .*lora\d+\.tar")
         loads = sum(len(pattern.findall(log.read_text())) for log in logs)
-    downloads = sum(files.requests(f"/lora{i}.tar") for i in range(workload.loras)) - before
+    downloads = lora_downloads(workload, files) - before
     name = f"{workload.replicas} Cog containers, round-robin"
     return Result(name, answers, loads, downloads, wall)
 
@@ -200,13 +202,9 @@ def _environment(variables: dict[str, str]):
                 os.environ[name] = value
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--smoke", action="store_true", help="fewer requests (CI)")
-    args = parser.parse_args()
-    workload = SMOKE if args.smoke else FULL
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    model_cache = Path(os.environ.get("SDXL_TUNER_CACHE") or tempfile.mkdtemp())
+def compare(workload: Workload, model_cache: Path, fleet_url: str | None = None) -> str:
+    """Both setups on one stream; the table as text. `fleet_url`: a running fleet with the
+    workload's replicas and LoRA bound (else a local cluster is started for it)."""
     base = ensure_tiny_model("base", model_cache)
     ensure_tiny_model("refiner", model_cache)
     environment = {
@@ -215,25 +213,42 @@ def main() -> None:
         LOADED_WEIGHTS_VARIABLE: str(workload.loras_per_replica),
     }
     stream = workload.stream()
-    with tempfile.TemporaryDirectory() as folder, FileServer() as files:
+    with contextlib.ExitStack() as stack:
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        files = stack.enter_context(FileServer())
         urls = []
         for index in range(workload.loras):
-            bundle = write_lora_bundle(base, Path(folder) / f"lora{index}", seed=100 + index)
+            bundle = write_lora_bundle(base, folder / f"lora{index}", seed=100 + index)
             urls.append(files.add(f"/lora{index}.tar", tar_folder(bundle).read_bytes()))
-        with _environment(environment):
-            fleet = run_fleet(workload, urls, stream, files, environment)
-            baseline = run_round_robin(workload, urls, stream, files, environment)
+        stack.enter_context(_environment(environment))
+        if fleet_url is None:
+            cpus = workload.replicas + 1  # each replica, the ingress and the training queue
+            cluster = local_cluster(fleet_options(workload), cpus, environment, log_to_driver=False)
+            fleet_url = stack.enter_context(cluster).url
+        fleet = run_fleet(workload, urls, stream, files, fleet_url)
+        baseline = run_round_robin(workload, urls, stream, files, environment)
     popularity = [stream.count(i) for i in range(workload.loras)]
-    print(
-        f"\n{workload.requests} requests over M={workload.loras} LoRAs (Zipf s={workload.zipf}: "
+    return "\n".join([
+        f"{workload.requests} requests over M={workload.loras} LoRAs (Zipf s={workload.zipf}: "
         f"{popularity}), N={workload.replicas}, K={workload.loras_per_replica} LoRAs per "
-        f"replica, {workload.clients} clients; tiny SDXL, 64x64, 2 steps, CPU\n"
-    )
-    print("| setup | requests | LoRA loads | downloads | switches | p50 s | p95 s | req/s |")
-    print("|---|---|---|---|---|---|---|---|")
-    print(fleet.row())
-    print(baseline.row())
-    print(f"\nLoRA loads: {baseline.loads / max(fleet.loads, 1):.1f}x fewer with multiplexing.")
+        f"replica, {workload.clients} clients; tiny SDXL, 64x64, 2 steps, CPU",
+        "",
+        "| setup | requests | LoRA loads | downloads | switches | p50 s | p95 s | req/s |",
+        "|---|---|---|---|---|---|---|---|",
+        fleet.row(),
+        baseline.row(),
+        "",
+        f"LoRA loads: {baseline.loads / max(fleet.loads, 1):.1f}x fewer with multiplexing.",
+    ])  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="fewer requests (CI)")
+    args = parser.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    model_cache = Path(os.environ.get("SDXL_TUNER_CACHE") or tempfile.mkdtemp())
+    print(compare(SMOKE if args.smoke else FULL, model_cache))
 
 
 if __name__ == "__main__":
