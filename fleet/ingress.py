@@ -3,9 +3,9 @@
 `POST /predictions` takes the body a Cog container takes; the input is checked as coglet
 checks it (422 otherwise), and the request goes to a generation replica with its
 `replicate_weights` URL as the multiplexed model id, so Serve sends it to a replica that
-already holds those weights. A base request (no weights, or text the call refuses) names no
-model and goes to any replica. A replica that dies mid-request is replaced by Serve; the
-request is sent once more, and if that fails too the body says so.
+already holds those weights. A request with no weights URL (none, a data URI, or text the
+call refuses) names no model and goes to any replica. A replica that dies mid-request is
+replaced by Serve; the request is sent once more, and if that fails too the body says so.
 
 `POST /trainings` runs a training on the cluster (fleet/training.py) and answers with its
 tarball's URL, which `replicate_weights` can name at once.
@@ -25,7 +25,7 @@ from fleet.cog_api import SCHEMAS_DIR, InputProblems, failed, prediction_id
 from fleet.options import FleetOptions
 from fleet.training import start_queue
 from serving.containers import CONTAINERS
-from weights.references import is_remote
+from weights.references import has_scheme
 
 REPLICA_LOST = (RayActorError, ActorDiedError, ActorUnavailableError, ReplicaUnavailableError)
 ATTEMPTS = 2  # a request whose replica died is sent once more
@@ -65,7 +65,8 @@ class FleetIngress:
         if refusal is not None:
             return refusal
         weights = values.get("replicate_weights")
-        model_id = weights if isinstance(weights, str) and is_remote(weights) else ""
+        routed = isinstance(weights, str) and has_scheme(weights, "http://", "https://")
+        model_id = weights if routed else ""
         handle = self.replicas.options(multiplexed_model_id=model_id)
         started, lost = time.monotonic(), None
         for _ in range(ATTEMPTS):

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import ray
 import torch
@@ -278,6 +279,24 @@ def test_a_queued_and_a_running_training_are_cancelled(cluster, file_server_modu
     assert running["status"] == "canceled" and running["output"] is None
     shelf = Path(cluster.options.tarball_folder)
     assert not (shelf / first["id"]).exists() and not (shelf / second["id"]).exists()
+
+
+def test_a_training_whose_worker_dies_is_reported_failed(cluster, file_server_module):
+    photos = file_server_module.add("/photos-killed.zip", EXAMPLE_ZIP.read_bytes())
+    long_run = {"input_images": photos, **QUICK_TRAINING, "max_train_steps": 5000}
+    _, run = trainings(cluster, "", long_run, asynchronous=True)
+    wait_for(lambda: trainings(cluster, f"/{run['id']}")[1]["status"] == "processing")
+    title = f"ray::{run['id']}"  # Ray names a worker's process after its task (the run's id)
+    (worker,) = [p for p in psutil.process_iter(["cmdline"]) if title in (p.info["cmdline"] or [])]
+    worker.kill()
+    wait_for(lambda: trainings(cluster, f"/{run['id']}")[1]["status"] != "processing")
+    _, body = trainings(cluster, f"/{run['id']}")
+    assert body["status"] == "failed" and body["output"] is None
+    assert (
+        "stopped before it finished" in body["error"]
+        and "Submit the training again" in body["error"]
+    )
+    assert not (Path(cluster.options.tarball_folder) / run["id"]).exists()
 
 
 def test_the_serve_config_scales_replicas_within_the_operators_bounds():
