@@ -21,16 +21,23 @@ from ray import serve
 
 from fleet.cog_api import call_arguments, data_uri, failed, prediction_id, succeeded
 from fleet.options import FleetOptions
-from generation.engine import GenerationEngine
+from generation.engine import INPUTS_PREFIX, GenerationEngine
 from generation.request import validate
 from serving.containers import CONTAINERS
 from serving.schema import inspect_entry
 from weights.scratch import call_folder, remove_orphans
 from weights.settings import ModelSettings
 
-# Each request's outputs are written in such a folder and inlined; a killed replica's folder
-# is removed by the replica that replaces it.
+# Each request's outputs are written in such a folder and inlined.
 REQUEST_PREFIX = "sdxl-fleet-request-"
+
+
+def sweep_orphans() -> None:
+    """Remove the request folders (outputs, fetched inputs) of replicas on this node that were
+    killed mid-request. Swept before each request, not only when a replica starts: Serve may
+    start a replacement before the killed process has exited."""
+    for prefix in (REQUEST_PREFIX, INPUTS_PREFIX):
+        remove_orphans(prefix)
 
 
 class LoadedWeights:
@@ -50,7 +57,6 @@ class LoadedWeights:
 class GenerationReplica:
     def __init__(self, options: FleetOptions):
         self.container = CONTAINERS[options.container]
-        remove_orphans(REQUEST_PREFIX)
         settings = ModelSettings.from_env(self.container.family)
         settings = replace(settings, loaded_weights=options.loras_per_replica)
         self.local_dirs = settings.local_dirs
@@ -76,6 +82,7 @@ class GenerationReplica:
             return await self._predict(values)
 
     async def _predict(self, values: dict) -> dict:
+        sweep_orphans()
         call_id, started, logs = prediction_id(), time.monotonic(), io.StringIO()
         loads_before = self.engine.weights_cache.loads
         try:

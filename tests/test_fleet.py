@@ -59,7 +59,13 @@ def environment(model_cache, tiny_models, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def cluster(environment):
+def cluster_tmp(tmp_path_factory) -> Path:
+    """The replicas' temporary directory (TMPDIR), where each request's folders are."""
+    return tmp_path_factory.mktemp("replicas-tmp")
+
+
+@pytest.fixture(scope="module")
+def cluster(environment, cluster_tmp):
     # Two replicas (1 CPU each) and the ingress (0.1) leave room for one training at a time: a
     # second one waits in Ray's queue.
     options = FleetOptions(
@@ -69,7 +75,8 @@ def cluster(environment):
         gpus_per_replica=0,
         gpus_per_training=0,
     )
-    with local_cluster(options, 4, environment, log_to_driver=False) as running:
+    variables = {**environment, "TMPDIR": str(cluster_tmp)}
+    with local_cluster(options, 4, variables, log_to_driver=False) as running:
         yield running
 
 
@@ -184,7 +191,7 @@ def wait_for(condition, timeout: float = 180.0):
 
 
 def test_a_replica_killed_mid_request_is_replaced_and_leaves_no_state(
-    cluster, lora_urls, file_server_module
+    cluster, cluster_tmp, lora_urls, file_server_module
 ):
     base = pixels(post(cluster.url, {"seed": 3})[1])
     # The request's image is served slowly: while the server has been asked for it, the
@@ -204,6 +211,8 @@ def test_a_replica_killed_mid_request_is_replaced_and_leaves_no_state(
         if ray.get(actor.get_num_ongoing_requests.remote()) > 0
     ]
     assert len(busy) == 1
+    during = list(cluster_tmp.iterdir())  # the request's folders, and the image's
+    assert during
     ray.kill(replica_actors()[busy[0]], no_restart=True)
     thread.join()
     status, body, headers = answer["body"]
@@ -220,6 +229,8 @@ def test_a_replica_killed_mid_request_is_replaced_and_leaves_no_state(
         assert np.array_equal(pixels(post(cluster.url, {"seed": 3})[1]), base)
     again = post(cluster.url, {"replicate_weights": lora_urls[1], "seed": 0})[1]
     assert pixels(again).shape == (64, 64, 3)
+    # What the killed replica left in its request is gone (its process no longer runs).
+    assert [folder for folder in during if folder.exists()] == []
 
 
 def trainings(cluster, path: str, inputs: dict | None = None, asynchronous: bool = False):
