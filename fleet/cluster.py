@@ -19,14 +19,20 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import ray
-from ray import serve
+# Ray's own services (GCS, raylet, object store) on 127.0.0.1 as well, not on the machine's
+# address: a one-node cluster no other machine joins. Ray reads this when it is imported, so
+# a process that imports Ray before this module (the tests) sets it first (tests/conftest.py).
+LOOPBACK_VARIABLE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+os.environ.setdefault(LOOPBACK_VARIABLE, "0")
 
-from fleet.app import build_app
-from fleet.options import FleetOptions
-from fleet.shelf import serve_folder
-from weights.network import ALLOWED_HOSTS_VARIABLE
-from weights.settings import PROFILE_VARIABLE
+import ray  # noqa: E402
+from ray import serve  # noqa: E402
+
+from fleet.app import build_app  # noqa: E402
+from fleet.options import FleetOptions  # noqa: E402
+from fleet.shelf import serve_folder  # noqa: E402
+from weights.network import ALLOWED_HOSTS_VARIABLE  # noqa: E402
+from weights.settings import PROFILE_VARIABLE  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
@@ -78,7 +84,6 @@ def local_cluster(
             include_dashboard=False,
             namespace=NAMESPACE,
             log_to_driver=log_to_driver,
-            _node_ip_address=HOST,
             runtime_env={"env_vars": {**environment, "PYTHONPATH": python_path}},
         )
         stack.callback(ray.shutdown)

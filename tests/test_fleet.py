@@ -125,6 +125,7 @@ def cog_predict(url: str, inputs: dict) -> dict:
 
 
 def test_requests_follow_their_lora_and_match_the_cog_container(cluster, cog_server, lora_urls):
+    assert {node["NodeManagerAddress"] for node in ray.nodes()} == {"127.0.0.1"}
     stream = [index for index, count in enumerate(POPULARITY) for _ in range(count)]
     random.Random(0).shuffle(stream)
     assert len(stream) == 40
