@@ -8,6 +8,7 @@
     training.py   trainings as Ray tasks that reserve GPUs, queue, cancel, publish a URL
     shelf.py      where trained tarballs go and the URL they are served at
     cluster.py    a local cluster on 127.0.0.1 with the tiny models (`make fleet`, tests)
+    serve_config.yaml   the Serve config an operator deploys on a GPU cluster (docs/fleet.md)
 
 Nothing under generation/, training/ or serving/ imports this package: the Cog containers
 run without Ray installed.

@@ -99,11 +99,14 @@ class FleetIngress:
             if request.headers.get("prefer") == "respond-async":
                 return JSONResponse(await self.trainings.status.remote(run_id), 202)
             return JSONResponse(await self.trainings.wait.remote(run_id))
+        body = None
         if method == "GET" and len(parts) == 1:
-            return JSONResponse(await self.trainings.status.remote(parts[0]))
+            body = await self.trainings.status.remote(parts[0])
         if method == "POST" and len(parts) == 2 and parts[1] == "cancel":
-            return JSONResponse(await self.trainings.cancel.remote(parts[0]))
-        return JSONResponse({"detail": "Not Found"}, status_code=404)
+            body = await self.trainings.cancel.remote(parts[0])
+        if body is None:  # an unknown route or training id
+            return JSONResponse({"detail": "Not Found"}, status_code=404)
+        return JSONResponse(body)
 
 
 async def _input(request: Request, problems: InputProblems):

@@ -76,10 +76,11 @@ class TrainingQueue:
         if run.status == "starting":
             run.status, run.pid = "processing", pid
 
-    async def status(self, run_id: str) -> dict:
+    async def status(self, run_id: str) -> dict | None:
+        """The training's body now; None for an id this queue never gave."""
         run = self.runs.get(run_id)
         if run is None:
-            return {"id": run_id, "status": "failed", "error": f"No training {run_id!r}."}
+            return None
         ready, _ = ray.wait([run.ref], timeout=0)
         if ready:
             await self._finish(run)
@@ -90,10 +91,12 @@ class TrainingQueue:
         await self._finish(self.runs[run_id])
         return self.runs[run_id].body(run_id)
 
-    async def cancel(self, run_id: str) -> dict:
+    async def cancel(self, run_id: str) -> dict | None:
         """Take a queued training off the queue, or stop a running one (its worker is
         interrupted, so train() cleans up and stops its data-parallel processes)."""
-        run = self.runs[run_id]
+        run = self.runs.get(run_id)
+        if run is None:
+            return None
         if run.status in ("starting", "processing"):
             ray.cancel(run.ref)
         return await self.wait(run_id)

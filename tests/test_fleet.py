@@ -291,6 +291,7 @@ def test_a_queued_and_a_running_training_are_cancelled(cluster, file_server_modu
     assert running["status"] == "canceled" and running["output"] is None
     shelf = Path(cluster.options.tarball_folder)
     assert not (shelf / first["id"]).exists() and not (shelf / second["id"]).exists()
+    assert trainings(cluster, "/train_0000/cancel")[0] == 404  # no such training
 
 
 def test_a_training_whose_worker_dies_is_reported_failed(cluster, file_server_module):
