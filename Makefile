@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PORT ?= 5000
 
-.PHONY: setup browser demo test lint schema serve serve-train studio toy-base
+.PHONY: setup browser demo test lint schema serve serve-train studio toy-base fleet
 
 setup: $(STAMP) browser
 
@@ -19,9 +19,10 @@ browser:
 	fi
 
 # Re-run only when a requirements file changes; the venv itself is created once.
-$(STAMP): requirements.txt requirements-nodeps.txt requirements-dev.txt Makefile
+$(STAMP): requirements.txt requirements-nodeps.txt requirements-dev.txt requirements-fleet.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt -r requirements-dev.txt \
+		-r requirements-fleet.txt
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -r requirements-nodeps.txt
 	# The project on the venv's path, so `.venv/bin/python -m serving.cli` runs from any folder.
 	$(PY) -c 'import pathlib, site; pathlib.Path(site.getsitepackages()[0], "sdxl-tuner.pth").write_text("$(CURDIR)\n")'
@@ -63,3 +64,9 @@ serve-train: setup
 STUDIO_PORT ?= 7860
 studio: setup
 	$(PY) -m studio --port $(STUDIO_PORT) --container $(CONTAINER) $(STUDIO_ARGS)
+
+# A local Ray cluster on 127.0.0.1 serving the tiny models: Cog's routes at :$(FLEET_PORT),
+# two replicas multiplexing trained weights by URL (docs/fleet.md).
+FLEET_PORT ?= 8000
+fleet: setup
+	$(PY) -m fleet.cluster --port $(FLEET_PORT)

@@ -93,6 +93,7 @@ class GenerationEngine:
             self.family,
             LayerNames(self.switcher.components, self.family),
             fits=lambda weights: self.switcher.check(Selection(weights)),
+            max_entries=settings.loaded_weights,
         )
         # The trained version's own weights (COG_WEIGHTS): held here, never evicted. Weights
         # that cannot be loaded now do not stop the server: each request that would use them

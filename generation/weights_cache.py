@@ -92,7 +92,8 @@ def _read_tensors(file: Path, source: str, dtype: torch.dtype) -> dict[str, torc
 
 
 class WeightsCache:
-    """Recently used `PreparedWeights`, least recently used dropped first, bounded in bytes."""
+    """Recently used `PreparedWeights`, least recently used dropped first, bounded in bytes
+    (and, where a deployment gives one, in entries: a Ray Serve replica's LoRA count)."""
 
     def __init__(
         self,
@@ -102,6 +103,7 @@ class WeightsCache:
         layers: LayerNames,
         max_bytes: int = DEFAULT_CACHE_BYTES,
         fits: Callable[[PreparedWeights], None] | None = None,
+        max_entries: int | None = None,
     ):
         self.runtime = runtime
         self.family = family  # the base model's: weights made for another are refused
@@ -109,6 +111,8 @@ class WeightsCache:
         self.store = store  # fetches URLs / data URIs / archives to disk (and caches them there)
         self.max_bytes = max_bytes
         self.fits = fits  # raises for weights that do not fit the models they are meant for
+        self.max_entries = max_entries  # None: bytes alone bound it
+        self.loads = 0  # references read into memory (misses), for the fleet's counts
         self._entries: OrderedDict[str, PreparedWeights] = OrderedDict()
 
     def get(self, reference: str | os.PathLike) -> PreparedWeights:
@@ -117,11 +121,22 @@ class WeightsCache:
             self._entries.move_to_end(reference)
         else:
             self._entries[reference] = self.store.trained_weights(reference, self._prepare)
+            self.loads += 1
         prepared = self._entries[reference]
         # Drop the least recently used; the one just asked for stays even if over budget.
-        while len(self._entries) > 1 and self.nbytes > self.max_bytes:
+        while len(self._entries) > 1 and self._over_budget():
             self._entries.popitem(last=False)
         return prepared
+
+    def discard(self, reference: str, entry: PreparedWeights | None = None) -> None:
+        """Drop `reference` (only while it is `entry`, when one is given: a newer load of
+        the same reference stays)."""
+        if entry is None or self._entries.get(reference) is entry:
+            self._entries.pop(reference, None)
+
+    def _over_budget(self) -> bool:
+        too_many = self.max_entries is not None and len(self._entries) > self.max_entries
+        return too_many or self.nbytes > self.max_bytes
 
     def _prepare(self, weights: TrainedWeights) -> PreparedWeights:
         prepared = prepare_weights(weights, self.runtime, self.family, self.layers)

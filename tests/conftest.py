@@ -1,5 +1,6 @@
 """Shared fixtures: the tiny models are built once per test session, in a private cache."""
 
+import os
 import sys
 from pathlib import Path
 
@@ -7,6 +8,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# The local Ray cluster of tests/test_fleet.py keeps to 127.0.0.1 (fleet/cluster.py says why);
+# Ray reads this at import, before that module imports fleet.cluster.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 from tests.fileserver import ALLOWED_HOSTS, FileServer  # noqa: E402
 from weights.embedded.tiny import ensure_tiny_model  # noqa: E402

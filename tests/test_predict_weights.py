@@ -27,6 +27,7 @@ from tests.trained_bundles import (
     write_lora_bundle,
     write_tokens,
 )
+from weights.settings import LOADED_WEIGHTS_VARIABLE, ModelSettings
 from weights.store import StoreError
 
 TRIGGER = dict(prompt="a photo of TOK on the beach")
@@ -227,6 +228,20 @@ def test_lora_cache_is_bounded(predictor, bundles):
         assert same(_run(predictor, bundles, "A"), _run(predictor, bundles, "A"))
     finally:
         cache.max_bytes = budget
+
+
+def test_a_count_bounds_the_lora_cache_as_a_fleet_replica_sets_it(predictor, bundles, monkeypatch):
+    monkeypatch.setenv(LOADED_WEIGHTS_VARIABLE, "2")
+    assert ModelSettings.from_env().loaded_weights == 2  # what the engine builds its cache with
+    cache = predictor.engine.weights_cache
+    monkeypatch.setattr(cache, "max_entries", 2)
+    for name in ("A", "B", "R8"):
+        _run(predictor, bundles, name)
+    loads = cache.loads
+    assert bundles["A"] not in cache and bundles["B"] in cache and bundles["R8"] in cache
+    _run(predictor, bundles, "B")  # held: no load
+    _run(predictor, bundles, "A")  # evicted: loaded again; R8, least recently used, goes
+    assert cache.loads == loads + 1 and bundles["R8"] not in cache
 
 
 def test_weights_from_urls_go_through_the_store_and_stay_cached(

@@ -168,6 +168,10 @@ def test_preprocess_training_and_generation_share_contracts_not_each_other():
             if "container" not in path.relative_to(ROOT).parts:
                 assert not project_imports(path) & {*halves, "serving", "toyworld"}, path
                 assert layer != "families" or "weights" not in project_imports(path), path
+    # The Ray cluster path sits on top: the containers import nothing of it (nor Ray).
+    for layer in (*halves, "formats", "weights", "families", "serving"):
+        for path in sorted((ROOT / layer).rglob("*.py")):
+            assert not project_imports(path) & {"fleet", "ray"}, path
 
 
 def test_docs_stay_inside_the_repository():

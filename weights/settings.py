@@ -22,6 +22,8 @@ DEFAULT_SAFETY_CHECKER = "CompVis/stable-diffusion-safety-checker"
 GIB = 1 << 30
 # Folders whose files a request may name by path (os.pathsep-separated); see references.py.
 LOCAL_DIRS_VARIABLE = "SDXL_TUNER_LOCAL_DIRS"
+TRAINING_PROCESSES_VARIABLE = "SDXL_TUNER_TRAINING_PROCESSES"
+LOADED_WEIGHTS_VARIABLE = "SDXL_TUNER_LOADED_WEIGHTS"
 # Every variable that names a model; `tiny` in each gives the fully offline, embedded setup.
 MODEL_VARIABLES = (
     "BASE_MODEL",
@@ -64,6 +66,9 @@ class ModelSettings:
     # Non-public hosts downloads may reach (weights/network.py); none by default.
     allowed_hosts: AllowList = AllowList()
     training_processes: int | None = None  # data-parallel training; None: one per GPU
+    # Trained weights a predictor keeps in memory, at most (its LRU also keeps under a byte
+    # budget); None: the bytes alone bound it. A Ray Serve replica's LoRA count (fleet/).
+    loaded_weights: int | None = None
     speed: tuple[str, ...] = ()  # GPU speed options (weights/runtime.py SPEED_OPTIONS)
 
     @classmethod
@@ -97,7 +102,8 @@ class ModelSettings:
                 if part
             ),
             allowed_hosts=AllowList.parse(os.environ.get(ALLOWED_HOSTS_VARIABLE, "")),
-            training_processes=_count("SDXL_TUNER_TRAINING_PROCESSES"),
+            training_processes=_count(TRAINING_PROCESSES_VARIABLE),
+            loaded_weights=_count(LOADED_WEIGHTS_VARIABLE),
             speed=tuple(
                 part.strip()
                 for part in os.environ.get("SDXL_TUNER_SPEED", "").split(",")
@@ -143,7 +149,7 @@ def _count(name: str) -> int | None:
     if not value:
         return None
     if not value.isdigit() or int(value) < 1:
-        raise ValueError(f"{name}={value!r}: use a whole number of processes, at least 1.")
+        raise ValueError(f"{name}={value!r}: use a whole number, at least 1.")
     return int(value)
 
 
