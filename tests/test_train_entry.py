@@ -130,6 +130,45 @@ def test_dry_run_warns_of_few_duplicate_and_small_photos(tiny_env, tmp_path):
     assert "1 photo(s) smaller than the 64px training size were upscaled (small.png)" in warnings
 
 
+def test_dry_run_warns_when_the_captions_name_different_subjects(tiny_env, tmp_path):
+    """Three photos captioned as a cat and three as a man: a subject trains on one. One stray
+    caption is not a second subject, and a style's photos may show anything."""
+    upload = tmp_path / "photos.zip"
+    subjects = ["a cat on a sofa"] * 3 + ["a man in a hat"] * 3
+    with zipfile.ZipFile(ROOT / "examples" / "cat_photos.zip") as cats:
+        photos = [name for name in sorted(cats.namelist()) if name.endswith(".jpg")]
+        with zipfile.ZipFile(upload, "w") as archive:
+            for name in photos:
+                archive.writestr(name, cats.read(name))
+            rows = [f"{name},{caption}" for name, caption in zip(photos, subjects, strict=True)]
+            archive.writestr("caption.csv", "\n".join(["image_file,caption", *rows]))
+
+    def warnings(**inputs) -> str:
+        report = train_with(input_images=f"@{upload}", resolution=64, dry_run="true", **inputs)
+        with tarfile.open(report) as tar:
+            return "\n".join(json.load(tar.extractfile("plan.json"))["warnings"])
+
+    shown = warnings()
+    assert "The captions name different subjects: a cat in 3" in shown
+    assert f"a person in 3 ({', '.join(photos[3:6])})" in shown
+    assert "different subjects" not in warnings(lora_type="style")
+
+
+def test_one_stray_caption_is_not_a_second_subject(tmp_path):
+    from training.dataset_review import review_warnings
+
+    images = []
+    for index in range(6):  # six different pictures: no duplicate warning either
+        path = tmp_path / f"{index}.png"
+        Image.new("RGB", (16, 16), (40 * index, 255 - 40 * index, 90)).save(path)
+        images.append(path)
+    names = [path.name for path in images]
+    captions = ["a photo of TOK, a dog on grass"] * 5 + ["a photo of TOK, a man with a dog"]
+    assert review_warnings(images, names, [False] * 6, 64, captions) == []
+    captions[4] = "a photo of TOK, a woman"  # two of six: a fair share
+    assert "a dog in 4" in review_warnings(images, names, [False] * 6, 64, captions)[0]
+
+
 def test_a_training_logs_each_step_and_sample_for_clients_to_follow(tiny_env, capfd):
     bundle = train_with(seed=0, resolution=64, train_batch_size=2, max_train_steps=4,
                         lr_warmup_steps=0, lora_rank=4, sample_prompts="a photo of TOK",

@@ -1,10 +1,13 @@
 """What a dry run tells a person about the prepared images before they pay for a training:
 warnings they can act on (too few photos, near-duplicates, photos smaller than the training
-size), and a small thumbnail of each crop and mask to look at."""
+size, captions that name different subjects), and a small thumbnail of each crop and mask to
+look at."""
 
 from __future__ import annotations
 
 import io
+import re
+from collections import Counter
 from itertools import combinations
 from pathlib import Path
 
@@ -19,14 +22,33 @@ MIN_PHOTOS = 5
 DUPLICATE_DIFFERENCE = 0.02
 FINGERPRINT_SIDE = 16
 THUMBNAIL_SIDE = 256
+# The words a caption names its main subject by (a captioner writes "a man in a suit", "a dog on
+# the grass"), by kind: a subject LoRA learns one, so photos of two kinds are mixed subjects.
+SUBJECT_KINDS = {
+    "a person": ("man", "woman", "boy", "girl", "person", "child", "baby", "lady", "kid"),
+    "a dog": ("dog", "puppy"),
+    "a cat": ("cat", "kitten"),
+    "a bird": ("bird",),
+    "a horse": ("horse",),
+    "a car": ("car",),
+}
+KIND_OF_WORD = {word: kind for kind, words in SUBJECT_KINDS.items() for word in words}
+# A kind counts when it is the main subject of at least this share of the photos (and of two):
+# one stray caption is a captioner's mistake, not a second subject.
+MIXED_SHARE = 0.2
 THUMBNAIL_QUALITY = 85
 
 
 def review_warnings(
-    images: list[Path], sources: list[str], upscaled: list[bool], resolution: int
+    images: list[Path],
+    sources: list[str],
+    upscaled: list[bool],
+    resolution: int,
+    captions: list[str] | None = None,
 ) -> list[str]:
     """Warnings about the prepared crops `images` (their upload names `sources`; `upscaled`:
-    which were smaller than their training size)."""
+    which were smaller than their training size; `captions`: given for a subject, whose
+    photos should show one)."""
     warnings = []
     if len(images) < MIN_PHOTOS:
         warnings.append(
@@ -45,7 +67,32 @@ def review_warnings(
             f"upscaled ({', '.join(small[:5])}{', …' if len(small) > 5 else ''}): upscaling "
             "adds no detail, prefer larger originals."
         )
+    if captions is not None:
+        warnings += _mixed_subjects(captions, sources)
     return warnings
+
+
+def _mixed_subjects(captions: list[str], sources: list[str]) -> list[str]:
+    """A warning when the captions' main subjects (the first subject word of each) are of two
+    kinds or more, each in a fair share of the photos."""
+    photos_of: dict[str, list[str]] = {}
+    for caption, source in zip(captions, sources, strict=True):
+        words = re.findall(r"[a-z]+", caption.lower())
+        kind = next((KIND_OF_WORD[w] for w in words if w in KIND_OF_WORD), None)
+        if kind is not None:
+            photos_of.setdefault(kind, []).append(source)
+    least = max(2, MIXED_SHARE * len(captions))
+    kinds = Counter({kind: len(found) for kind, found in photos_of.items() if len(found) >= least})
+    if len(kinds) < 2:
+        return []
+    named = "; ".join(
+        f"{kind} in {count} ({', '.join(photos_of[kind][:3])}{', …' if count > 3 else ''})"
+        for kind, count in kinds.most_common()
+    )
+    return [
+        f"The captions name different subjects: {named}. A subject trains on one: keep the "
+        "photos of yours, or train one model per subject."
+    ]
 
 
 def _near_duplicates(images: list[Path]) -> list[tuple[int, int]]:
