@@ -17,7 +17,7 @@ from pathlib import Path
 from serving.containers import CONTAINERS, DEFAULT_CONTAINER
 from studio.actions import Studio
 from studio.cog_api import CogServer
-from studio.servers import ServerPair, StartedServers
+from studio.servers import ServerPair, StartedServers, family_base_models
 from studio.web import StudioServer
 from weights.settings import StudioSettings
 
@@ -38,8 +38,9 @@ def parse_arguments(argv=None) -> argparse.Namespace:
         "--models",
         choices=("auto", "embedded", "configured"),
         default="auto",
-        help="servers started here: the embedded toy SDXL, or the configured base models "
-        "(auto: configured with a GPU or BASE_MODEL set)",
+        help="the embedded models (the toy SDXL) or the configured base models, for the "
+        "servers started here and the page's family choice (auto: configured with a GPU or "
+        "BASE_MODEL set)",
     )
     return parser.parse_args(argv)
 
@@ -63,12 +64,11 @@ def main(argv=None) -> None:
     with contextlib.ExitStack() as stack:
         if bool(args.predict_url) != bool(args.train_url):
             raise SystemExit("Give both --predict-url and --train-url, or neither.")
+        embedded = embedded_models(args.models)
         if args.predict_url:
             pair = ServerPair(args.predict_url, args.train_url)
         else:
-            started = StartedServers(
-                args.container, embedded_models(args.models), args.data / "logs"
-            )
+            started = StartedServers(args.container, embedded, args.data / "logs")
             pair = stack.enter_context(started)
         server = StudioServer((args.host, args.port), settings.token)
         port = server.server_address[1]
@@ -80,6 +80,7 @@ def main(argv=None) -> None:
             public_url,
             settings.token,
             settings.price_per_gpu_hour,
+            family_base_models(args.container, embedded),
         )
         print(
             f"Studio: http://{args.host}:{port}/" + ("?token=…" if settings.token else ""),

@@ -72,7 +72,8 @@ class TrainingRun:
 class Studio:
     """The page's operations over one pair of Cog servers; files under `data`. `public_url`:
     the studio's address as the servers reach it (their webhooks and file downloads);
-    `token`: appended to those addresses when the studio requires one."""
+    `token`: appended to those addresses when the studio requires one; `base_models`: the
+    family a training may pick, as the `base_model` it names."""
 
     def __init__(
         self,
@@ -82,10 +83,12 @@ class Studio:
         public_url: str,
         token: str | None = None,
         price_per_gpu_hour: float | None = None,
+        base_models: dict[str, str] | None = None,
     ):
         self.predict, self.train = predict, train
         self.data, self.public_url, self.token = data, public_url.rstrip("/"), token
         self.price_per_gpu_hour = price_per_gpu_hour
+        self.base_models = base_models or {}  # family title -> `base_model` to train on
         self.models = Models(data / "models")
         self.gallery = Gallery(data / "gallery")
         self.runs: dict[str, TrainingRun] = {}
@@ -101,6 +104,7 @@ class Studio:
             "predict": {"url": self.predict.url, "status": self.predict.health()["status"]},
             "train": {"url": self.train.url, "status": self.train.health()["status"]},
             "price_per_gpu_hour": self.price_per_gpu_hour,
+            "base_models": self.base_models,
         }
 
     # Photos -------------------------------------------------------------------------------

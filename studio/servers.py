@@ -50,6 +50,19 @@ def server_environment(embedded: bool, container: str = DEFAULT_CONTAINER) -> di
     return environment
 
 
+def family_base_models(container: str, embedded: bool) -> dict[str, str]:
+    """The `base_model` a training names for each family `container` trains (its title ->
+    the reference): the embedded models (the toy SDXL, other families' tiny models), or the
+    families' default base models on a deployment with real ones."""
+
+    def base_model(family) -> str:
+        if not embedded:
+            return family.default_base_model
+        return TOY if family is SDXL else family.tiny_model
+
+    return {family.title: base_model(family) for family in CONTAINERS[container].trains}
+
+
 class StartedServers(contextlib.AbstractContextManager):
     """Cog's predict and train servers of `container`, started in the background; their logs
     go to `log_dir`. Readiness is the studio's to watch (setup may take minutes)."""

@@ -156,6 +156,15 @@ def test_studio_in_a_browser_from_photos_to_inpainting(studio_url, browser, tmp_
     wait(browser, lambda: "not a zip or tar archive" in text(browser, "#photos .error"))
     screenshot(browser, "01-bad-zip")
 
+    # The families the container trains, each picked as the base model it names.
+    family = Select(browser.find_element(By.ID, "family-choice"))
+    assert [o.text for o in family.options] == ["the deployment's", "SDXL", "SD 1.5"]
+    family.select_by_visible_text("SD 1.5")
+    base_model = browser.find_element(By.CSS_SELECTOR, "#train-form [name=base_model]")
+    assert base_model.get_attribute("value") == "tiny-sd15"
+    family.select_by_visible_text("the deployment's")  # the toy SDXL trains below
+    assert base_model.get_attribute("value") == ""
+
     # The photos as they will train: 8 crops and masks, captions from caption.csv.
     fill(browser, "#train-form", SHORT_TRAINING)
     upload.send_keys(str(PHOTOS))

@@ -53,12 +53,24 @@ async function pollStatus() {
     state.status = await api("/api/status");
     const { predict, train } = state.status;
     $("#server-status").textContent = `predict: ${predict.status} · train: ${train.status}`;
+    showFamilies(state.status.base_models);
     if (predict.status === "READY" && !state.schemas.predict) await loadSchema("predict");
     if (train.status === "READY" && !state.schemas.train) await loadSchema("train");
   } catch (error) {
     $("#server-status").textContent = `studio unreachable: ${error.message}`;
   }
   setTimeout(pollStatus, state.schemas.predict && state.schemas.train ? 2000 : 1000);
+}
+
+// The families the train server's container trains, each as the `base_model` it names; shown
+// when there is a choice.
+function showFamilies(baseModels) {
+  const select = $("#family-choice");
+  if (select.options.length > 1) return;
+  for (const [title, reference] of Object.entries(baseModels || {})) {
+    select.append(element("option", { value: reference, textContent: title }));
+  }
+  select.closest("label").hidden = select.options.length < 3;
 }
 
 // Forms from the servers' schemas: each field's default as its placeholder, choices as options;
@@ -399,6 +411,9 @@ function wire() {
   drop.ondragover = (event) => event.preventDefault();
   drop.ondrop = (event) => { event.preventDefault(); addPhotos(event.dataTransfer.files); };
   $("#train-form").onsubmit = startTraining;
+  $("#family-choice").onchange = (event) => {
+    $("#train-form").elements.base_model.value = event.target.value;
+  };
   $("#train-cancel").onclick = cancelTraining;
   $("#load-form").onsubmit = loadModel;
   $("#generate-form").onsubmit = generate;
