@@ -35,6 +35,10 @@ class TarballShelf:
         partial.replace(target)
         return f"{self.base_url.rstrip('/')}/{name}/{BUNDLE_FILE}"
 
+    def withdraw(self, name: str) -> None:
+        """Remove what `publish` wrote under `name` (a training cancelled as it finished)."""
+        shutil.rmtree(self.folder / name, ignore_errors=True)
+
 
 class _QuietHandler(SimpleHTTPRequestHandler):
     def log_message(self, format, *args):  # noqa: A002 (the base class's name)

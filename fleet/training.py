@@ -11,6 +11,7 @@ cancel any of them; it answers in Cog's training statuses.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import os
 from dataclasses import dataclass
@@ -26,6 +27,10 @@ from serving.schema import inspect_entry
 from weights.settings import TRAINING_PROCESSES_VARIABLE
 
 QUEUE_NAME = "sdxl-tuner-trainings"
+# How long a cancelled training has to stop on its own (train() cleans up when interrupted)
+# before its worker is killed: an interrupt that lands in Ray's own code, as the task starts,
+# can be lost.
+CANCEL_GRACE_SECONDS = 20
 
 
 # A worker process per training (max_calls=1): nothing it set or loaded outlives it.
@@ -49,6 +54,7 @@ class Run:
     pid: int | None = None  # the worker training it, once it started
     output: str | None = None  # the tarball's URL
     error: str | None = None
+    cancelled: bool = False  # asked to stop: whatever it returns is withdrawn
 
     def body(self, run_id: str) -> dict:
         body = {"id": run_id, "status": self.status, "output": self.output}
@@ -83,12 +89,12 @@ class TrainingQueue:
             return None
         ready, _ = ray.wait([run.ref], timeout=0)
         if ready:
-            await self._finish(run)
+            await self._finish(run_id)
         return run.body(run_id)
 
     async def wait(self, run_id: str) -> dict:
         """The training's final body: its URL, or why it failed or was canceled."""
-        await self._finish(self.runs[run_id])
+        await self._finish(run_id)
         return self.runs[run_id].body(run_id)
 
     async def cancel(self, run_id: str) -> dict | None:
@@ -98,10 +104,24 @@ class TrainingQueue:
         if run is None:
             return None
         if run.status in ("starting", "processing"):
+            run.cancelled = True
             ray.cancel(run.ref)
+            if not await self._stops(run, CANCEL_GRACE_SECONDS):
+                ray.cancel(run.ref, force=True)  # the interrupt was lost: kill its worker
         return await self.wait(run_id)
 
-    async def _finish(self, run: Run) -> None:
+    @staticmethod
+    async def _stops(run: Run, seconds: float) -> bool:
+        """Whether the training's task ends within `seconds` (the actor keeps answering)."""
+        deadline = asyncio.get_running_loop().time() + seconds
+        while not ray.wait([run.ref], timeout=0)[0]:
+            if asyncio.get_running_loop().time() > deadline:
+                return False
+            await asyncio.sleep(0.2)
+        return True
+
+    async def _finish(self, run_id: str) -> None:
+        run = self.runs[run_id]
         if run.status not in ("starting", "processing"):
             return
         try:
@@ -110,12 +130,18 @@ class TrainingQueue:
             run.status = "canceled"
         except RayTaskError as error:  # train() raised: its own message
             cause = error.cause if error.cause is not None else error
-            if isinstance(cause, KeyboardInterrupt):  # interrupted by cancel()
+            if isinstance(cause, KeyboardInterrupt) or run.cancelled:  # stopped by cancel()
                 run.status = "canceled"
             else:
                 run.status, run.error = "failed", f"{type(cause).__name__}: {cause}"
-        except RayError as error:  # the worker or its node died
-            run.status, run.error = "failed", worker_lost(error)
+        except RayError as error:  # the worker or its node died (or cancel() killed it)
+            if run.cancelled:
+                run.status = "canceled"
+            else:
+                run.status, run.error = "failed", worker_lost(error)
+        if run.cancelled and run.status == "succeeded":  # it finished as it was cancelled
+            self.shelf.withdraw(run_id)
+            run.output, run.status = None, "canceled"
 
 
 def worker_lost(error: RayError) -> str:
