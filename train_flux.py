@@ -168,29 +168,41 @@ def trainer(family: ModelFamily):
     ) -> Path:
         # The inputs for the record (Secrets stay masked).
         inputs = {k: v for k, v in locals().items() if k not in ("input_images", "family")}
-        flux = FluxTrainingInputs(**field_inputs(FluxTrainingInputs, revealed(inputs)))
-        accounts = flux.accounts()
-        pretrained = flux.skip_training_and_use_pretrained_hf_lora_url
-        if pretrained:
-            lora = package_pretrained_lora(pretrained, family, flux.trigger_word, inputs, accounts)
-            return Path(lora)
-        config = flux.training_config()
-        options = flux.preprocess_options()
-        return Path(
-            train_on_upload(
-                config,
-                options,
-                input_images,
-                base_model,
-                family,
-                inputs,
-                dry_run,
-                accounts=accounts,
-                resume_from=resume_from,
-            )
-        )
+        return train_family(family, inputs, input_images, base_model, dry_run, resume_from)
 
     return train
+
+
+def train_family(
+    family: ModelFamily,
+    inputs: dict,
+    input_images: Path | None,
+    base_model: str | None,
+    dry_run: bool,
+    resume_from: str | None,
+) -> Path:
+    """One training of `family` from the declared `inputs`, or the packaging of a LoRA trained
+    elsewhere (`skip_training_and_use_pretrained_hf_lora_url`)."""
+    flux = FluxTrainingInputs(**field_inputs(FluxTrainingInputs, revealed(inputs)))
+    accounts = flux.accounts()
+    pretrained = flux.skip_training_and_use_pretrained_hf_lora_url
+    if pretrained:
+        return Path(
+            package_pretrained_lora(pretrained, family, flux.trigger_word, inputs, accounts)
+        )
+    return Path(
+        train_on_upload(
+            flux.training_config(),
+            flux.preprocess_options(),
+            input_images,
+            base_model,
+            family,
+            inputs,
+            dry_run,
+            accounts=accounts,
+            resume_from=resume_from,
+        )
+    )
 
 
 train = trainer(FLUX)

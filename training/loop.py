@@ -202,16 +202,7 @@ def run_training(
 
         # 8. The loss, by the family's objective; prior preservation's, of the class images,
         #    shares its text cache.
-        objective_class = OBJECTIVES[family.objective]
-        trained = (models, optimization.denoiser, optimization.text_encoders, device)
-        objective = objective_class(config, images.subject, captions, *trained)
-        prior = None
-        if images.classes is not None:
-            classes = images.classes
-            prior = objective_class(
-                config, classes, classes.captions, *trained, objective.text_cache
-            )
-        _encode_ahead(config, objective, images, captions, models)
+        objective, prior = _objectives(config, images, captions, models, optimization, device)
 
         # 9. The loop: one optimizer step, its metrics row, then what falls due after it.
         train_step = OptimizerStep(run, plan, accelerator, batches, objective, prior, optimization)
@@ -285,6 +276,27 @@ def _load_models(
     if runtime.uses("channels_last") and family.channels_last:
         models.denoiser.to(memory_format=torch.channels_last)
     return models
+
+
+def _objectives(
+    config: TrainingConfig,
+    images: TrainingImages,
+    captions: list[str],
+    models: TrainingComponents,
+    optimization: Optimization,
+    device,
+):
+    """The training loss by the family's objective, and prior preservation's (None without
+    class images), which shares its text cache; captions encoded ahead where they can be."""
+    objective_class = OBJECTIVES[models.family.objective]
+    trained = (models, optimization.denoiser, optimization.text_encoders, device)
+    objective = objective_class(config, images.subject, captions, *trained)
+    prior = None
+    if images.classes is not None:
+        classes = images.classes
+        prior = objective_class(config, classes, classes.captions, *trained, objective.text_cache)
+    _encode_ahead(config, objective, images, captions, models)
+    return objective, prior
 
 
 @dataclass(frozen=True)
