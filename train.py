@@ -54,17 +54,22 @@ def train(
     unet_learning_rate: float = _config(
         "unet_learning_rate", "Learning rate for the U-Net (full fine-tuning only)"
     ),
-    ti_lr: float = _config(
+    ti_lr: Optional[float] = _config(
         "ti_lr",
         "Scaling of learning rate for training textual inversion embeddings. 0 trains no new "
-        "tokens",
+        "tokens. Empty: see lora_lr",
     ),
     lora_lr: Optional[float] = _config(
         "lora_lr",
-        "Learning rate for training LoRA embeddings. 0 gives pure textual inversion. Empty: "
-        "1e-4 (4e-4 with lora_type=style)",
+        "Learning rate for training LoRA embeddings. 0 gives pure textual inversion. With "
+        "every learning input empty (optimizer, lora_lr, ti_lr, lora_rank, lr_scheduler, "
+        "lr_warmup_steps, min_snr_gamma, ema_decay), the lora_type's measured recipe trains; "
+        "with any of them set, the empty ones take Replicate's values (1e-4, 4e-4 with "
+        "lora_type=style)",
     ),
-    lora_rank: int = _config("lora_rank", "Rank of LoRA embeddings"),
+    lora_rank: Optional[int] = _config(
+        "lora_rank", "Rank of LoRA embeddings. Empty: see lora_lr (Replicate's: 32)"
+    ),
     lora_alpha: Optional[float] = _config(
         "lora_alpha", "LoRA alpha (the update is scaled by alpha/rank). Empty: equal to the rank"
     ),
@@ -79,11 +84,15 @@ def train(
         "magnitude per output row) or 'lokr' (a Kronecker product of two small factors, "
         "LyCORIS's LoKr). SDXL and SD 1.5",
     ),
-    lr_scheduler: str = _config(
-        "lr_scheduler", "Learning rate scheduler to use for training ('constant' ignores warmup)"
+    lr_scheduler: Optional[str] = _config(
+        "lr_scheduler",
+        "Learning rate scheduler to use for training ('constant' ignores warmup). Empty: see "
+        "lora_lr (Replicate's: constant)",
     ),
-    lr_warmup_steps: int = _config(
-        "lr_warmup_steps", "Number of warmup steps for lr schedulers with warmups."
+    lr_warmup_steps: Optional[int] = _config(
+        "lr_warmup_steps",
+        "Number of warmup steps for lr schedulers with warmups. Empty: see lora_lr "
+        "(Replicate's: 100)",
     ),
     token_string: str = _config(
         "token_string",
@@ -168,21 +177,23 @@ def train(
         "Crop each image to the closest of several aspect ratios of about resolution² pixels "
         "(portrait and landscape buckets) instead of a square",
     ),
-    optimizer: str = _config(
+    optimizer: Optional[str] = _config(
         "optimizer",
         "Optimizer. The 8-bit ones (adamw8bit, adam8bit, lion8bit) keep their states in 8 bits "
-        "(less memory); with prodigy use learning rates of 1.0",
+        "(less memory); with prodigy use learning rates of 1.0. Empty: see lora_lr "
+        "(Replicate's: adamw)",
     ),
-    ema_decay: float = _config(
+    ema_decay: Optional[float] = _config(
         "ema_decay",
         "Save an exponential moving average of the trained weights with this decay (e.g. "
-        "0.99) instead of the last step's. 0: the last step's",
+        "0.99) instead of the last step's. 0: the last step's. Empty: see lora_lr",
     ),
     noise_offset: float = _config(
         "noise_offset", "Noise offset (e.g. 0.05) helps learn very dark or bright images"
     ),
-    min_snr_gamma: float = _config(
-        "min_snr_gamma", "Min-SNR loss weighting gamma (5 is typical); 0 disables it"
+    min_snr_gamma: Optional[float] = _config(
+        "min_snr_gamma",
+        "Min-SNR loss weighting gamma (5 is typical); 0 disables it. Empty: see lora_lr",
     ),
     max_grad_norm: float = _config(
         "max_grad_norm", "Clip gradients to this norm; 0 disables clipping"

@@ -10,11 +10,13 @@ with the default settings except resolution 64 and a short run, on the toy base.
 - the LoRA carries part of what `TOK` draws: the subject prompts' images change when its scale
   goes from 0 to the predictor's default; this fails when the LoRA gets no gradient.
 
-Each bound must hold on the worse of two training seeds. They sit between sound runs and the
-two breaks, measured with these settings (seed 0 / seed 1 / lora_B frozen / trigger not
-substituted): subject 0.44 / 0.25 / 0.00 / 0.00; preserved 0.56 / 0.56 / 1.00 / 0.38; drift
-0.131 / 0.142; LoRA effect 0.22 / 0.20 / 0.00 / 0.12. The second seed costs about 40 s of CI
-(30 s of training, one evaluation).
+Each bound must hold on the worse of two training seeds. The run trains what a request that
+sets no learning input gets: the subject recipe (training/config.py PRESETS). The bounds sit
+between sound runs and the breaks, measured with these settings (seed 0 / seed 1 / lora_B
+frozen / trigger not substituted): subject 0.625 / 0.625 / 0.00 / 0.00; preserved 0.375 /
+0.4375; drift 0.141 / 0.136; LoRA effect 0.26 / 0.24 / 0.00. Replicate's learning values
+(AdamW, rank 32) drew the subject in 0.44 / 0.25: the subject bound also fails if the defaults
+stop learning on every seed. The second seed costs about 40 s of CI.
 """
 
 import pytest
@@ -30,9 +32,13 @@ TRAIN_INPUTS = dict(resolution=64, max_train_steps=STEPS, checkpointing_steps=0,
 # The bounds hold on the worse of two training seeds, not on one lucky run.
 TRAINING_SEEDS = (0, 1)
 EVALUATION = EvaluationSettings(seeds=(0, 1), num_inference_steps=10)
-MIN_SUBJECT_GAIN = 0.1875  # share of TOK images showing the emblem, above the base's (0.0)
-MIN_PRESERVED = 0.4375  # share of non-TOK images whose colours are the base model's
-MAX_DRIFT = 0.16  # mean absolute pixel difference from the base's images (0.13)
+# Share of TOK images showing the emblem, above the base's (0.0): 6 of 16, four images below
+# sound runs (10 of 16), which a CPU's other rounding can flip only one or two of.
+MIN_SUBJECT_GAIN = 0.375
+# Share of non-TOK images whose colours are the base model's: 4 of 16, two below the worse
+# sound run (6 of 16); a trainer that moves every prompt falls under it.
+MIN_PRESERVED = 0.25
+MAX_DRIFT = 0.16  # mean absolute pixel difference from the base's images (0.14)
 MIN_LORA_EFFECT = 0.05  # drift of TOK images between LoRA scale 0 and the default
 MIN_CEILING = 0.75  # share of emblem photos that survive the toy VAE's round trip (1.0)
 

@@ -11,7 +11,7 @@ import torch
 
 from formats.tokens import apply_token_map
 from training.caption_augment import caption_for_step
-from training.config import InvalidTrainingConfig, TrainingConfig
+from training.config import LEARNING_INPUTS, PRESETS, InvalidTrainingConfig, TrainingConfig
 from training.flux_inputs import FluxTrainingInputs
 from training.schedule import BatchSchedule, TrainingPlan, build_lr_scheduler, build_optimizer
 
@@ -63,10 +63,19 @@ def test_modes_and_pivot_defaults():
     assert TrainingConfig(seed=0, lora_rank=8, lora_alpha=4).effective_lora_alpha == 4.0
 
 
+# Replicate's SDXL trainer's learning inputs: what a request that sets any of them trains with.
+REPLICATE_SUBJECT = dict(optimizer="adamw", lora_lr=1e-4, ti_lr=3e-4, lora_rank=32,
+                         lr_scheduler="constant", lr_warmup_steps=100, min_snr_gamma=0.0,
+                         ema_decay=0.0)  # fmt: skip
+
+
+def learning(config: TrainingConfig) -> dict:
+    return {name: getattr(config, name) for name in LEARNING_INPUTS}
+
+
 def test_presets_fill_only_the_inputs_left_empty():
     subject = TrainingConfig(seed=0)
-    assert subject.caption_prefix == "a photo of TOK, " and subject.lora_lr == 1e-4
-    assert subject.use_masks
+    assert subject.caption_prefix == "a photo of TOK, " and subject.use_masks
     style = TrainingConfig(seed=0, lora_type="style")
     assert style.caption_prefix == "in the style of TOK, "
     assert style.lora_lr == 4e-4 and not style.use_masks
@@ -79,6 +88,28 @@ def test_presets_fill_only_the_inputs_left_empty():
         seed=0, lora_type="style", lora_lr=1e-4, caption_prefix="a photo of TOK, "
     )
     assert sent.lora_lr == 1e-4 and sent.caption_prefix == "a photo of TOK, "
+
+
+def test_a_request_that_sets_no_learning_input_trains_with_the_recipe():
+    recipe = learning(TrainingConfig(seed=0))
+    assert recipe == PRESETS["subject"].recipe and recipe != REPLICATE_SUBJECT
+    assert learning(TrainingConfig(seed=0, max_train_steps=400, resolution=1024)) == recipe
+
+
+ASKED = [dict(lora_lr=1e-4), dict(ti_lr=3e-4), dict(lora_rank=32), dict(lr_scheduler="constant"),
+         dict(optimizer="adamw")]  # fmt: skip
+
+
+@pytest.mark.parametrize("asked", ASKED)
+def test_a_request_that_sets_a_learning_input_gets_replicates_values_for_the_rest(asked):
+    assert learning(TrainingConfig(seed=0, **asked)) == REPLICATE_SUBJECT
+
+
+def test_a_learning_input_is_trained_as_sent_and_the_rest_as_replicates():
+    config = TrainingConfig(seed=0, lora_lr=3e-4, lora_rank=16)
+    assert learning(config) == {**REPLICATE_SUBJECT, "lora_lr": 3e-4, "lora_rank": 16}
+    # A full fine-tune is not a LoRA: its rates are Replicate's.
+    assert learning(TrainingConfig(seed=0, is_lora=False)) == REPLICATE_SUBJECT
 
 
 def test_the_presets_trigger_is_the_token_string():
@@ -201,7 +232,7 @@ def test_masked_loss_is_averaged_over_the_mask_and_min_snr_weights_it():
     masks = torch.zeros(2, 1, 8, 8)
     masks[:, :, :4, :4] = 1.0
     timesteps = torch.tensor([10, 900])
-    plain = TrainingConfig(seed=0)
+    plain = TrainingConfig(seed=0, min_snr_gamma=0)
     # Over the mask's area: the subject's full error, not a quarter of it.
     assert diffusion_loss(prediction, target, masks, timesteps, schedule, plain) == 4.0
     assert diffusion_loss(prediction, target, None, timesteps, schedule, plain) == 1.0
@@ -286,7 +317,9 @@ def test_every_process_trains_and_the_steps_keep_the_images_seen(
 ):
     from training.processes import data_parallel
 
-    config = TrainingConfig(seed=0, train_batch_size=batch, max_train_steps=1000)
+    config = TrainingConfig(
+        seed=0, train_batch_size=batch, max_train_steps=1000, lr_warmup_steps=100
+    )
     recipe = data_parallel(config, processes)
     each = recipe.config(config)
     assert each.train_batch_size == per_process and recipe.global_batch == per_process * processes

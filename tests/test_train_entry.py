@@ -33,7 +33,7 @@ from tests.conftest import ROOT
 from tests.train_helpers import one_thread  # noqa: F401 (autouse fixture)
 from tests.trained_bundles import tar_bytes
 from training.bundle import base_model_loading, bundle_size_report
-from training.config import InvalidTrainingConfig, TrainingConfig
+from training.config import LEARNING_INPUTS, PRESETS, InvalidTrainingConfig, TrainingConfig
 from weights.archive import unpack_archive
 from weights.settings import TINY
 from weights.trained_files import inspect_weights
@@ -167,6 +167,23 @@ def test_one_stray_caption_is_not_a_second_subject(tmp_path):
     assert review_warnings(images, names, [False] * 6, 64, captions) == []
     captions[4] = "a photo of TOK, a woman"  # two of six: a fair share
     assert "a dog in 4" in review_warnings(images, names, [False] * 6, 64, captions)[0]
+
+
+def test_a_request_without_learning_inputs_trains_the_recipe_and_says_so(tiny_env, capfd):
+    """Nothing set: the subject recipe trains, and the log and the record say which values;
+    Replicate's body (its learning inputs set) trains with exactly what it sent."""
+    steps = dict(seed=0, resolution=64, train_batch_size=2, max_train_steps=2)
+    records = {}
+    for name, inputs in (("empty", {}), ("replicate", dict(lora_lr=2e-4, lr_warmup_steps=0))):
+        with tarfile.open(train_with(**steps, **inputs)) as tar:
+            records[name] = json.load(tar.extractfile(TRAINING_CONFIG_FILE))
+    learning = {name: records["empty"]["config"][name] for name in LEARNING_INPUTS}
+    assert learning == PRESETS["subject"].recipe
+    assert "(the subject recipe: no learning input was set)" in capfd.readouterr().out
+    sent = records["replicate"]["config"]
+    assert (sent["optimizer"], sent["lora_lr"], sent["ti_lr"], sent["lora_rank"]) == (
+        "adamw", 2e-4, 3e-4, 32)  # fmt: skip
+    assert (sent["lr_warmup_steps"], sent["min_snr_gamma"], sent["ema_decay"]) == (0, 0.0, 0.0)
 
 
 def test_a_training_logs_each_step_and_sample_for_clients_to_follow(tiny_env, capfd):

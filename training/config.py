@@ -58,12 +58,74 @@ MAX_STEPS = 100_000
 # (1e308 would overflow the first update) and leaves Prodigy's users room.
 MAX_LEARNING_RATE = 10.0
 
-# What the `lora_type` presets give the inputs a client left empty (Replicate's advice for
-# styles: a faster LoRA rate and a caption that names a style). `{trigger}`: the token_string.
+# The inputs that set how the LoRA learns. A LoRA request that leaves every one of them empty
+# trains with its preset's recipe (measured over training seeds in docs/quality.md); one that
+# sets any of them gets Replicate's SDXL trainer's values for the others, so a Replicate
+# client's request trains exactly as it asked.
+LEARNING_INPUTS = (
+    "optimizer",
+    "lora_lr",
+    "ti_lr",
+    "lora_rank",
+    "lr_scheduler",
+    "lr_warmup_steps",
+    "min_snr_gamma",
+    "ema_decay",
+)
+REPLICATE_LEARNING = {
+    "optimizer": "adamw",
+    "ti_lr": 3e-4,
+    "lora_rank": 32,
+    "lr_scheduler": "constant",
+    "lr_warmup_steps": 100,
+    "min_snr_gamma": 0.0,
+    "ema_decay": 0.0,
+}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """What a `lora_type` gives the inputs a request left empty."""
+
+    caption_prefix: str  # `{trigger}`: the token_string
+    use_masks: bool  # weight the loss by the preprocessing masks
+    replicate_lora_lr: float  # with Replicate's other learning inputs
+    # Every learning input, for a LoRA request that sets none of them; None: Replicate's.
+    recipe: dict | None = None
+
+    def learning(self, asked: dict, is_lora: bool) -> dict:
+        """The learning inputs to train with, given those a request `asked` (None: empty)."""
+        if self.recipe and is_lora and all(value is None for value in asked.values()):
+            return dict(self.recipe)
+        replicate = {**REPLICATE_LEARNING, "lora_lr": self.replicate_lora_lr}
+        return {name: replicate[name] if value is None else value for name, value in asked.items()}
+
+
+# Replicate's advice for styles: a faster LoRA rate and a caption that names a style.
 PRESETS = {
-    "subject": {"caption_prefix": "a photo of {trigger}, ", "lora_lr": 1e-4, "use_masks": True},
+    "subject": Preset(
+        caption_prefix="a photo of {trigger}, ",
+        use_masks=True,
+        replicate_lora_lr=1e-4,
+        # Learns the subject on every training seed of the toy benchmark: 0.63, worst 0.59,
+        # against Replicate's 0.24, worst 0.00 (docs/quality.md#the-defaults).
+        recipe=dict(
+            optimizer="prodigy",
+            lora_lr=1.0,
+            ti_lr=1.0,
+            lora_rank=8,
+            lr_scheduler="cosine",
+            lr_warmup_steps=0,
+            min_snr_gamma=5.0,
+            ema_decay=0.98,
+        ),
+    ),
     # A style lives in the whole picture: no subject masks.
-    "style": {"caption_prefix": "in the style of {trigger}, ", "lora_lr": 4e-4, "use_masks": False},
+    "style": Preset(
+        caption_prefix="in the style of {trigger}, ",
+        use_masks=False,
+        replicate_lora_lr=4e-4,  # no recipe measured beats Replicate's yet (docs/quality.md)
+    ),
 }
 
 
@@ -75,7 +137,8 @@ class InvalidTrainingConfig(ValueError):
 class TrainingConfig:
     """Every training setting with its default and range (train.py declares its Cog inputs
     from these fields). Fields left None are filled when the config is made: `seed` at
-    random, `caption_prefix`, `lora_lr` and `use_masks` from the `lora_type` preset."""
+    random; `caption_prefix`, `use_masks` and the learning inputs (LEARNING_INPUTS) from the
+    `lora_type` preset."""
 
     seed: int | None = seed_field()
     resolution: int = ranged(768, 64, 2048)  # Replicate's default
@@ -87,13 +150,11 @@ class TrainingConfig:
     max_train_steps: int | None = ranged(1000, 1, MAX_STEPS)  # takes precedence over epochs
     is_lora: bool = True  # False: full fine-tune of the UNet
     unet_learning_rate: float = ranged(1e-6, 0.0, MAX_LEARNING_RATE)  # full fine-tune only
-    ti_lr: float = ranged(
-        3e-4, 0.0, MAX_LEARNING_RATE
-    )  # 0: no new tokens, the trigger stays plain text
-    lora_lr: float | None = ranged(
-        None, 0.0, MAX_LEARNING_RATE
-    )  # 0 (with is_lora): pure textual inversion
-    lora_rank: int = ranged(32, 1, 256)
+    # 0: no new tokens, the trigger stays plain text
+    ti_lr: float | None = ranged(None, 0.0, MAX_LEARNING_RATE)
+    # 0 (with is_lora): pure textual inversion
+    lora_lr: float | None = ranged(None, 0.0, MAX_LEARNING_RATE)
+    lora_rank: int | None = ranged(None, 1, 256)
     lora_alpha: float | None = ranged(None, 0.0, 4096.0)  # None: equal to the rank (scale 1)
     # LoRA+ (Hayou et al., 2024): the B matrices learn this many times faster than the A
     # matrices (B starts at zero and carries the update's size); 1: one rate for both.
@@ -106,14 +167,14 @@ class TrainingConfig:
     # "int8": the frozen denoiser's linear weights held in 8 bits (torchao, weight-only) while
     # a LoRA trains on top: half of bf16's memory (FLUX.1-dev's transformer 12 GB, not 24).
     base_quantization: str = one_of("none", BASE_QUANTIZATIONS)
-    lr_scheduler: str = one_of("constant", LR_SCHEDULERS)
-    lr_warmup_steps: int = ranged(100, 0, MAX_STEPS)
+    lr_scheduler: str | None = one_of(None, LR_SCHEDULERS)
+    lr_warmup_steps: int | None = ranged(None, 0, MAX_STEPS)
     token_string: str = text("TOK", MAX_TRIGGER_LENGTH)
     # A word the new tokens start from (each its tokens' mean embedding), e.g. the subject's
     # class ("dog"); None: random vectors at the vocabulary's scale.
     token_init_word: str | None = None
     caption_prefix: str | None = None
-    optimizer: str = one_of("adamw", OPTIMIZERS)
+    optimizer: str | None = one_of(None, OPTIMIZERS)
     # AdamW's decoupled decay shrinks each weight by lr x weight_decay per step: above 1 it
     # would flip signs at a learning rate of 1.
     weight_decay: float = ranged(1e-4, 0.0, 1.0)
@@ -122,11 +183,11 @@ class TrainingConfig:
     max_grad_norm: float = ranged(1.0, 0.0, 1000.0)
     # The saved weights are an exponential moving average of the trained ones (training/ema.py)
     # with this decay; 0: the last step's weights.
-    ema_decay: float = ranged(0.0, 0.0, 0.9999)
+    ema_decay: float | None = ranged(None, 0.0, 0.9999)
     noise_offset: float = ranged(0.0, 0.0, 1.0)
     # 0: plain MSE. 5 is the paper's; the least-noised timestep of SD's schedules has an SNR
     # of about 1,200, so a gamma of 1000 already weights nearly every timestep as plain MSE.
-    min_snr_gamma: float = ranged(0.0, 0.0, 1000.0)
+    min_snr_gamma: float | None = ranged(None, 0.0, 1000.0)
     flip_augmentation: bool = False
     # The encoded images in the run folder (safetensors files, read back per batch) instead of
     # in memory: for sets whose latents would not fit. The same training, bit for bit.
@@ -169,13 +230,14 @@ class TrainingConfig:
 
     def __post_init__(self):
         preset = PRESETS.get(self.lora_type, PRESETS["subject"])
+        asked = {name: getattr(self, name) for name in LEARNING_INPUTS}
         filled = {
             "seed": random_seed() if self.seed is None else self.seed,
-            "caption_prefix": preset["caption_prefix"].format(trigger=self.token_string)
+            "caption_prefix": preset.caption_prefix.format(trigger=self.token_string)
             if self.caption_prefix is None
             else self.caption_prefix,
-            "lora_lr": preset["lora_lr"] if self.lora_lr is None else self.lora_lr,
-            "use_masks": preset["use_masks"] if self.use_masks is None else self.use_masks,
+            **preset.learning(asked, self.is_lora),
+            "use_masks": preset.use_masks if self.use_masks is None else self.use_masks,
             "sample_prompts": _prompts(self.sample_prompts),
             "bucket_resolutions": sizes(self.bucket_resolutions, "bucket_resolutions"),
             "class_prompt": _prompts(self.class_prompt),
@@ -222,6 +284,19 @@ class TrainingConfig:
         if not self.trains_unet_lora and not self.train_text_encoder:
             return "textual inversion"
         return "LoRA" + (" + pivotal tuning" if self.trains_tokens else "")
+
+    @property
+    def learning(self) -> str:
+        """The learning inputs as this run trains with them, and where they came from."""
+        learning = {name: getattr(self, name) for name in LEARNING_INPUTS}
+        values = " ".join(
+            f"{name}={value:g}" if isinstance(value, float) else f"{name}={value}"
+            for name, value in learning.items()
+        )
+        recipe = PRESETS.get(self.lora_type, PRESETS["subject"]).recipe
+        if recipe and learning == recipe:
+            return f"{values} (the {self.lora_type} recipe: no learning input was set)"
+        return values
 
     def _trained_rates(self) -> dict[str, float]:
         """The learning rate of each group of parameters this config trains."""

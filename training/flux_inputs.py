@@ -119,4 +119,4 @@ class FluxTrainingInputs:
             return self.autocaption_prefix
         if self.autocaption_suffix:  # the suffix names the trigger: no preset prefix too
             return ""
-        return PRESETS[self.lora_type]["caption_prefix"].format(trigger=self.trigger_word)
+        return PRESETS[self.lora_type].caption_prefix.format(trigger=self.trigger_word)

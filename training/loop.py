@@ -749,6 +749,7 @@ def _summary(
     return {
         "family": family.name,
         "mode": config.mode,
+        "learning": config.learning,
         "resolution": config.resolution,
         "images": dataset.image_count,
         **({"class_images": config.num_class_images} if config.num_class_images else {}),

@@ -60,7 +60,7 @@ class Concept:
 
     name: str
     title: str  # the plot's
-    write_zip: Callable[[Path], Path]  # the training photos
+    write_zip: Callable[[Path, int], Path]  # the training photos: the zip and their count
     inputs: dict  # the train() inputs every run adds to its method's
     evaluate: Callable  # ToyEvaluator.evaluate or .evaluate_style
     ceiling: Callable[[], float]  # share of photos whose look survives the VAE's round trip
@@ -84,6 +84,8 @@ def main() -> None:
     parser.add_argument(
         "--quick", action="store_true", help=f"steps {QUICK_STEPS}, 2 evaluation seeds"
     )
+    parser.add_argument("--photos", type=int, default=8,
+                        help="photos in the concept's zip (8, as the example sets)")  # fmt: skip
     parser.add_argument("--training-seeds", type=int, nargs="+", default=list(TRAINING_SEEDS))
     parser.add_argument("--evaluation-seeds", type=int, nargs="+",
                         help="the seeds every prompt is drawn with (0 1 2 3)")  # fmt: skip
@@ -137,7 +139,7 @@ def main() -> None:
 
     # 2. Each method at each step count, trained from scratch through train().
     with tempfile.TemporaryDirectory(prefix="quality-") as work:
-        photos = concept.write_zip(Path(work) / f"{concept.name}.zip")
+        photos = concept.write_zip(Path(work) / f"{concept.name}.zip", args.photos)
         for method in args.methods:
             for count in steps:
                 for seed in args.training_seeds:
@@ -167,6 +169,7 @@ def main() -> None:
     record = dict(
         base_model=args.base_model,
         concept=concept.name,
+        photos=args.photos,
         steps=list(steps),
         set=args.set,
         evaluation=dataclasses.asdict(evaluation),
