@@ -147,7 +147,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--min-snr-gamma", type=float, default=0.0, help="0: plain MSE")
     parser.add_argument("--evaluation-seeds", type=int, nargs="+", default=[0, 1, 2, 3])
-    parser.add_argument("--out", type=Path, default=HERE / "reference.json")
+    parser.add_argument("--out", type=Path, default=HERE / "reference" / "results.json")
     parser.add_argument("--worker", choices=TRAINERS, help=argparse.SUPPRESS)
     parser.add_argument("--job", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -256,6 +256,7 @@ def report(rows: list[dict], columns: list[str], args) -> None:
         wall = statistics.fmean(row["seconds"] for row in runs)
         print(f"| {name} | {step:.3f} | {peak:.0f} | {wall:.0f} |")
     record = dict(vars(args), rows=rows, summary=summary)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=1, default=str) + "\n")  # paths as text
     print(f"Wrote {args.out}")
 
