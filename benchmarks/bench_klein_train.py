@@ -22,18 +22,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
-import runpy
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import types
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.diffusers_script import (  # noqa: E402 (after the path set-up)
+    peak_rss_mb,
+    run_script,
+    step_intervals,
+    time_optimizer_steps,
+    worker_environment,
+)
+
 CAPTION = "a photo of TOK, a red square"
 # The script's default LoRA targets as one expression over the transformer's module names.
 SCRIPT_TARGETS = (
@@ -91,11 +97,8 @@ def prepare(folder: Path, args) -> Path:
 
 
 def run_case(name: str, setup: Path, args) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    if name == "diffusers" and args.torchvision:
-        env["PYTHONPATH"] = os.pathsep.join(
-            filter(None, [str(args.torchvision), env.get("PYTHONPATH")])
-        )
+    packages = [args.torchvision] if name == "diffusers" and args.torchvision else []
+    env = worker_environment(packages)
     command = [sys.executable, __file__, "--worker", name, "--setup", str(setup)]
     command += ["--diffusers-script", str(args.diffusers_script)]
     for option in ("steps", "resolution", "batch", "rank", "images"):
@@ -141,25 +144,14 @@ def table(rows: dict, args) -> str:
 
 def run_worker(args) -> None:
     import torch
-    from accelerate.optimizer import AcceleratedOptimizer
 
     torch.set_num_threads(1)
-    ends: list[float] = []
-    original = AcceleratedOptimizer.step
-
-    def timed_step(self, *arguments, **keywords):
-        result = original(self, *arguments, **keywords)
-        ends.append(time.perf_counter())
-        return result
-
-    AcceleratedOptimizer.step = timed_step
+    ends = time_optimizer_steps()
     setup = json.loads(args.setup.read_text())
     with tempfile.TemporaryDirectory(prefix="bench-klein-run-") as work:
-        runs = {"ours": run_ours, "diffusers": run_script, "floor": run_floor}
+        runs = {"ours": run_ours, "diffusers": run_diffusers, "floor": run_floor}
         ends += runs[args.worker](setup, Path(work), args) or []
-    intervals = [b - a for a, b in zip(ends, ends[1:], strict=False)]
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"intervals": intervals, "peak_rss_mb": peak}))
+    print(json.dumps({"intervals": step_intervals(ends), "peak_rss_mb": peak_rss_mb()}))
 
 
 def run_ours(setup: dict, work: Path, args) -> None:
@@ -228,17 +220,12 @@ def run_floor(setup: dict, work: Path, args) -> list[float]:
     return ends
 
 
-def run_script(setup: dict, work: Path, args) -> None:
+def run_diffusers(setup: dict, work: Path, args) -> None:
     """The script as `accelerate launch` would run it, in this process, unedited."""
     sys.path.insert(0, str(ROOT))
     from families.flux2_klein import PROMPT_LAYERS
 
-    for name in ("torchvision._meta_registrations", "torchvision._autograd_registrations"):
-        # PyPI's torchvision is a CUDA build whose compiled ops cannot load on a CPU torch;
-        # the script uses only its transforms, not the ops these modules register.
-        sys.modules[name] = types.ModuleType(name)
-    sys.argv = [
-        str(args.diffusers_script),
+    arguments = [
         f"--pretrained_model_name_or_path={setup['base']}",
         f"--instance_data_dir={setup['instances']}",
         f"--instance_prompt={CAPTION}",
@@ -262,7 +249,7 @@ def run_script(setup: dict, work: Path, args) -> None:
         "--checkpointing_steps=1000000",
         "--dataloader_num_workers=0",
     ]
-    runpy.run_path(str(args.diffusers_script), run_name="__main__")
+    run_script(args.diffusers_script, arguments)
 
 
 if __name__ == "__main__":
