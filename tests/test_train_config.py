@@ -345,3 +345,17 @@ def test_a_hub_upload_needs_both_inputs_and_a_repository_id_before_any_work():
     ).accounts()
     assert accounts.hub.repo_id == "me/lora" and "hf_x" not in repr(accounts)
     assert "k1" not in repr(accounts)  # the keys never reach a log through a repr
+
+
+def test_a_lora_or_tokens_alone_for_a_subject_is_told_which_method_learns_one():
+    from families import FLUX, SDXL
+
+    lora_alone = TrainingConfig(seed=0, ti_lr=0).method_advice(SDXL)
+    assert "ti_lr=0" in lora_alone and "pivotal tuning" in lora_alone
+    tokens_alone = TrainingConfig(seed=0, lora_lr=0).method_advice(SDXL)
+    assert "lora_lr=0" in tokens_alone and "pivotal tuning" in tokens_alone
+    # Pivotal tuning, a style, and a family that trains no tokens (the trigger is a word of
+    # FLUX.1's captions, where a LoRA alone is the method): nothing to advise.
+    assert TrainingConfig(seed=0).method_advice(SDXL) is None
+    assert TrainingConfig(seed=0, ti_lr=0, lora_type="style").method_advice(SDXL) is None
+    assert TrainingConfig(seed=0, ti_lr=0).method_advice(FLUX) is None

@@ -109,6 +109,10 @@ def test_dry_run_reports_the_plan_without_training(tiny_env):
         "cat_00.jpg and cat_01.jpg are nearly the same photo: keep one, or add a different "
         "shot (duplicates weigh one view twice)."
     ]
+    lora_alone = train_with(seed=1, resolution=64, max_train_steps=3, ti_lr=0, dry_run="true")
+    with tarfile.open(lora_alone) as tar:
+        warnings = json.load(tar.extractfile("plan.json"))["warnings"]
+    assert len(warnings) == 2 and warnings[1].startswith("ti_lr=0 trains a LoRA alone")
 
 
 def test_dry_run_warns_of_few_duplicate_and_small_photos(tiny_env, tmp_path):

@@ -313,6 +313,7 @@ def write_dry_run_report(
             pictures[image["mask"]] = thumbnail(row.mask_path, mask=True)
         images.append(image)
     crops = [row.image_path for row in rows]
+    advice = config.method_advice(timing.family)
     report = {
         "mode": config.mode,
         "images": images,
@@ -323,7 +324,8 @@ def write_dry_run_report(
             upscaled,
             config.resolution,
             [row.caption for row in rows] if config.lora_type == "subject" else None,
-        ),
+        )
+        + ([advice] if advice else []),
         "steps": plan.max_train_steps,
         "epochs": plan.epochs,
         "effective_batch_size": plan.effective_batch_size,

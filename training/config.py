@@ -298,6 +298,26 @@ class TrainingConfig:
             return f"{values} (the {self.lora_type} recipe: no learning input was set)"
         return values
 
+    def method_advice(self, family: ModelFamily) -> str | None:
+        """Why this run may not learn its subject, when it trains a LoRA alone or the tokens
+        alone on a family that can train both: in the toy benchmark neither learns a subject
+        under a trigger, in this trainer or in diffusers' own (docs/quality.md)."""
+        if self.lora_type != "subject" or not family.trains_tokens or self.trains_full_unet:
+            return None
+        if self.mode == "LoRA":
+            return (
+                "ti_lr=0 trains a LoRA alone: it learns what every caption shares (a look, a "
+                "style) but rarely a subject under a trigger word. For a subject, train new "
+                "tokens too (leave ti_lr empty or set it > 0: LoRA + pivotal tuning)."
+            )
+        if self.mode == "textual inversion":
+            return (
+                "lora_lr=0 trains the tokens alone: they choose among what the model already "
+                "draws and cannot teach it a new subject. For a subject, train a LoRA too "
+                "(leave lora_lr empty or set it > 0: LoRA + pivotal tuning)."
+            )
+        return None
+
     def _trained_rates(self) -> dict[str, float]:
         """The learning rate of each group of parameters this config trains."""
         rates = {

@@ -199,6 +199,9 @@ def run_training(
         summary = _summary(run, plan, images.subject, accelerator, family)
         if is_main and not timing_steps:
             print(_format_summary(summary))
+            advice = config.method_advice(family)
+            if advice:
+                print(f"Note: {advice}")
 
         # 8. The loss, by the family's objective; prior preservation's, of the class images,
         #    shares its text cache.
