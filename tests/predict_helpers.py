@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from predict import Predictor
+from predict_flux import Predictor as FluxPredictor
 from serving.cli import declared_defaults
 from tests.fileserver import ALLOWED_HOSTS
 from weights.network import ALLOWED_HOSTS_VARIABLE
@@ -45,6 +46,18 @@ def tiny_predictor(
         env.setenv(ALLOWED_HOSTS_VARIABLE, ALLOWED_HOSTS)  # the local file server
         predictor = Predictor()
         predictor.setup(weights)
+    return predictor
+
+
+def flux_predictor_on(model_cache: Path, base_model: str) -> FluxPredictor:
+    """The FLUX.1 container's Predictor set up on an embedded base (`tiny-flux`, `toy-flux`)."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("BASE_MODEL", base_model)
+        env.setenv("SAFETY_CHECKER_MODEL", "tiny")
+        env.setenv("SDXL_TUNER_CACHE", str(model_cache))
+        env.setenv("HF_HUB_OFFLINE", "1")
+        predictor = FluxPredictor()
+        predictor.setup(None)
     return predictor
 
 
