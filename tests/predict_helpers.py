@@ -14,6 +14,7 @@ from predict import Predictor
 from predict_flux import Predictor as FluxPredictor
 from serving.cli import declared_defaults
 from tests.fileserver import ALLOWED_HOSTS
+from toyworld.recognition import FollowRates, follow_rates, held_out_prompts
 from weights.network import ALLOWED_HOSTS_VARIABLE
 
 # Small and fast: one denoising step at 64x64 is enough to tell outputs apart.
@@ -59,6 +60,18 @@ def flux_predictor_on(model_cache: Path, base_model: str) -> FluxPredictor:
         predictor = FluxPredictor()
         predictor.setup(None)
     return predictor
+
+
+def held_out_follow_rates(predict, count: int = 16) -> FollowRates:
+    """How often `predict(prompt=..., seed=...)` (one image path) draws `count` held-out toy
+    scenes' colours, one seed per prompt, on one torch thread."""
+    prompted = held_out_prompts(count)
+    with one_torch_thread():
+        images = [
+            Image.open(predict(prompt=scene.caption, seed=index)).convert("RGB")
+            for index, scene in enumerate(prompted)
+        ]
+    return follow_rates(images, prompted)
 
 
 def predict_paths(predictor: Predictor, **inputs) -> list:

@@ -5,15 +5,13 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from predict_flux import Predictor as FluxPredictor
 from serving.cli import declared_defaults
 from serving.containers import CONTAINERS
-from tests.predict_helpers import flux_predictor_on, one_torch_thread
+from tests.predict_helpers import flux_predictor_on, held_out_follow_rates, one_torch_thread
 from toyworld.pretrain import PretrainConfig
 from toyworld.pretrain_flux import TOY_FLUX_SIZE, pretrain_toy_flux
-from toyworld.recognition import follow_rates, held_out_prompts
 from weights.base_models import resolve_model
 from weights.embedded.toy_flux import TRANSFORMER
 from weights.settings import TOY_FLUX
@@ -45,29 +43,15 @@ def toy_flux_predictor(model_cache) -> FluxPredictor:
 
 
 def test_toy_flux_follows_the_prompted_background_colour(toy_flux_predictor):
-    prompted = held_out_prompts(16)
     defaults = declared_defaults(CONTAINERS["flux"].predictor)  # guidance 3.5: the predictor's
-    with one_torch_thread():
-        images = [
-            Image.open(
-                toy_flux_predictor.predict(
-                    **{
-                        **defaults,
-                        "prompt": scene.caption,
-                        "aspect_ratio": "custom",
-                        "width": TOY_FLUX_SIZE,
-                        "height": TOY_FLUX_SIZE,
-                        "num_inference_steps": 20,
-                        "seed": index,
-                        "output_format": "png",
-                        "disable_safety_checker": True,
-                    }
-                )[0]
-            ).convert("RGB")
-            for index, scene in enumerate(prompted)
-        ]
-    rates = follow_rates(images, prompted)
-    # BOUND_COMMENT
+    size = dict(aspect_ratio="custom", width=TOY_FLUX_SIZE, height=TOY_FLUX_SIZE)
+    rates = held_out_follow_rates(
+        lambda **inputs: toy_flux_predictor.predict(
+            **{**defaults, **size, "num_inference_steps": 20, "output_format": "png"},
+            disable_safety_checker=True,
+            **inputs,
+        )[0]
+    )
     # A model that ignores the prompt hits 1/8 (tiny-flux: 0.06); at least 5 of 16 (2.5x
     # chance, as the toy SDXL's test) happens by chance with probability 0.04.
     assert rates.background >= 2.5 * CHANCE, rates
