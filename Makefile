@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PORT ?= 5000
 
-.PHONY: setup browser demo test lint schema serve serve-train studio toy-base fleet
+.PHONY: setup browser demo test lint schema serve serve-train studio toy-base toy-flux-base fleet
 
 setup: $(STAMP) browser
 
@@ -35,6 +35,11 @@ demo: setup
 # the tiny models run several times faster than on two threads of busy shared cores.
 toy-base: setup
 	OMP_NUM_THREADS=1 $(PY) -m toyworld.pretrain
+
+# Retrain the toy FLUX.1's transformer (BASE_MODEL=toy-flux) into weights/embedded/toy_flux_weights/
+# from seed 0, on the toy base's VAE.
+toy-flux-base: setup
+	OMP_NUM_THREADS=1 $(PY) -m toyworld.pretrain --family flux
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)

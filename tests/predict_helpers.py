@@ -11,8 +11,10 @@ import torch
 from PIL import Image
 
 from predict import Predictor
+from predict_flux import Predictor as FluxPredictor
 from serving.cli import declared_defaults
 from tests.fileserver import ALLOWED_HOSTS
+from toyworld.recognition import FollowRates, follow_rates, held_out_prompts
 from weights.network import ALLOWED_HOSTS_VARIABLE
 
 # Small and fast: one denoising step at 64x64 is enough to tell outputs apart.
@@ -46,6 +48,30 @@ def tiny_predictor(
         predictor = Predictor()
         predictor.setup(weights)
     return predictor
+
+
+def flux_predictor_on(model_cache: Path, base_model: str) -> FluxPredictor:
+    """The FLUX.1 container's Predictor set up on an embedded base (`tiny-flux`, `toy-flux`)."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("BASE_MODEL", base_model)
+        env.setenv("SAFETY_CHECKER_MODEL", "tiny")
+        env.setenv("SDXL_TUNER_CACHE", str(model_cache))
+        env.setenv("HF_HUB_OFFLINE", "1")
+        predictor = FluxPredictor()
+        predictor.setup(None)
+    return predictor
+
+
+def held_out_follow_rates(predict, count: int = 16) -> FollowRates:
+    """How often `predict(prompt=..., seed=...)` (one image path) draws `count` held-out toy
+    scenes' colours, one seed per prompt, on one torch thread."""
+    prompted = held_out_prompts(count)
+    with one_torch_thread():
+        images = [
+            Image.open(predict(prompt=scene.caption, seed=index)).convert("RGB")
+            for index, scene in enumerate(prompted)
+        ]
+    return follow_rates(images, prompted)
 
 
 def predict_paths(predictor: Predictor, **inputs) -> list:

@@ -47,7 +47,7 @@ from tests.lycoris_files import (
     lora_layer,
     snapshot,
 )
-from tests.predict_helpers import one_torch_thread, tiny_predictor
+from tests.predict_helpers import flux_predictor_on, one_torch_thread, tiny_predictor
 from tests.train_helpers import make_dataset, small_config
 from tests.trained_bundles import write_kohya_lora, write_lora_bundle
 from training.bundle import write_bundle
@@ -370,14 +370,7 @@ def test_the_bfl_file_reads_back_in_stock_diffusers_as_the_same_lora(single_mlp)
 
 @pytest.fixture(scope="module")
 def flux_predictor(model_cache, tiny_flux) -> FluxPredictor:
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("BASE_MODEL", TINY_FLUX)
-        env.setenv("SAFETY_CHECKER_MODEL", "tiny")
-        env.setenv("SDXL_TUNER_CACHE", str(model_cache))
-        env.setenv("HF_HUB_OFFLINE", "1")
-        predictor = FluxPredictor()
-        predictor.setup(None)
-    return predictor
+    return flux_predictor_on(model_cache, TINY_FLUX)
 
 
 def flux_predict(predictor, **inputs) -> list[np.ndarray]:

@@ -50,21 +50,22 @@ import numpy as np
 import torch
 from PIL import Image
 
+from families import detect_family
 from formats.tokens import apply_token_map
 from generation.engine import GenerationEngine
 from generation.request import GenerationRequest
 from generation.switcher import Selection
 from serving.cli import parse_inputs
-from serving.schema import TRAINER_REF, inspect_entry
+from serving.containers import CONTAINERS, load_entry
+from serving.schema import inspect_entry
 from toyworld import metrics
 from toyworld.recognition import vae_round_trip
-from toyworld.scenes import SIZE, describe, render
+from toyworld.scenes import describe, render
 from toyworld.scenes import scenes as random_scenes
 from toyworld.style import style_image, style_prompt
 from toyworld.subject import subject_caption, subject_images
+from weights.base_models import resolve_model
 from weights.settings import TINY, ModelSettings
-
-REQUEST_DEFAULTS = GenerationRequest()  # the predictor's defaults: guidance, LoRA scale, scheduler
 
 
 @dataclass(frozen=True)
@@ -112,12 +113,27 @@ STYLE_SCENES = tuple(p for p in SCENE_PROMPTS if p.background_colour != "black")
 
 @dataclass(frozen=True)
 class EvaluationSettings:
+    """None: the base model's own, from its container's predictor (guidance, LoRA scale,
+    sampler) and its VAE's config (the image size it was made for)."""
+
     seeds: tuple[int, ...] = (0, 1, 2, 3)
     num_inference_steps: int = 20
-    size: int = SIZE
-    guidance_scale: float = REQUEST_DEFAULTS.guidance_scale
-    lora_scale: float = REQUEST_DEFAULTS.lora_scale
-    scheduler: str = REQUEST_DEFAULTS.scheduler
+    size: int | None = None
+    guidance_scale: float | None = None
+    lora_scale: float | None = None
+    scheduler: str | None = None
+
+    def for_model(self, pipeline, request: GenerationRequest) -> EvaluationSettings:
+        """These settings, each left None taken from the pipeline and its request defaults."""
+        own = dict(
+            size=pipeline.vae.config.sample_size,
+            guidance_scale=request.guidance_scale,
+            lora_scale=request.lora_scale,
+            scheduler=request.scheduler,
+        )
+        return dataclasses.replace(
+            self, **{name: value for name, value in own.items() if getattr(self, name) is None}
+        )
 
 
 class Metrics:
@@ -169,7 +185,6 @@ class ToyEvaluator:
         cache_dir: Path,
         settings: EvaluationSettings = EvaluationSettings(),
     ):
-        self.settings = settings
         # The predictor's engine: its switcher makes bundles active exactly as predictions do.
         # SDXL engines load a refiner; the tiny one is enough, the evaluation never uses it.
         model_settings = dataclasses.replace(
@@ -182,6 +197,8 @@ class ToyEvaluator:
         self.engine = GenerationEngine(model_settings)
         self.pipeline = self.engine.base.txt2img
         self.pipeline.set_progress_bar_config(disable=True)
+        request = CONTAINERS[self.engine.family.container].request()
+        self.settings = settings.for_model(self.pipeline, request)
 
     @functools.cached_property
     def reference(self) -> list[Image.Image]:
@@ -216,7 +233,8 @@ class ToyEvaluator:
         token_map = prepared.token_map if prepared else {}
         texts = [apply_token_map(p, token_map) for p in prompts for _ in self.settings.seeds]
         seeds = [seed for _ in prompts for seed in self.settings.seeds]
-        self.pipeline.scheduler = self.engine.base.schedulers.get(self.settings.scheduler)
+        if self.engine.family.named_schedulers:
+            self.pipeline.scheduler = self.engine.base.schedulers.get(self.settings.scheduler)
         with torch.inference_mode():
             return self.pipeline(
                 texts,
@@ -314,12 +332,15 @@ def train_on_zip(photos_zip: Path, base_model: str, out_dir: Path, **inputs) -> 
     """Run the Cog `train()` on `photos_zip` as Cog would: the declared defaults for every
     input not in `inputs`, each checked against its declaration. The tarball is moved to
     `out_dir`."""
-    from train import train  # the Cog entry; imported late, it sets up logging
-
+    # The Cog entry of the base model's container; imported late, it sets up logging.
+    cache_dir = ModelSettings.from_env().cache_dir
+    family = detect_family(resolve_model(base_model, "base", cache_dir))
+    trainer = CONTAINERS[family.container].trainer
+    train = load_entry(trainer)
     kwargs = parse_inputs(
         [f"input_images=@{photos_zip}"],
         json.dumps({"base_model": base_model, **inputs}),
-        inspect_entry(TRAINER_REF),
+        inspect_entry(trainer),
     )
     started = time.perf_counter()
     bundle = Path(train(**kwargs))

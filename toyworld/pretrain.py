@@ -3,6 +3,7 @@
     python -m toyworld.pretrain                 # `make toy-base`: both stages, from seed 0
     python -m toyworld.pretrain --stage unet    # the UNet again, on the shipped VAE
     python -m toyworld.pretrain --stage unet --resume   # continue a killed UNet run
+    python -m toyworld.pretrain --family flux   # the toy FLUX.1 (toyworld/pretrain_flux.py)
 
 1. The VAE (the tiny SDXL VAE's classes and 8x scale, narrower at full resolution) learns to
    reconstruct freshly drawn images (grammar scenes, and shapes and sectors in random
@@ -114,6 +115,12 @@ class PretrainConfig:
     noise_offset: float = 0.3
     min_snr_gamma: float = 5.0  # Min-SNR weighting: faster convergence
     checkpointing_steps: int = 500
+    # The toy FLUX.1's transformer (`--family flux`, toyworld/pretrain_flux.py), on the same
+    # scenes (unet_images, caption_dropout).
+    flux_steps: int = 3600
+    flux_batch_size: int = 8
+    flux_lr: float = 1e-3
+    flux_save_every: int = 100  # weights and a checkpoint for --resume
 
 
 # --- 1. the VAE --------------------------------------------------------------------------------
@@ -306,22 +313,37 @@ def train_unet(
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--family", choices=("sdxl", "flux"), default="sdxl")
     parser.add_argument("--stage", choices=("all", "vae", "unet"), default="all")
-    parser.add_argument("--work-dir", type=Path, default=WORK_DIR)
-    parser.add_argument("--resume", action="store_true", help="continue the UNet run")
-    parser.add_argument("--weights-dir", type=Path, default=TOY_WEIGHTS_DIR)
+    parser.add_argument("--work-dir", type=Path, default=None, help="default: per family")
+    parser.add_argument("--resume", action="store_true", help="continue the UNet's run")
+    parser.add_argument("--weights-dir", type=Path, default=None, help="default: the shipped")
     for name, default in vars(PretrainConfig()).items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
     args = parser.parse_args(argv)
     config = PretrainConfig(**{k: getattr(args, k) for k in vars(PretrainConfig())})
     started = time.perf_counter()
-    if args.stage in ("all", "vae"):
-        train_vae(config, args.weights_dir)
+    if args.family == "flux":  # imported here: pretrain_flux builds on this module
+        from toyworld.pretrain_flux import pretrain_toy_flux
+
+        weights_dir = pretrain_toy_flux(config, args.work_dir, args.weights_dir, args.resume)
+    else:
+        weights_dir = pretrain_toy(config, args.stage, args.work_dir, args.weights_dir, args.resume)
+    print(f"Wrote {weights_dir} in {time.perf_counter() - started:.0f}s")
+
+
+def pretrain_toy(
+    config: PretrainConfig, stage: str, work_dir: Path | None, weights_dir: Path | None, resume
+) -> Path:
+    """The toy SDXL's VAE and UNet (`stage`: both, or one of them)."""
+    started, weights_dir = time.perf_counter(), weights_dir or TOY_WEIGHTS_DIR
+    if stage in ("all", "vae"):
+        train_vae(config, weights_dir)
         print(f"VAE done after {time.perf_counter() - started:.0f}s", flush=True)
-    if args.stage in ("all", "unet"):
-        unet = train_unet(config, args.work_dir, args.weights_dir, args.resume)
-        save_toy_part(unet, "unet", args.weights_dir)
-    print(f"Wrote {args.weights_dir} in {time.perf_counter() - started:.0f}s")
+    if stage in ("all", "unet"):
+        unet = train_unet(config, work_dir or WORK_DIR, weights_dir, resume)
+        save_toy_part(unet, "unet", weights_dir)
+    return weights_dir
 
 
 if __name__ == "__main__":

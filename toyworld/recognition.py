@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from toyworld import metrics
-from toyworld.scenes import SIZE, Scene, scenes
+from toyworld.scenes import Scene, scenes
 
 HELD_OUT_SEED = 424242  # prompts drawn apart from the pretraining scenes (seed 0)
 
@@ -63,14 +63,16 @@ def decode_pixels(vae, latents: torch.Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def generate(pipeline, prompted: list[Scene], seeds: list[int], steps: int, guidance: float):
-    """One image per (scene, seed), in that order, at the toy world's size."""
+    """One image per (scene, seed), in that order, at the size the model's VAE was made for
+    (the toy world's, 64, for the toy SDXL; the toy FLUX.1 draws it upscaled)."""
+    size = pipeline.vae.config.sample_size
     images, paired = [], []
     for scene in prompted:
         for seed in seeds:
             image = pipeline(
                 scene.caption,
-                width=SIZE,
-                height=SIZE,
+                width=size,
+                height=size,
                 num_inference_steps=steps,
                 guidance_scale=guidance,
                 generator=torch.Generator().manual_seed(seed),

@@ -3,7 +3,8 @@
 A reference is one of:
 - `tiny` / `tiny-sd15` / `tiny-flux`: the embedded tiny SDXL / SD 1.5 / FLUX.1 (built on
   first use);
-- `toy`: the tiny SDXL pretrained on the toy world (assembled on first use);
+- `toy` / `toy-flux`: the tiny SDXL / FLUX.1 pretrained on the toy world (assembled on first
+  use);
 - a Hugging Face repo id: only what the pipeline needs is downloaded (configs, tokenizers,
   safetensors weights of the components in model_index.json; the fp16 variant when running
   in half precision), under HF_HOME, honouring HF_HUB_OFFLINE;
@@ -26,11 +27,13 @@ import torch
 from families import detect_family, family_of_tiny_model
 from weights.embedded.tiny import build_folder_once, ensure_tiny_model
 from weights.embedded.toy import ensure_toy_model
+from weights.embedded.toy_flux import ensure_toy_flux_model
 from weights.references import is_remote
 from weights.runtime import Runtime
 from weights.settings import (
     PROFILE_VARIABLE,
     TOY,
+    TOY_FLUX,
     HubSettings,
     ModelSettings,
 )
@@ -60,8 +63,9 @@ def resolve_model(
     tiny_family = family_of_tiny_model(reference)
     if tiny_family is not None:
         return ensure_tiny_model(role, cache_dir, family=tiny_family.name)
-    if reference == TOY:
-        return ensure_toy_model(role, cache_dir)
+    toy_model = {TOY: ensure_toy_model, TOY_FLUX: ensure_toy_flux_model}.get(reference)
+    if toy_model is not None:
+        return toy_model(role, cache_dir)
     refuse_pickle(reference)
     if is_remote(reference):
         settings = dataclasses.replace(ModelSettings.from_env(), cache_dir=Path(cache_dir))

@@ -11,9 +11,10 @@ from weights.network import ALLOWED_HOSTS_VARIABLE, AllowList
 
 TINY = "tiny"  # BASE_MODEL / REFINER_MODEL / SAFETY_CHECKER_MODEL: the embedded tiny models
 TOY = "toy"  # BASE_MODEL: the tiny SDXL pretrained on the toy world (weights/embedded/toy.py)
+TOY_FLUX = "toy-flux"  # the tiny FLUX.1 pretrained on the toy world (weights/embedded/toy_flux.py)
 # BASE_MODEL names of the embedded models: each family's tiny one (`tiny`, `tiny-flux`, ...)
 # and the toy base. Under SDXL_TUNER_PROFILE=tiny a container's base is its family's tiny one.
-EMBEDDED_MODELS = (*(f.tiny_model for f in FAMILIES.values() if f.tiny_model), TOY)
+EMBEDDED_MODELS = (*(f.tiny_model for f in FAMILIES.values() if f.tiny_model), TOY, TOY_FLUX)
 # SDXL_TUNER_PROFILE=tiny: every model variable left unset is `tiny` and the hub is offline,
 # the one switch for the embedded, offline setup (as is a BASE_MODEL naming an embedded model).
 PROFILE_VARIABLE = "SDXL_TUNER_PROFILE"

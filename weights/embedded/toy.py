@@ -36,7 +36,7 @@ def ensure_toy_model(role: str, cache_dir: Path) -> Path:
             f"The toy base's {' and '.join(missing)} weights are missing from {TOY_WEIGHTS_DIR}: "
             "run `make toy-base` to train them."
         )
-    target = Path(cache_dir) / f"toy-sdxl-base-{_weights_digest()}"
+    target = Path(cache_dir) / f"toy-sdxl-base-{weights_digest(toy_part_folders())}"
 
     def save(folder: Path) -> None:
         tiny = build_tiny_sdxl("base")
@@ -73,9 +73,15 @@ def save_toy_part(model, name: str, weights_dir: Path = TOY_WEIGHTS_DIR) -> Path
     return folder
 
 
-def _weights_digest() -> str:
+def toy_part_folders() -> list[Path]:
+    return [TOY_WEIGHTS_DIR / name for name in sorted(TOY_PARTS)]
+
+
+def weights_digest(folders: list[Path]) -> str:
+    """A short hash of the files in `folders` (a toy model's shipped parts): the cache name of
+    an assembled toy model changes with its weights."""
     digest = hashlib.sha256()
-    for name in sorted(TOY_PARTS):
-        for path in sorted((TOY_WEIGHTS_DIR / name).iterdir()):
+    for folder in folders:
+        for path in sorted(p for p in folder.iterdir() if p.is_file()):
             digest.update(path.name.encode() + path.read_bytes())
     return digest.hexdigest()[:12]
