@@ -74,7 +74,7 @@ class Concept:
         )
 
 
-def main() -> None:
+def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--base-model", default="toy")
     parser.add_argument("--steps", type=int, nargs="+", default=None)
@@ -96,7 +96,25 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: fastest here)")
     parser.add_argument("--out", type=Path, default=HERE, help="folder for the plot and JSON")
     args = parser.parse_args()
+    if "seed" in parse_settings(args.set):
+        parser.error("--set seed=… would train every seed alike: use --training-seeds.")
+    return args
 
+
+def evaluation_settings(args: argparse.Namespace, settings):
+    """`settings` (EvaluationSettings()) with what the command line changes."""
+    if args.quick:
+        settings = replace(settings, seeds=QUICK_SEEDS)
+    for name in ("lora_scale", "guidance_scale"):
+        if getattr(args, name) is not None:
+            settings = replace(settings, **{name: getattr(args, name)})
+    if args.evaluation_seeds:
+        settings = replace(settings, seeds=tuple(args.evaluation_seeds))
+    return settings
+
+
+def main() -> None:
+    args = parse_arguments()
     os.environ.setdefault("SDXL_TUNER_CACHE", str(Path.home() / ".cache" / "sdxl-tuner"))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
@@ -107,17 +125,8 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     steps = args.steps or (QUICK_STEPS if args.quick else STEPS)
-    evaluation = EvaluationSettings()
-    if args.quick:
-        evaluation = replace(evaluation, seeds=QUICK_SEEDS)
-    for name in ("lora_scale", "guidance_scale"):
-        if getattr(args, name) is not None:
-            evaluation = replace(evaluation, **{name: getattr(args, name)})
-    if args.evaluation_seeds:
-        evaluation = replace(evaluation, seeds=tuple(args.evaluation_seeds))
+    evaluation = evaluation_settings(args, EvaluationSettings())
     extra = parse_settings(args.set)  # checked against train()'s declarations by each run
-    if "seed" in extra:
-        parser.error("--set seed=… would train every seed alike: use --training-seeds.")
     cache = Path(os.environ["SDXL_TUNER_CACHE"])
 
     # 1. The base model's own row.
